@@ -1,0 +1,110 @@
+//! Kernels: one safe scalar `*_ref` version per op and weight type (the oracle in tests and the
+//! fallback on CPUs without AVX2), and `*_avx2` versions with the same signatures.
+//! The ISA is detected once per process ([`isa`]); a SIMD body is only entered after that check,
+//! so a binary never executes an instruction its CPU lacks.
+
+pub mod blocks;
+pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use half::{bf16, f16};
+use std::sync::OnceLock;
+
+/// Instruction set family a kernel call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+        }
+    }
+
+    /// The best ISA this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    }
+
+    /// Every ISA usable here, scalar first (for tests that compare each against the reference).
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        if Isa::detect() == Isa::Avx2 {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+}
+
+/// The ISA for this process: detected once; `IE_ISA=scalar` forces the reference kernels.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| match std::env::var("IE_ISA").as_deref() {
+        Ok("scalar") => Isa::Scalar,
+        _ => Isa::detect(),
+    })
+}
+
+/// Tolerances of the kernel tests, in one place. SIMD and scalar kernels sum in different
+/// orders, so they agree to a relative error that grows with the length.
+pub mod tol {
+    /// Relative error of a float dot product against an f64 dot, per sqrt(len).
+    pub const DOT_REL: f32 = 2e-6;
+    /// Absolute floor for dot products near zero.
+    pub const DOT_ABS: f32 = 1e-5;
+    /// Elementwise ops (norms, softmax, rope, silu): max relative error.
+    pub const ELEMENTWISE_REL: f32 = 1e-5;
+}
+
+macro_rules! dispatch_gemv {
+    ($name:ident, $elem:ty, $ref_fn:ident, $avx2_fn:ident) => {
+        #[inline]
+        pub fn $name(isa: Isa, w: &[$elem], x: &[f32], y: &mut [f32]) {
+            debug_assert_eq!(w.len(), x.len() * y.len());
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
+                Isa::Avx2 => unsafe { x86::avx2::$avx2_fn(w, x, y) },
+                _ => reference::$ref_fn(w, x, y),
+            }
+        }
+    };
+}
+dispatch_gemv!(gemv_f32, f32, gemv_f32_ref, gemv_f32_avx2);
+dispatch_gemv!(gemv_bf16, bf16, gemv_bf16_ref, gemv_bf16_avx2);
+dispatch_gemv!(gemv_f16, f16, gemv_f16_ref, gemv_f16_avx2);
+
+/// `dot(a, b)` of two f32 slices (attention scores).
+#[inline]
+pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
+        Isa::Avx2 => unsafe { x86::avx2::dot_f32_avx2(a, b) },
+        _ => reference::dot_f32_ref(a, b),
+    }
+}
+
+/// `y += a * x` (attention's weighted sum of values).
+#[inline]
+pub fn axpy_f32(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
+        Isa::Avx2 => unsafe { x86::avx2::axpy_f32_avx2(a, x, y) },
+        _ => reference::axpy_f32_ref(a, x, y),
+    }
+}

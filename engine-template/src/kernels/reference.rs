@@ -1,0 +1,109 @@
+//! Scalar reference kernels: plain safe Rust, written to read like the math.
+//! They are the oracle of every SIMD kernel test and the fallback without AVX2.
+
+use half::{bf16, f16};
+
+pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32_ref: lengths differ");
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub fn dot_bf16_ref(w: &[bf16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_bf16_ref: lengths differ");
+    w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()
+}
+
+pub fn dot_f16_ref(w: &[f16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_f16_ref: lengths differ");
+    w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()
+}
+
+macro_rules! gemv_ref {
+    ($name:ident, $elem:ty, $dot:ident) => {
+        /// `y[r] = dot(row r of w, x)`; `w` is `[y.len(), x.len()]` row-major.
+        pub fn $name(w: &[$elem], x: &[f32], y: &mut [f32]) {
+            let cols = x.len();
+            assert_eq!(w.len(), cols * y.len(), concat!(stringify!($name), ": shape mismatch"));
+            if cols == 0 {
+                y.fill(0.0);
+                return;
+            }
+            for (yr, row) in y.iter_mut().zip(w.chunks_exact(cols)) {
+                *yr = $dot(row, x);
+            }
+        }
+    };
+}
+gemv_ref!(gemv_f32_ref, f32, dot_f32_ref);
+gemv_ref!(gemv_bf16_ref, bf16, dot_bf16_ref);
+gemv_ref!(gemv_f16_ref, f16, dot_f16_ref);
+
+pub fn axpy_f32_ref(a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy_f32_ref: lengths differ");
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// RMSNorm as transformers computes it: `w * (x / sqrt(mean(x²) + eps))`, in f32.
+pub fn rmsnorm_ref(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    assert!(x.len() == w.len() && x.len() == out.len(), "rmsnorm_ref: lengths differ");
+    if x.is_empty() {
+        return;
+    }
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, x), w) in out.iter_mut().zip(x).zip(w) {
+        *o = w * (x * inv);
+    }
+}
+
+/// In-place softmax over the whole slice (max-subtracted, so large scores don't overflow).
+pub fn softmax_ref(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// RoPE in transformers' rotate-half convention, on `x` = `heads` vectors of `cos.len() * 2`:
+/// `(a, b) = (x[i], x[i + half])  ->  (a cos - b sin, b cos + a sin)`.
+pub fn rope_ref(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    assert_eq!(sin.len(), half, "rope_ref: cos/sin lengths differ");
+    if half == 0 {
+        return;
+    }
+    for head in x.chunks_exact_mut(2 * half) {
+        let (lo, hi) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (lo[i], hi[i]);
+            lo[i] = a * cos[i] - b * sin[i];
+            hi[i] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+/// cos/sin of RoPE for one position, computed in f32 as transformers does:
+/// `inv_freq[i] = 1 / theta^(2i / head_dim)`, `angle = pos * inv_freq[i]`.
+pub fn rope_cos_sin(pos: usize, theta: f32, head_dim: usize, cos: &mut [f32], sin: &mut [f32]) {
+    for i in 0..head_dim / 2 {
+        let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+        let angle = pos as f32 * inv_freq;
+        cos[i] = angle.cos();
+        sin[i] = angle.sin();
+    }
+}
+
+/// SwiGLU's gate: `gate = silu(gate) * up`.
+pub fn silu_mul_ref(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul_ref: lengths differ");
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}

@@ -1,0 +1,31 @@
+//! What a generated binary needs besides the forward pass: its baked facts, the weights,
+//! tokenizer and chat template, the sampler and the metrics.
+
+pub mod metrics;
+pub mod sampler;
+pub mod text;
+pub mod weights;
+
+/// Facts a generated crate bakes in as constants (see `clocher_engine::codegen`).
+#[derive(Debug, Clone, Copy)]
+pub struct BakedInfo {
+    pub name: &'static str,
+    pub precision: &'static str,
+    /// Folder holding `model.ie.bin` at build time; `--model-dir` / `IE_MODEL_DIR` override it.
+    pub model_dir: &'static str,
+    pub blob_size: u64,
+    pub blob_xxh3: u64,
+    /// The blob itself, when packed with `--embed-weights`.
+    pub embedded: Option<&'static [u8]>,
+    pub tokenizer_json: &'static [u8],
+    pub chat_template: Option<&'static str>,
+    pub bos_token: Option<&'static str>,
+    pub eos_token: Option<&'static str>,
+    pub eos_token_ids: &'static [u32],
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+}
+
+/// 64-byte aligned wrapper for `include_bytes!`, so embedded tensors are as aligned as mapped ones.
+#[repr(C, align(64))]
+pub struct Aligned<T: ?Sized>(pub T);
