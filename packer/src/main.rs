@@ -1,1 +1,76 @@
-fn main(){}
+//! `clocher-pack SRC [--precision fp32|bf16|fp16] [--out-dir DIR] [--crate-dir DIR] [--name NAME] [--embed-weights]`
+
+use clap::{Parser, ValueEnum};
+use clocher_engine::format::Precision;
+use clocher_pack::{pack, PackOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+/// Pack a Llama checkpoint (Hugging Face folder or GGUF file) into IEBIN v1 and emit a crate
+/// that builds one binary for exactly that model. Prints the crate's path as the last line.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Hugging Face folder (config.json, safetensors, tokenizer.json) or a .gguf file.
+    src: PathBuf,
+    /// Weight precision (default: the source's float type; fp32 for quantized GGUF).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+    /// Where to write model.ie.json, model.ie.bin, vocab.json, tokenizer.json [default: models/NAME].
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Where to write the generated crate [default: generated/NAME].
+    #[arg(long)]
+    crate_dir: Option<PathBuf>,
+    /// Model name, used for folders and the binary [default: from the source's file name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Compile the weights into the binary, so it runs as one self-contained file.
+    #[arg(long)]
+    embed_weights: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let start = Instant::now();
+    let opts = PackOptions {
+        src: cli.src,
+        out_dir: cli.out_dir,
+        crate_dir: cli.crate_dir,
+        name: cli.name,
+        precision: cli.precision.map(|p| match p {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Fp16 => Precision::Fp16,
+        }),
+        embed_weights: cli.embed_weights,
+    };
+    match pack(&opts) {
+        Ok(p) => {
+            eprintln!(
+                "packed {} ({}, {} tensors, {:.1} MB) into {} in {:.2}s",
+                p.meta.name,
+                p.meta.precision.name(),
+                p.meta.tensors.len(),
+                p.meta.blob.size as f64 / 1e6,
+                p.out_dir.display(),
+                start.elapsed().as_secs_f64()
+            );
+            eprintln!("build it with: cargo build --release --manifest-path {}/Cargo.toml", p.crate_dir.display());
+            println!("{}", p.crate_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

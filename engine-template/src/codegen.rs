@@ -1,0 +1,257 @@
+//! The code generator behind `clocher_macros::model!`: `model.ie.json` in, Rust tokens out.
+//!
+//! [`validate`] checks the tensor table against the config (every shape, dtype, offset);
+//! [`generate`] emits a `model` module of constants, types and thin glue that instantiates
+//! [`crate::model::llama::Llama`] for exactly this model. No logic lives in generated code.
+
+use crate::format::{self, Dtype, ModelMeta, Precision};
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+
+/// Why a `model.ie.json` can't be baked. The message names the tensor and both shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodegenError(pub String);
+
+impl std::fmt::Display for CodegenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, CodegenError> {
+    Err(CodegenError(msg.into()))
+}
+
+/// Paths the generated code refers to (absolute, so the crate builds wherever it was written).
+pub struct Paths<'a> {
+    pub meta_json: &'a str,
+    pub model_dir: &'a str,
+    pub tokenizer_json: &'a str,
+    pub blob: &'a str,
+}
+
+/// Checks that the tensor table agrees with the config: names, shapes, dtypes, offsets.
+pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
+    if m.format != format::FORMAT || m.version != format::VERSION {
+        return fail(format!(
+            "checking model.ie.json: format {} v{} is not {} v{}",
+            m.format,
+            m.version,
+            format::FORMAT,
+            format::VERSION
+        ));
+    }
+    if !format::SUPPORTED_ARCHITECTURES.contains(&m.architecture.as_str()) {
+        return fail(format!(
+            "checking model.ie.json: architecture {} is not supported (supported: {})",
+            m.architecture,
+            format::SUPPORTED_ARCHITECTURES.join(", ")
+        ));
+    }
+    let c = &m.config;
+    let dims = [
+        ("hidden_size", c.hidden_size),
+        ("intermediate_size", c.intermediate_size),
+        ("num_hidden_layers", c.num_hidden_layers),
+        ("num_attention_heads", c.num_attention_heads),
+        ("num_key_value_heads", c.num_key_value_heads),
+        ("head_dim", c.head_dim),
+        ("vocab_size", c.vocab_size),
+        ("max_position_embeddings", c.max_position_embeddings),
+    ];
+    if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
+        return fail(format!("checking config: {name} is 0"));
+    }
+    if c.num_attention_heads % c.num_key_value_heads != 0 {
+        return fail(format!(
+            "checking config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            c.num_attention_heads, c.num_key_value_heads
+        ));
+    }
+    if c.head_dim % 2 != 0 {
+        return fail(format!("checking config: head_dim {} is odd (RoPE needs pairs)", c.head_dim));
+    }
+    let expected = format::expected_tensors(c);
+    for (name, shape) in &expected {
+        let Some(t) = m.tensor(name) else {
+            return fail(format!("checking tensor {name}: missing from the tensor table"));
+        };
+        if &t.shape != shape {
+            return fail(format!(
+                "checking tensor {name}: shape {:?} contradicts the config, which implies {:?}",
+                t.shape, shape
+            ));
+        }
+        let want = if format::is_norm(name) { Dtype::F32 } else { m.precision.dtype() };
+        if t.dtype != want {
+            return fail(format!(
+                "checking tensor {name}: dtype {} but precision {} stores it as {}",
+                t.dtype.name(),
+                m.precision.name(),
+                want.name()
+            ));
+        }
+        let numel: usize = t.shape.iter().product();
+        if t.nbytes != (numel * t.dtype.size()) as u64 {
+            return fail(format!(
+                "checking tensor {name}: {} bytes but shape {:?} of {} needs {}",
+                t.nbytes,
+                t.shape,
+                t.dtype.name(),
+                numel * t.dtype.size()
+            ));
+        }
+        if t.offset % format::ALIGN != 0 || t.offset.checked_add(t.nbytes).is_none_or(|e| e > m.blob.size) {
+            return fail(format!(
+                "checking tensor {name}: offset {} (+{} bytes) is unaligned or past the {}-byte blob",
+                t.offset, t.nbytes, m.blob.size
+            ));
+        }
+    }
+    if let Some(t) = m.tensors.iter().find(|t| !expected.iter().any(|(n, _)| n == &t.name)) {
+        return fail(format!("checking tensor {}: not part of a {} model", t.name, m.architecture));
+    }
+    parse_hash(&m.blob.xxh3)?;
+    Ok(())
+}
+
+fn parse_hash(h: &str) -> Result<u64, CodegenError> {
+    u64::from_str_radix(h, 16).or_else(|_| fail(format!("checking blob: xxh3 {h:?} is not a 64-bit hex number")))
+}
+
+fn usize_lit(v: usize) -> Literal {
+    Literal::usize_unsuffixed(v)
+}
+
+/// Emits the `model` module for a validated `m`.
+pub fn generate(m: &ModelMeta, paths: &Paths, embed_weights: bool) -> Result<TokenStream, CodegenError> {
+    validate(m)?;
+    let c = &m.config;
+    let off = |name: &str| usize_lit(m.tensor(name).expect("validated").offset as usize);
+    let w_ty = format_ident!(
+        "{}",
+        match m.precision {
+            Precision::Fp32 => "F32",
+            Precision::Bf16 => "Bf16",
+            Precision::Fp16 => "F16",
+        }
+    );
+    let layers = (0..c.num_hidden_layers).map(|l| {
+        let o = |kind: &str| off(&format::layer_tensor_name(l, kind));
+        let [an, q, k, v, o_, fnorm, g, u, d] = format::LAYER_TENSORS.map(o);
+        quote! {
+            LayerOffsets { attn_norm: #an, wq: #q, wk: #k, wv: #v, wo: #o_, ffn_norm: #fnorm, w_gate: #g, w_up: #u, w_down: #d }
+        }
+    });
+    let embed = off("model.embed_tokens.weight");
+    let norm = off("model.norm.weight");
+    let lm_head = if c.tie_word_embeddings {
+        quote!(None)
+    } else {
+        let o = off("lm_head.weight");
+        quote!(Some(#o))
+    };
+    let [dim, inter, n_layers, heads, kv_heads, head_dim, vocab, context] = [
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.max_position_embeddings,
+    ]
+    .map(usize_lit);
+    let q_dim = usize_lit(c.num_attention_heads * c.head_dim);
+    let kv_dim = usize_lit(c.num_key_value_heads * c.head_dim);
+    let (name, precision) = (&m.name, m.precision.name());
+    let blob_size = Literal::u64_unsuffixed(m.blob.size);
+    let blob_hash = Literal::u64_unsuffixed(parse_hash(&m.blob.xxh3)?);
+    let eps = Literal::f32_suffixed(c.rms_norm_eps as f32);
+    let theta = Literal::f32_suffixed(c.rope_theta as f32);
+    let t = &m.tokenizer;
+    let opt_str = |s: &Option<String>| match s {
+        Some(s) => quote!(Some(#s)),
+        None => quote!(None),
+    };
+    let (chat, bos, eos) = (opt_str(&t.chat_template), opt_str(&t.bos_token), opt_str(&t.eos_token));
+    let eos_ids = &t.eos_token_ids;
+    let Paths { meta_json, model_dir, tokenizer_json, blob } = paths;
+    let (blob_static, embedded) = if embed_weights {
+        (
+            quote! {
+                /// The weights, compiled into the binary (`--embed-weights`).
+                static BLOB: &::clocher_engine::runtime::Aligned<[u8]> =
+                    &::clocher_engine::runtime::Aligned(*include_bytes!(#blob));
+            },
+            quote!(Some(&BLOB.0)),
+        )
+    } else {
+        (quote!(), quote!(None))
+    };
+    Ok(quote! {
+        /// Constants, types and glue baked from `model.ie.json` by `clocher_macros::model!`.
+        pub mod model {
+            use ::clocher_engine::model::llama::{LayerOffsets, Llama, LlamaOffsets};
+
+            /// Weight element type of every linear layer and the embedding.
+            pub type W = ::clocher_engine::dtype::#w_ty;
+            /// hidden_size
+            pub const DIM: usize = #dim;
+            /// intermediate_size
+            pub const INTER: usize = #inter;
+            pub const LAYERS: usize = #n_layers;
+            pub const HEADS: usize = #heads;
+            pub const KV_HEADS: usize = #kv_heads;
+            pub const HEAD_DIM: usize = #head_dim;
+            /// HEADS * HEAD_DIM
+            pub const Q_DIM: usize = #q_dim;
+            /// KV_HEADS * HEAD_DIM
+            pub const KV_DIM: usize = #kv_dim;
+            pub const VOCAB: usize = #vocab;
+            /// max_position_embeddings
+            pub const CONTEXT: usize = #context;
+            const _: () = {
+                assert!(Q_DIM == HEADS * HEAD_DIM);
+                assert!(KV_DIM == KV_HEADS * HEAD_DIM);
+                assert!(HEADS % KV_HEADS == 0);
+            };
+
+            pub type Model = Llama<W, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>;
+
+            /// Byte offset of every tensor in model.ie.bin.
+            pub const OFFSETS: LlamaOffsets<LAYERS> = LlamaOffsets {
+                embed: #embed,
+                layers: [#(#layers),*],
+                norm: #norm,
+                lm_head: #lm_head,
+            };
+
+            // Rebuild when the packed model changes.
+            const _META: &str = include_str!(#meta_json);
+            static TOKENIZER: &[u8] = include_bytes!(#tokenizer_json);
+            #blob_static
+
+            pub static INFO: ::clocher_engine::runtime::BakedInfo = ::clocher_engine::runtime::BakedInfo {
+                name: #name,
+                precision: #precision,
+                model_dir: #model_dir,
+                blob_size: #blob_size,
+                blob_xxh3: #blob_hash,
+                embedded: #embedded,
+                tokenizer_json: TOKENIZER,
+                chat_template: #chat,
+                bos_token: #bos,
+                eos_token: #eos,
+                eos_token_ids: &[#(#eos_ids),*],
+                rms_norm_eps: #eps,
+                rope_theta: #theta,
+            };
+
+            /// Runs the binary's command line.
+            pub fn main() -> ::std::process::ExitCode {
+                ::clocher_engine::cli::main::<Model>(&INFO, &OFFSETS)
+            }
+        }
+    })
+}

@@ -1,0 +1,187 @@
+//! Writes IEBIN v1 (`model.ie.json`, `model.ie.bin`, `vocab.json`, `tokenizer.json`) atomically:
+//! everything goes into a temporary sibling folder, which is renamed into place at the end.
+
+use crate::error::{input, write_err, PackError, Result};
+use crate::source::Checkpoint;
+use clocher_engine::format::{self, BlobInfo, Dtype, ModelMeta, Precision, SourceInfo, TensorEntry};
+use half::{bf16, f16};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A folder being written; removed on drop unless [`Staging::commit`] renamed it into place.
+pub struct Staging {
+    tmp: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    pub fn new(final_dir: &Path) -> Result<Staging> {
+        let parent = final_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+        let base = final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(write_err(&tmp))?;
+        Ok(Staging { tmp, done: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Replaces `final_dir` (if it exists and `is_ours` accepts it) with the staged folder.
+    pub fn commit(mut self, final_dir: &Path, is_ours: impl Fn(&Path) -> bool) -> Result<()> {
+        if final_dir.exists() {
+            let empty = std::fs::read_dir(final_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if !empty && !is_ours(final_dir) {
+                return Err(PackError::Usage(format!(
+                    "writing {}: refusing to replace a folder clocher-pack did not write",
+                    final_dir.display()
+                )));
+            }
+            let old = self.tmp.with_extension("old");
+            std::fs::rename(final_dir, &old).map_err(write_err(final_dir))?;
+            std::fs::rename(&self.tmp, final_dir).map_err(write_err(final_dir))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&self.tmp, final_dir).map_err(write_err(final_dir))?;
+        }
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Checks the checkpoint's tensors against its config: nothing missing, nothing extra, every shape right.
+pub fn check_tensors(ck: &Checkpoint) -> Result<()> {
+    let expected = format::expected_tensors(&ck.config);
+    let file_of = |t: &crate::source::SrcTensor| ck.files[t.file].0.clone();
+    for (name, shape) in &expected {
+        let Some(t) = ck.find(name) else {
+            return Err(input(&ck.path, format!("missing tensor {name}")));
+        };
+        if &t.shape != shape {
+            return Err(input(
+                file_of(t),
+                format!("tensor {name} has shape {:?}, the config implies {:?}", t.shape, shape),
+            ));
+        }
+    }
+    if let Some(t) = ck.tensors.iter().find(|t| !expected.iter().any(|(n, _)| n == &t.name)) {
+        return Err(input(file_of(t), format!("unexpected tensor {} for this config", t.name)));
+    }
+    Ok(())
+}
+
+/// The precision used when `--precision` is absent: the source's float type, else fp32.
+pub fn default_precision(ck: &Checkpoint) -> Precision {
+    use crate::source::SrcType as S;
+    let mut types = ck.tensors.iter().filter(|t| !format::is_norm(&t.name)).map(|t| t.ty);
+    match types.next() {
+        Some(first) if types.all(|t| t == first) => match first {
+            S::Bf16 => Precision::Bf16,
+            S::F16 => Precision::Fp16,
+            _ => Precision::Fp32,
+        },
+        _ => Precision::Fp32,
+    }
+}
+
+/// Writes the IEBIN files for `ck` into `dir` (a staging folder) and returns the metadata.
+pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> Result<ModelMeta> {
+    check_tensors(ck)?;
+    let expected = format::expected_tensors(&ck.config);
+    let total: u64 = expected
+        .iter()
+        .map(|(n, s)| {
+            let d = if format::is_norm(n) { Dtype::F32 } else { precision.dtype() };
+            (s.iter().product::<usize>() * d.size()) as u64
+        })
+        .sum();
+    let bar = indicatif::ProgressBar::new(total).with_message(format!("packing {name}"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+
+    let blob_path = dir.join(format::BLOB_FILE);
+    let f = std::fs::File::create(&blob_path).map_err(write_err(&blob_path))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut pos = 0u64;
+    let mut entries = Vec::with_capacity(expected.len());
+    let mut put = |bytes: &[u8], pos: &mut u64| -> Result<()> {
+        w.write_all(bytes).map_err(write_err(&blob_path))?;
+        hasher.update(bytes);
+        *pos += bytes.len() as u64;
+        Ok(())
+    };
+    for (tname, shape) in &expected {
+        let t = ck.find(tname).expect("checked above");
+        let dtype = if format::is_norm(tname) { Dtype::F32 } else { precision.dtype() };
+        let pad = pos.next_multiple_of(format::ALIGN) - pos;
+        put(&vec![0u8; pad as usize], &mut pos)?;
+        let values = ck.read_f32(t);
+        let bytes: Vec<u8> = match dtype {
+            Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::Bf16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+            Dtype::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+        };
+        entries.push(TensorEntry {
+            name: tname.clone(),
+            shape: shape.clone(),
+            dtype,
+            offset: pos,
+            nbytes: bytes.len() as u64,
+            layout: "row_major".into(),
+        });
+        put(&bytes, &mut pos)?;
+        bar.inc(bytes.len() as u64);
+    }
+    w.flush().map_err(write_err(&blob_path))?;
+    w.into_inner()
+        .map_err(|e| PackError::Write { path: blob_path.clone(), source: e.into_error() })?
+        .sync_all()
+        .map_err(write_err(&blob_path))?;
+    bar.finish_and_clear();
+
+    let mut dtypes: Vec<String> = ck.tensors.iter().map(|t| t.ty.name().to_string()).collect();
+    dtypes.sort();
+    dtypes.dedup();
+    let meta = ModelMeta {
+        format: format::FORMAT.into(),
+        version: format::VERSION,
+        name: name.into(),
+        architecture: ck.architecture.clone(),
+        precision,
+        config: ck.config.clone(),
+        tensors: entries,
+        tokenizer: ck.tokenizer.clone(),
+        source: SourceInfo { kind: ck.kind.into(), path: ck.path.display().to_string(), dtypes },
+        blob: BlobInfo { file: format::BLOB_FILE.into(), size: pos, xxh3: format!("{:016x}", hasher.digest()) },
+    };
+    write_file(&dir.join(format::META_FILE), serde_json::to_string_pretty(&meta).expect("serializable").as_bytes())?;
+    write_file(&dir.join(format::TOKENIZER_FILE), ck.tokenizer_json.as_bytes())?;
+
+    // vocab.json: id -> token string.
+    let tok = tokenizers::Tokenizer::from_bytes(ck.tokenizer_json.as_bytes())
+        .map_err(|e| input(&ck.path, format!("unreadable tokenizer: {e}")))?;
+    let n = tok.get_vocab_size(true).max(ck.config.vocab_size);
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..n as u32)
+        .filter_map(|i| tok.id_to_token(i).map(|t| (i.to_string(), t.into())))
+        .collect();
+    write_file(&dir.join(format::VOCAB_FILE), serde_json::to_string(&vocab).expect("serializable").as_bytes())?;
+    Ok(meta)
+}
+
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(write_err(path))
+}

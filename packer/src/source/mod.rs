@@ -1,0 +1,151 @@
+//! Checkpoint readers. Each turns its input into one [`Checkpoint`]: the config, every tensor
+//! under its Hugging Face name (bytes still in the mapped file), and the tokenizer.
+
+pub mod gguf;
+pub mod hf;
+
+use clocher_engine::format::{LlamaConfig, TokenizerInfo};
+use clocher_engine::kernels::blocks::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use std::path::PathBuf;
+
+/// Element type of a tensor in a source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SrcType {
+    F32,
+    F16,
+    Bf16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl SrcType {
+    pub fn name(self) -> &'static str {
+        match self {
+            SrcType::F32 => "f32",
+            SrcType::F16 => "f16",
+            SrcType::Bf16 => "bf16",
+            SrcType::Q4_0 => "q4_0",
+            SrcType::Q4_1 => "q4_1",
+            SrcType::Q8_0 => "q8_0",
+        }
+    }
+    /// (elements per block, bytes per block)
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            SrcType::F32 => (1, 4),
+            SrcType::F16 | SrcType::Bf16 => (1, 2),
+            SrcType::Q4_0 => (QK, std::mem::size_of::<BlockQ4_0>()),
+            SrcType::Q4_1 => (QK, std::mem::size_of::<BlockQ4_1>()),
+            SrcType::Q8_0 => (QK, std::mem::size_of::<BlockQ8_0>()),
+        }
+    }
+}
+
+/// A tensor as found in the source, already under its Hugging Face name and shape.
+#[derive(Debug, Clone)]
+pub struct SrcTensor {
+    pub name: String,
+    /// Outermost dimension first.
+    pub shape: Vec<usize>,
+    pub ty: SrcType,
+    /// Which mapped file, and the byte range in it (validated against the file's length).
+    pub file: usize,
+    pub range: std::ops::Range<usize>,
+    /// GGUF stores q/k rows permuted per head for its RoPE; undo with this many heads.
+    pub unpermute_heads: Option<usize>,
+}
+
+pub struct Checkpoint {
+    pub kind: &'static str,
+    pub path: PathBuf,
+    pub architecture: String,
+    pub config: LlamaConfig,
+    pub tensors: Vec<SrcTensor>,
+    pub files: Vec<(PathBuf, Mmap)>,
+    /// `tokenizer.json` contents (generated from GGUF metadata for GGUF files).
+    pub tokenizer_json: String,
+    pub tokenizer: TokenizerInfo,
+}
+
+impl Checkpoint {
+    /// The tensor's values as f32, in Hugging Face row order.
+    pub fn read_f32(&self, t: &SrcTensor) -> Vec<f32> {
+        let (_, map) = &self.files[t.file];
+        let bytes = &map[t.range.clone()];
+        let numel: usize = t.shape.iter().product();
+        let mut out = vec![0.0f32; numel];
+        // Sources only guarantee byte alignment, so read elements through unaligned copies.
+        match t.ty {
+            SrcType::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(c.try_into().unwrap());
+                }
+            }
+            SrcType::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            SrcType::Bf16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            SrcType::Q4_0 => blocks::dequant_q4_0_ref(&bytemuck::pod_collect_to_vec::<u8, BlockQ4_0>(bytes), &mut out),
+            SrcType::Q4_1 => blocks::dequant_q4_1_ref(&bytemuck::pod_collect_to_vec::<u8, BlockQ4_1>(bytes), &mut out),
+            SrcType::Q8_0 => blocks::dequant_q8_0_ref(&bytemuck::pod_collect_to_vec::<u8, BlockQ8_0>(bytes), &mut out),
+        }
+        if let Some(heads) = t.unpermute_heads {
+            out = unpermute_rows(&out, &t.shape, heads);
+        }
+        out
+    }
+
+    pub fn find(&self, name: &str) -> Option<&SrcTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// Undoes llama.cpp's converter permutation of q/k rows: within each head, GGUF interleaves
+/// the two RoPE halves (row `2i + j`), while transformers keeps them apart (row `j * hd/2 + i`).
+pub fn unpermute_rows(w: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
+    let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * hd + 2 * i + j;
+                let dst = h * hd + j * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp's convert: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols)
+        let (heads, hd, cols) = (2, 4, 3);
+        let rows = heads * hd;
+        let hf: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..hd / 2 {
+                    let src = h * hd + j * (hd / 2) + i;
+                    let dst = h * hd + 2 * i + j;
+                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_eq!(super::unpermute_rows(&gguf, &[rows, cols], heads), hf);
+    }
+}
