@@ -44,9 +44,6 @@ path = "src/main.rs"
 clocher-engine = {{ path = "{engine}" }}
 clocher-macros = {{ path = "{macros}" }}
 
-[profile.release]
-panic = "abort"
-
 # A workspace of its own, so the crate builds wherever it was written.
 [workspace]
 "#,

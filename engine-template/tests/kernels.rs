@@ -1,0 +1,230 @@
+//! SIMD kernels against the scalar reference and an f64 oracle: every length from 0 to past
+//! twice the widest unrolled step, misaligned slices, and every 16-bit float code.
+
+use clocher_engine::kernels::{self, reference, tol, Isa};
+use half::{bf16, f16};
+use proptest::prelude::*;
+
+/// Widest step of the SIMD loops (4 accumulators x 8 lanes); lengths go past twice this.
+const MAX_STEP: usize = 32;
+const ROWS: [usize; 4] = [0, 1, 2, 5];
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    // Deterministic, sign-mixed, spread over a few orders of magnitude.
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 4.0
+        })
+        .collect()
+}
+
+fn dot_f64(w: &[f32], x: &[f32]) -> (f64, f64) {
+    let dot = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let mag = w.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+    (dot, mag)
+}
+
+fn bound(n: usize, mag: f64) -> f64 {
+    tol::DOT_REL as f64 * (n.max(1) as f64).sqrt() * mag + tol::DOT_ABS as f64
+}
+
+type Gemv<E> = fn(Isa, &[E], &[f32], &mut [f32]);
+
+/// Runs one GEMV variant over all shapes and misalignments; returns every failure.
+fn check_gemv<E: Copy>(format: &str, conv: fn(f32) -> E, widen: fn(E) -> f32, gemv: Gemv<E>) -> Vec<String> {
+    let mut fails = Vec::new();
+    for isa in Isa::available() {
+        for cols in 0..=2 * MAX_STEP + 3 {
+            for rows in ROWS {
+                for mis in 0..3 {
+                    let wbuf: Vec<E> = values(rows * cols + mis, (cols * 31 + rows) as u32).into_iter().map(conv).collect();
+                    let xbuf = values(cols + mis, cols as u32 + 7);
+                    let (w, x) = (&wbuf[mis..], &xbuf[mis..]);
+                    let mut y = vec![f32::NAN; rows];
+                    gemv(isa, w, x, &mut y);
+                    let wf: Vec<f32> = w.iter().map(|v| widen(*v)).collect();
+                    for r in 0..rows {
+                        let (exp, mag) = dot_f64(&wf[r * cols..(r + 1) * cols], x);
+                        let got = y[r] as f64;
+                        if !((got - exp).abs() <= bound(cols, mag)) {
+                            fails.push(format!(
+                                "gemv_{format} isa={} rows={rows} cols={cols} misalign={mis} index={r}: expected {exp}, actual {got}",
+                                isa.name()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fails
+}
+
+fn assert_none(fails: Vec<String>) {
+    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+}
+
+#[test]
+fn gemv_f32_matches_f64_oracle() {
+    assert_none(check_gemv("f32", |v| v, |v| v, kernels::gemv_f32));
+}
+
+#[test]
+fn gemv_bf16_matches_f64_oracle() {
+    assert_none(check_gemv("bf16", bf16::from_f32, bf16::to_f32, kernels::gemv_bf16));
+}
+
+#[test]
+fn gemv_f16_matches_f64_oracle() {
+    assert_none(check_gemv("f16", f16::from_f32, f16::to_f32, kernels::gemv_f16));
+}
+
+/// Every finite 16-bit code, widened by each ISA's GEMV: 8 passes with a one-hot `x` pick out
+/// each column exactly (products with 0 and 1 are exact), so the result must equal the code's
+/// value bit for bit.
+fn check_all_codes<E: Copy>(format: &str, from_bits: fn(u16) -> E, widen: fn(E) -> f32, gemv: Gemv<E>) -> Vec<String> {
+    const COLS: usize = 8;
+    let codes: Vec<E> =
+        (0..=u16::MAX).map(|b| if widen(from_bits(b)).is_finite() { from_bits(b) } else { from_bits(0) }).collect();
+    let rows = codes.len() / COLS;
+    let mut fails = Vec::new();
+    for isa in Isa::available() {
+        for j in 0..COLS {
+            let mut x = [0.0f32; COLS];
+            x[j] = 1.0;
+            let mut y = vec![0.0f32; rows];
+            gemv(isa, &codes, &x, &mut y);
+            for r in 0..rows {
+                let exp = widen(codes[r * COLS + j]);
+                if y[r].to_bits() != exp.to_bits() && !(y[r] == 0.0 && exp == 0.0) {
+                    fails.push(format!(
+                        "widen_{format} isa={} code index={}: expected {exp}, actual {}",
+                        isa.name(),
+                        r * COLS + j,
+                        y[r]
+                    ));
+                }
+            }
+        }
+    }
+    fails
+}
+
+#[test]
+fn every_bf16_code_widens_exactly() {
+    assert_none(check_all_codes("bf16", bf16::from_bits, bf16::to_f32, kernels::gemv_bf16));
+}
+
+#[test]
+fn every_f16_code_widens_exactly() {
+    assert_none(check_all_codes("f16", f16::from_bits, f16::to_f32, kernels::gemv_f16));
+}
+
+#[test]
+fn dot_and_axpy_match_reference() {
+    let mut fails = Vec::new();
+    for isa in Isa::available() {
+        for n in 0..=2 * MAX_STEP + 3 {
+            for mis in 0..3 {
+                let a = values(n + mis, n as u32);
+                let b = values(n + mis, n as u32 + 99);
+                let (a, b) = (&a[mis..], &b[mis..]);
+                let (exp, mag) = dot_f64(a, b);
+                let got = kernels::dot_f32(isa, a, b) as f64;
+                if !((got - exp).abs() <= bound(n, mag)) {
+                    fails.push(format!("dot_f32 isa={} n={n} misalign={mis}: expected {exp}, actual {got}", isa.name()));
+                }
+                let mut y = b.to_vec();
+                let mut y_ref = b.to_vec();
+                kernels::axpy_f32(isa, 0.75, a, &mut y);
+                reference::axpy_f32_ref(0.75, a, &mut y_ref);
+                for (i, (g, e)) in y.iter().zip(&y_ref).enumerate() {
+                    if (g - e).abs() > tol::ELEMENTWISE_REL * e.abs().max(1.0) {
+                        fails.push(format!(
+                            "axpy_f32 isa={} n={n} misalign={mis} index={i}: expected {e}, actual {g}",
+                            isa.name()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert_none(fails);
+}
+
+#[test]
+fn rmsnorm_softmax_rope_silu_match_f64_math() {
+    let x = values(67, 3);
+    let w = values(67, 4);
+    let mut out = vec![0.0; 67];
+    reference::rmsnorm_ref(&x, &w, 1e-5, &mut out);
+    let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / 67.0;
+    for i in 0..67 {
+        let exp = w[i] as f64 * x[i] as f64 / (ms + 1e-5).sqrt();
+        let tol = tol::ELEMENTWISE_REL as f64 * exp.abs().max(1.0);
+        assert!((out[i] as f64 - exp).abs() <= tol, "rmsnorm index={i}: expected {exp}, actual {}", out[i]);
+    }
+
+    let mut p = vec![1000.0, 1001.0, 999.0];
+    reference::softmax_ref(&mut p);
+    let e: Vec<f64> = [0.0f64, 1.0, -1.0].iter().map(|v| v.exp()).collect();
+    let s: f64 = e.iter().sum();
+    for i in 0..3 {
+        let tol = tol::ELEMENTWISE_REL as f64;
+        assert!((p[i] as f64 - e[i] / s).abs() < tol, "softmax index={i}: expected {}, actual {}", e[i] / s, p[i]);
+    }
+
+    // RoPE at position 0 is the identity; at position 7 it rotates each (i, i + hd/2) pair.
+    let (hd, heads) = (8, 2);
+    let mut cos = vec![0.0; hd / 2];
+    let mut sin = vec![0.0; hd / 2];
+    let q = values(hd * heads, 5);
+    reference::rope_cos_sin(0, 10000.0, hd, &mut cos, &mut sin);
+    let mut q0 = q.clone();
+    reference::rope_ref(&mut q0, &cos, &sin);
+    assert_eq!(q0, q);
+    reference::rope_cos_sin(7, 10000.0, hd, &mut cos, &mut sin);
+    let mut q7 = q.clone();
+    reference::rope_ref(&mut q7, &cos, &sin);
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            let (a, b) = (h * hd + i, h * hd + i + hd / 2);
+            let angle = 7.0f64 * 10000f64.powf(-(2.0 * i as f64) / hd as f64);
+            let exp_a = q[a] as f64 * angle.cos() - q[b] as f64 * angle.sin();
+            let exp_b = q[b] as f64 * angle.cos() + q[a] as f64 * angle.sin();
+            assert!((q7[a] as f64 - exp_a).abs() < 1e-5, "rope head={h} i={i}: expected {exp_a}, actual {}", q7[a]);
+            assert!((q7[b] as f64 - exp_b).abs() < 1e-5, "rope head={h} i={i}+hd/2: expected {exp_b}, actual {}", q7[b]);
+        }
+    }
+
+    let mut g = vec![-2.0f32, 0.0, 3.0];
+    reference::silu_mul_ref(&mut g, &[1.0, 5.0, 2.0]);
+    let silu = |v: f64| v / (1.0 + (-v).exp());
+    for (i, (got, exp)) in g.iter().zip([silu(-2.0), 0.0, 2.0 * silu(3.0)]).enumerate() {
+        assert!((*got as f64 - exp).abs() < 1e-6, "silu_mul index={i}: expected {exp}, actual {got}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn gemv_bf16_simd_equals_reference_within_tolerance(cols in 0usize..200, rows in 0usize..6, seed in any::<u32>()) {
+        let w: Vec<bf16> = values(rows * cols, seed).into_iter().map(bf16::from_f32).collect();
+        let x = values(cols, seed ^ 0x5555);
+        let mut want = vec![0.0; rows];
+        reference::gemv_bf16_ref(&w, &x, &mut want);
+        for isa in Isa::available() {
+            let mut got = vec![0.0; rows];
+            kernels::gemv_bf16(isa, &w, &x, &mut got);
+            for r in 0..rows {
+                let wf: Vec<f32> = w[r * cols..(r + 1) * cols].iter().map(|v| v.to_f32()).collect();
+                let (_, mag) = dot_f64(&wf, &x);
+                prop_assert!(((got[r] - want[r]) as f64).abs() <= 2.0 * bound(cols, mag),
+                    "gemv_bf16 isa={} index={r}: expected {}, actual {}", isa.name(), want[r], got[r]);
+            }
+        }
+    }
+}
