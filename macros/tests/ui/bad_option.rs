@@ -1,0 +1,3 @@
+clocher_macros::model!("tiny.ie.json", embed_everything);
+
+fn main() {}

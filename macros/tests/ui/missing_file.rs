@@ -1,0 +1,3 @@
+clocher_macros::model!("no_such_model.ie.json");
+
+fn main() {}
