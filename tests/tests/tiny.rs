@@ -1,0 +1,138 @@
+//! A tiny random Llama written by the test: packed, built and run end to end, and checked
+//! against an f64 forward pass (untied head, GQA, two shards, fp32 and bf16).
+
+use clocher_e2e::*;
+use std::path::Path;
+
+const PROMPT: &str = "t5 t9 t13 t2 t40";
+const PROMPT_IDS: [u32; 5] = [5, 9, 13, 2, 40];
+/// Max |logit - f64 oracle| for an fp32 pack (f32 arithmetic in a different order).
+const FP32_LOGIT_TOL: f32 = 1e-3;
+/// Same for bf16 weights: the oracle uses the same rounded weights, so only arithmetic differs.
+const BF16_LOGIT_TOL: f32 = 2e-3;
+
+fn bf16_round(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
+}
+
+fn check_against_oracle(model: &TinyLlama, bin: &Path, dir: &Path, round: fn(f32) -> f32, tol: f32) {
+    let logits_path = dir.join("logits.f32");
+    let v = run_json(bin, &["--prompt", PROMPT, "--max-new", "12", "--dump-logits", logits_path.to_str().unwrap()]);
+    assert_eq!(v["prompt_tokens"], 5);
+    let want: Vec<f32> = model.logits(&PROMPT_IDS, round).iter().map(|v| *v as f32).collect();
+    let got = read_f32(&logits_path);
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff <= tol, "last-position logits differ from the f64 oracle by {diff} (> {tol})");
+    assert_eq!(token_ids(&v), model.greedy(&PROMPT_IDS, 12, round), "greedy continuation differs from the f64 oracle");
+    for key in ["model", "precision", "threads", "generated_tokens", "text", "wall_time_s", "tps_true", "ttft_ms",
+        "latency_p50_ms", "latency_p95_ms", "prefill_tps", "rss_peak_mb", "load_time_ms"] {
+        assert!(!v[key].is_null(), "JSON line lacks {key}: {v}");
+    }
+}
+
+#[test]
+fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
+    let work = tempfile::tempdir().unwrap();
+    let model = TinyLlama::new(false, 1);
+    let hf = work.path().join("hf");
+    model.write_hf(&hf, "F32");
+    let crate_dir = pack_ok(&hf, work.path(), "tiny-fp32", &[]);
+    let main_rs = std::fs::read_to_string(crate_dir.join("src/main.rs")).unwrap();
+    assert!(main_rs.starts_with("// @generated"), "{main_rs}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("tiny-fp32/model.ie.json")).unwrap()).unwrap();
+    assert_eq!(meta["precision"], "fp32");
+    assert!(meta["tensors"].as_array().unwrap().iter().all(|t| t["offset"].as_u64().unwrap() % 64 == 0));
+    let vocab: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("tiny-fp32/vocab.json")).unwrap()).unwrap();
+    assert_eq!(vocab["5"], "t5");
+
+    let bin = build_crate(&crate_dir, "tiny-fp32");
+    check_against_oracle(&model, &bin, work.path(), |v| v, FP32_LOGIT_TOL);
+
+    // Threads change the schedule, not the result.
+    let one = run_json(&bin, &["--prompt", PROMPT, "--max-new", "8", "--threads", "1"]);
+    let three = run_json(&bin, &["--prompt", PROMPT, "--max-new", "8", "--threads", "3"]);
+    assert_eq!(token_ids(&one), token_ids(&three));
+    assert_eq!(three["threads"], 3);
+
+    // Seeded sampling repeats; another seed may differ but stays in the vocabulary.
+    let s = ["--prompt", PROMPT, "--max-new", "10", "--temperature", "1.5", "--top-k", "20", "--top-p", "0.9", "--seed", "7"];
+    let (a, b) = (run_json(&bin, &s), run_json(&bin, &s));
+    assert_eq!(token_ids(&a), token_ids(&b));
+    assert!(token_ids(&a).iter().all(|&t| t < 64));
+
+    // --chat renders the template: "t3 <prompt> t4" is 7 tokens.
+    let chat = run_json(&bin, &["--prompt", PROMPT, "--chat", "--max-new", "2"]);
+    assert_eq!(chat["prompt_tokens"], 7);
+
+    // Generation stops at the context's end; a prompt that fills the context is refused.
+    let long = vec!["t7"; 47].join(" ");
+    let v = run_json(&bin, &["--prompt", &long, "--max-new", "100"]);
+    assert!(v["generated_tokens"].as_u64().unwrap() <= 1);
+    let too_long = vec!["t7"; 48].join(" ");
+    let out = run(&bin, &["--prompt", &too_long]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("48 tokens") && err.contains("context of 48"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    // Works from any working directory.
+    let out = std::process::Command::new(&bin).args(["--prompt", PROMPT, "--max-new", "2"]).current_dir("/").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Weights missing, truncated, or not the ones it was built for: one line, non-zero exit.
+    let blob = work.path().join("tiny-fp32/model.ie.bin");
+    let original = std::fs::read(&blob).unwrap();
+    let expect_err = |needle: &str| {
+        let out = run(&bin, &["--prompt", PROMPT]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && err.contains(needle) && err.contains("model.ie.bin"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    };
+    let mut changed = original.clone();
+    changed[original.len() / 2] ^= 0x40;
+    std::fs::write(&blob, &changed).unwrap();
+    expect_err("content hash");
+    std::fs::write(&blob, &original[..original.len() - 100]).unwrap();
+    expect_err("truncated");
+    std::fs::remove_file(&blob).unwrap();
+    expect_err("not found");
+    // --model-dir points it elsewhere.
+    let moved = work.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    std::fs::write(moved.join("model.ie.bin"), &original).unwrap();
+    run_json(&bin, &["--prompt", PROMPT, "--max-new", "2", "--model-dir", moved.to_str().unwrap()]);
+}
+
+#[test]
+fn tiny_bf16_tied_matches_f64_oracle() {
+    let work = tempfile::tempdir().unwrap();
+    let model = TinyLlama::new(true, 2);
+    let hf = work.path().join("hf");
+    model.write_hf(&hf, "BF16");
+    // The source is bf16, so that is the default precision.
+    let crate_dir = pack_ok(&hf, work.path(), "tiny-bf16", &[]);
+    let bin = build_crate(&crate_dir, "tiny-bf16");
+    let v = run_json(&bin, &["--prompt", PROMPT, "--max-new", "1"]);
+    assert_eq!(v["precision"], "bf16");
+    check_against_oracle(&model, &bin, work.path(), bf16_round, BF16_LOGIT_TOL);
+}
+
+#[test]
+fn tiny_embedded_weights_run_as_a_lone_file() {
+    let work = tempfile::tempdir().unwrap();
+    let model = TinyLlama::new(false, 3);
+    let hf = work.path().join("hf");
+    model.write_hf(&hf, "F32");
+    let crate_dir = pack_ok(&hf, work.path(), "tiny-embed", &["--embed-weights"]);
+    let bin = build_crate(&crate_dir, "tiny-embed");
+    // Copy the binary alone somewhere else and delete the packed model.
+    let lone = work.path().join("elsewhere");
+    std::fs::create_dir(&lone).unwrap();
+    std::fs::copy(&bin, lone.join("tiny")).unwrap();
+    std::fs::remove_dir_all(work.path().join("tiny-embed")).unwrap();
+    std::fs::remove_dir_all(&hf).unwrap();
+    let v = run_json(&lone.join("tiny"), &["--prompt", PROMPT, "--max-new", "6"]);
+    assert_eq!(token_ids(&v), model.greedy(&PROMPT_IDS, 6, |x| x));
+}
