@@ -11,6 +11,18 @@ use std::thread::JoinHandle;
 
 /// How long a worker spins for the next job before parking (iterations of `spin_loop`).
 const SPIN_ITERS: usize = 1 << 16;
+/// Spinning threads yield the core this often, so an oversubscribed machine (more threads
+/// than free cores) still makes progress instead of burning whole time slices.
+const YIELD_EVERY: usize = 64;
+
+#[inline]
+fn backoff(spins: usize) {
+    if spins % YIELD_EVERY == YIELD_EVERY - 1 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
 
 type Job = dyn Fn(usize, usize) + Sync;
 
@@ -78,8 +90,10 @@ impl Pool {
             self.shared.wake.notify_all();
         }
         f(0, self.threads);
+        let mut spins = 0;
         while self.shared.pending.load(Acquire) != 0 {
-            std::hint::spin_loop();
+            backoff(spins);
+            spins += 1;
         }
     }
 
@@ -127,8 +141,8 @@ fn worker(s: Arc<Shared>, idx: usize, threads: usize) {
         let mut spins = 0;
         while s.epoch.load(Acquire) == seen && !s.shutdown.load(Relaxed) {
             if spins < SPIN_ITERS {
+                backoff(spins);
                 spins += 1;
-                std::hint::spin_loop();
                 continue;
             }
             s.sleeping.fetch_add(1, SeqCst);

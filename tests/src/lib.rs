@@ -77,8 +77,11 @@ pub fn build_crate(crate_dir: &Path, name: &str) -> PathBuf {
     e2e_target().join("release").join(name)
 }
 
-/// Runs a model binary; returns its output.
+/// Runs a model binary; returns its output. Runs are serialized within a test process so
+/// concurrent tests don't oversubscribe the cores.
 pub fn run(bin: &Path, args: &[&str]) -> Output {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     Command::new(bin).args(args).output().expect("running the model binary")
 }
 
