@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Debug, Parser)]
-#[command(about = "Generate text with the one model this binary was built for", version)]
+#[command(
+    about = "Generate text with the one model this binary was built for",
+    version
+)]
 pub struct Args {
     /// Text to continue (or, with --chat, the user's message).
     #[arg(long)]
@@ -63,7 +66,12 @@ pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     }
 }
 
-pub fn run<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, args: &Args, start: Instant) -> Result<String> {
+pub fn run<M: CausalLm>(
+    info: &BakedInfo,
+    offsets: &M::Offsets,
+    args: &Args,
+    start: Instant,
+) -> Result<String> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -72,7 +80,10 @@ pub fn run<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, args: &Args, sta
     }
     let ctx = args.ctx.unwrap_or(M::CONTEXT);
     if ctx == 0 || ctx > M::CONTEXT {
-        return Err(EngineError::Usage(format!("--ctx must be between 1 and {}", M::CONTEXT)));
+        return Err(EngineError::Usage(format!(
+            "--ctx must be between 1 and {}",
+            M::CONTEXT
+        )));
     }
     let blob = weights::load(info, args.model_dir.as_deref())?;
     let model = M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?;
@@ -126,7 +137,9 @@ pub fn run<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, args: &Args, sta
     let mut last = Instant::now();
     while out.len() < max_new && !info.eos_token_ids.contains(&next) {
         let pos = ids.len() + out.len() - 1;
-        let logits = model.step(&mut state, &pool, next, pos, true).expect("logits were asked for");
+        let logits = model
+            .step(&mut state, &pool, next, pos, true)
+            .expect("logits were asked for");
         next = sampler.sample(logits);
         out.push(next);
         let now = Instant::now();
@@ -160,7 +173,10 @@ pub fn run<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, args: &Args, sta
 fn write_f32_atomic(path: &std::path::Path, values: &[f32]) -> Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let tmp = path.with_extension("tmp");
-    let err = |source| EngineError::Output { path: path.to_path_buf(), source };
+    let err = |source| EngineError::Output {
+        path: path.to_path_buf(),
+        source,
+    };
     std::fs::write(&tmp, bytes).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }

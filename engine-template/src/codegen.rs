@@ -69,12 +69,17 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
         ));
     }
     if c.head_dim % 2 != 0 {
-        return fail(format!("checking config: head_dim {} is odd (RoPE needs pairs)", c.head_dim));
+        return fail(format!(
+            "checking config: head_dim {} is odd (RoPE needs pairs)",
+            c.head_dim
+        ));
     }
     let expected = format::expected_tensors(c);
     for (name, shape) in &expected {
         let Some(t) = m.tensor(name) else {
-            return fail(format!("checking tensor {name}: missing from the tensor table"));
+            return fail(format!(
+                "checking tensor {name}: missing from the tensor table"
+            ));
         };
         if &t.shape != shape {
             return fail(format!(
@@ -82,7 +87,11 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
                 t.shape, shape
             ));
         }
-        let want = if format::is_norm(name) { Dtype::F32 } else { m.precision.dtype() };
+        let want = if format::is_norm(name) {
+            Dtype::F32
+        } else {
+            m.precision.dtype()
+        };
         if t.dtype != want {
             return fail(format!(
                 "checking tensor {name}: dtype {} but precision {} stores it as {}",
@@ -101,22 +110,37 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
                 numel * t.dtype.size()
             ));
         }
-        if t.offset % format::ALIGN != 0 || t.offset.checked_add(t.nbytes).is_none_or(|e| e > m.blob.size) {
+        if t.offset % format::ALIGN != 0
+            || t.offset
+                .checked_add(t.nbytes)
+                .is_none_or(|e| e > m.blob.size)
+        {
             return fail(format!(
                 "checking tensor {name}: offset {} (+{} bytes) is unaligned or past the {}-byte blob",
                 t.offset, t.nbytes, m.blob.size
             ));
         }
     }
-    if let Some(t) = m.tensors.iter().find(|t| !expected.iter().any(|(n, _)| n == &t.name)) {
-        return fail(format!("checking tensor {}: not part of a {} model", t.name, m.architecture));
+    if let Some(t) = m
+        .tensors
+        .iter()
+        .find(|t| !expected.iter().any(|(n, _)| n == &t.name))
+    {
+        return fail(format!(
+            "checking tensor {}: not part of a {} model",
+            t.name, m.architecture
+        ));
     }
     parse_hash(&m.blob.xxh3)?;
     Ok(())
 }
 
 fn parse_hash(h: &str) -> Result<u64, CodegenError> {
-    u64::from_str_radix(h, 16).or_else(|_| fail(format!("checking blob: xxh3 {h:?} is not a 64-bit hex number")))
+    u64::from_str_radix(h, 16).or_else(|_| {
+        fail(format!(
+            "checking blob: xxh3 {h:?} is not a 64-bit hex number"
+        ))
+    })
 }
 
 fn usize_lit(v: usize) -> Literal {
@@ -124,7 +148,11 @@ fn usize_lit(v: usize) -> Literal {
 }
 
 /// Emits the `model` module for a validated `m`.
-pub fn generate(m: &ModelMeta, paths: &Paths, embed_weights: bool) -> Result<TokenStream, CodegenError> {
+pub fn generate(
+    m: &ModelMeta,
+    paths: &Paths,
+    embed_weights: bool,
+) -> Result<TokenStream, CodegenError> {
     validate(m)?;
     let c = &m.config;
     let off = |name: &str| usize_lit(m.tensor(name).expect("validated").offset as usize);
@@ -174,9 +202,18 @@ pub fn generate(m: &ModelMeta, paths: &Paths, embed_weights: bool) -> Result<Tok
         Some(s) => quote!(Some(#s)),
         None => quote!(None),
     };
-    let (chat, bos, eos) = (opt_str(&t.chat_template), opt_str(&t.bos_token), opt_str(&t.eos_token));
+    let (chat, bos, eos) = (
+        opt_str(&t.chat_template),
+        opt_str(&t.bos_token),
+        opt_str(&t.eos_token),
+    );
     let eos_ids = &t.eos_token_ids;
-    let Paths { meta_json, model_dir, tokenizer_json, blob } = paths;
+    let Paths {
+        meta_json,
+        model_dir,
+        tokenizer_json,
+        blob,
+    } = paths;
     let (blob_static, embedded) = if embed_weights {
         (
             quote! {

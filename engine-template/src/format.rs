@@ -183,7 +183,10 @@ pub fn expected_tensors(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         c.num_key_value_heads * c.head_dim,
         c.intermediate_size,
     );
-    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, d])];
+    let mut v = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, d],
+    )];
     for l in 0..c.num_hidden_layers {
         let shapes: [Vec<usize>; 9] = [
             vec![d],

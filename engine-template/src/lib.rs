@@ -17,10 +17,10 @@ pub mod kernels;
 pub mod model;
 pub mod pool;
 
-#[cfg(feature = "codegen")]
-pub mod codegen;
 #[cfg(feature = "runtime")]
 pub mod cli;
+#[cfg(feature = "codegen")]
+pub mod codegen;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 

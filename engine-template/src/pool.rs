@@ -65,7 +65,11 @@ impl Pool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Pool { shared, workers, threads }
+        Pool {
+            shared,
+            workers,
+            threads,
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -81,7 +85,9 @@ impl Pool {
         }
         // SAFETY: the reference is only used by workers until `pending` reaches zero, and this
         // function does not return before that, so it never outlives `f`.
-        let job: &'static Job = unsafe { std::mem::transmute::<&'f (dyn Fn(usize, usize) + Sync + 'f), &'static Job>(f) };
+        let job: &'static Job = unsafe {
+            std::mem::transmute::<&'f (dyn Fn(usize, usize) + Sync + 'f), &'static Job>(f)
+        };
         *self.shared.job.lock().unwrap() = Some(job);
         self.shared.pending.store(self.threads - 1, SeqCst);
         self.shared.epoch.fetch_add(1, SeqCst);
@@ -106,7 +112,8 @@ impl Pool {
             let (start, end) = shard(n, t, nt, grain);
             if start < end {
                 // SAFETY: `shard` gives disjoint ranges inside `0..n` to distinct threads.
-                let chunk = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), end - start) };
+                let chunk =
+                    unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), end - start) };
                 f(start, chunk);
             }
         });
@@ -149,7 +156,9 @@ fn worker(s: Arc<Shared>, idx: usize, threads: usize) {
             let g = s.lock.lock().unwrap();
             let _g = s
                 .wake
-                .wait_while(g, |_| s.epoch.load(SeqCst) == seen && !s.shutdown.load(SeqCst))
+                .wait_while(g, |_| {
+                    s.epoch.load(SeqCst) == seen && !s.shutdown.load(SeqCst)
+                })
                 .unwrap();
             s.sleeping.fetch_sub(1, SeqCst);
         }
@@ -157,7 +166,11 @@ fn worker(s: Arc<Shared>, idx: usize, threads: usize) {
             return;
         }
         seen = s.epoch.load(Acquire);
-        let job = s.job.lock().unwrap().expect("pool: epoch advanced without a job");
+        let job = s
+            .job
+            .lock()
+            .unwrap()
+            .expect("pool: epoch advanced without a job");
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(idx, threads))).is_err() {
             // The caller would wait forever for this thread; fail loudly instead.
             eprintln!("clocher: a worker thread panicked");
@@ -249,13 +262,21 @@ unsafe impl Sync for SyncSlice<'_> {}
 
 impl<'a> SyncSlice<'a> {
     pub fn new(s: &'a mut [f32]) -> Self {
-        SyncSlice { ptr: s.as_mut_ptr(), len: s.len(), _life: std::marker::PhantomData }
+        SyncSlice {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _life: std::marker::PhantomData,
+        }
     }
     /// # Safety
     /// No two threads may hold overlapping ranges at the same time.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
-        assert!(start + len <= self.len, "SyncSlice: range {start}+{len} past {}", self.len);
+        assert!(
+            start + len <= self.len,
+            "SyncSlice: range {start}+{len} past {}",
+            self.len
+        );
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
 }

@@ -24,7 +24,11 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 
 fn dot_f64(w: &[f32], x: &[f32]) -> (f64, f64) {
     let dot = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-    let mag = w.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+    let mag = w
+        .iter()
+        .zip(x)
+        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+        .sum();
     (dot, mag)
 }
 
@@ -35,13 +39,21 @@ fn bound(n: usize, mag: f64) -> f64 {
 type Gemv<E> = fn(Isa, &[E], &[f32], &mut [f32]);
 
 /// Runs one GEMV variant over all shapes and misalignments; returns every failure.
-fn check_gemv<E: Copy>(format: &str, conv: fn(f32) -> E, widen: fn(E) -> f32, gemv: Gemv<E>) -> Vec<String> {
+fn check_gemv<E: Copy>(
+    format: &str,
+    conv: fn(f32) -> E,
+    widen: fn(E) -> f32,
+    gemv: Gemv<E>,
+) -> Vec<String> {
     let mut fails = Vec::new();
     for isa in Isa::available() {
         for cols in 0..=2 * MAX_STEP + 3 {
             for rows in ROWS {
                 for mis in 0..3 {
-                    let wbuf: Vec<E> = values(rows * cols + mis, (cols * 31 + rows) as u32).into_iter().map(conv).collect();
+                    let wbuf: Vec<E> = values(rows * cols + mis, (cols * 31 + rows) as u32)
+                        .into_iter()
+                        .map(conv)
+                        .collect();
                     let xbuf = values(cols + mis, cols as u32 + 7);
                     let (w, x) = (&wbuf[mis..], &xbuf[mis..]);
                     let mut y = vec![f32::NAN; rows];
@@ -65,7 +77,12 @@ fn check_gemv<E: Copy>(format: &str, conv: fn(f32) -> E, widen: fn(E) -> f32, ge
 }
 
 fn assert_none(fails: Vec<String>) {
-    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
 }
 
 #[test]
@@ -75,21 +92,43 @@ fn gemv_f32_matches_f64_oracle() {
 
 #[test]
 fn gemv_bf16_matches_f64_oracle() {
-    assert_none(check_gemv("bf16", bf16::from_f32, bf16::to_f32, kernels::gemv_bf16));
+    assert_none(check_gemv(
+        "bf16",
+        bf16::from_f32,
+        bf16::to_f32,
+        kernels::gemv_bf16,
+    ));
 }
 
 #[test]
 fn gemv_f16_matches_f64_oracle() {
-    assert_none(check_gemv("f16", f16::from_f32, f16::to_f32, kernels::gemv_f16));
+    assert_none(check_gemv(
+        "f16",
+        f16::from_f32,
+        f16::to_f32,
+        kernels::gemv_f16,
+    ));
 }
 
 /// Every finite 16-bit code, widened by each ISA's GEMV: 8 passes with a one-hot `x` pick out
 /// each column exactly (products with 0 and 1 are exact), so the result must equal the code's
 /// value bit for bit.
-fn check_all_codes<E: Copy>(format: &str, from_bits: fn(u16) -> E, widen: fn(E) -> f32, gemv: Gemv<E>) -> Vec<String> {
+fn check_all_codes<E: Copy>(
+    format: &str,
+    from_bits: fn(u16) -> E,
+    widen: fn(E) -> f32,
+    gemv: Gemv<E>,
+) -> Vec<String> {
     const COLS: usize = 8;
-    let codes: Vec<E> =
-        (0..=u16::MAX).map(|b| if widen(from_bits(b)).is_finite() { from_bits(b) } else { from_bits(0) }).collect();
+    let codes: Vec<E> = (0..=u16::MAX)
+        .map(|b| {
+            if widen(from_bits(b)).is_finite() {
+                from_bits(b)
+            } else {
+                from_bits(0)
+            }
+        })
+        .collect();
     let rows = codes.len() / COLS;
     let mut fails = Vec::new();
     for isa in Isa::available() {
@@ -116,12 +155,22 @@ fn check_all_codes<E: Copy>(format: &str, from_bits: fn(u16) -> E, widen: fn(E) 
 
 #[test]
 fn every_bf16_code_widens_exactly() {
-    assert_none(check_all_codes("bf16", bf16::from_bits, bf16::to_f32, kernels::gemv_bf16));
+    assert_none(check_all_codes(
+        "bf16",
+        bf16::from_bits,
+        bf16::to_f32,
+        kernels::gemv_bf16,
+    ));
 }
 
 #[test]
 fn every_f16_code_widens_exactly() {
-    assert_none(check_all_codes("f16", f16::from_bits, f16::to_f32, kernels::gemv_f16));
+    assert_none(check_all_codes(
+        "f16",
+        f16::from_bits,
+        f16::to_f32,
+        kernels::gemv_f16,
+    ));
 }
 
 #[test]
@@ -136,7 +185,10 @@ fn dot_and_axpy_match_reference() {
                 let (exp, mag) = dot_f64(a, b);
                 let got = kernels::dot_f32(isa, a, b) as f64;
                 if !((got - exp).abs() <= bound(n, mag)) {
-                    fails.push(format!("dot_f32 isa={} n={n} misalign={mis}: expected {exp}, actual {got}", isa.name()));
+                    fails.push(format!(
+                        "dot_f32 isa={} n={n} misalign={mis}: expected {exp}, actual {got}",
+                        isa.name()
+                    ));
                 }
                 let mut y = b.to_vec();
                 let mut y_ref = b.to_vec();
@@ -166,7 +218,11 @@ fn rmsnorm_softmax_rope_silu_match_f64_math() {
     for i in 0..67 {
         let exp = w[i] as f64 * x[i] as f64 / (ms + 1e-5).sqrt();
         let tol = tol::ELEMENTWISE_REL as f64 * exp.abs().max(1.0);
-        assert!((out[i] as f64 - exp).abs() <= tol, "rmsnorm index={i}: expected {exp}, actual {}", out[i]);
+        assert!(
+            (out[i] as f64 - exp).abs() <= tol,
+            "rmsnorm index={i}: expected {exp}, actual {}",
+            out[i]
+        );
     }
 
     let mut p = vec![1000.0, 1001.0, 999.0];
@@ -175,7 +231,12 @@ fn rmsnorm_softmax_rope_silu_match_f64_math() {
     let s: f64 = e.iter().sum();
     for i in 0..3 {
         let tol = tol::ELEMENTWISE_REL as f64;
-        assert!((p[i] as f64 - e[i] / s).abs() < tol, "softmax index={i}: expected {}, actual {}", e[i] / s, p[i]);
+        assert!(
+            (p[i] as f64 - e[i] / s).abs() < tol,
+            "softmax index={i}: expected {}, actual {}",
+            e[i] / s,
+            p[i]
+        );
     }
 
     // RoPE at position 0 is the identity; at position 7 it rotates each (i, i + hd/2) pair.
@@ -196,8 +257,16 @@ fn rmsnorm_softmax_rope_silu_match_f64_math() {
             let angle = 7.0f64 * 10000f64.powf(-(2.0 * i as f64) / hd as f64);
             let exp_a = q[a] as f64 * angle.cos() - q[b] as f64 * angle.sin();
             let exp_b = q[b] as f64 * angle.cos() + q[a] as f64 * angle.sin();
-            assert!((q7[a] as f64 - exp_a).abs() < 1e-5, "rope head={h} i={i}: expected {exp_a}, actual {}", q7[a]);
-            assert!((q7[b] as f64 - exp_b).abs() < 1e-5, "rope head={h} i={i}+hd/2: expected {exp_b}, actual {}", q7[b]);
+            assert!(
+                (q7[a] as f64 - exp_a).abs() < 1e-5,
+                "rope head={h} i={i}: expected {exp_a}, actual {}",
+                q7[a]
+            );
+            assert!(
+                (q7[b] as f64 - exp_b).abs() < 1e-5,
+                "rope head={h} i={i}+hd/2: expected {exp_b}, actual {}",
+                q7[b]
+            );
         }
     }
 
@@ -205,7 +274,10 @@ fn rmsnorm_softmax_rope_silu_match_f64_math() {
     reference::silu_mul_ref(&mut g, &[1.0, 5.0, 2.0]);
     let silu = |v: f64| v / (1.0 + (-v).exp());
     for (i, (got, exp)) in g.iter().zip([silu(-2.0), 0.0, 2.0 * silu(3.0)]).enumerate() {
-        assert!((*got as f64 - exp).abs() < 1e-6, "silu_mul index={i}: expected {exp}, actual {got}");
+        assert!(
+            (*got as f64 - exp).abs() < 1e-6,
+            "silu_mul index={i}: expected {exp}, actual {got}"
+        );
     }
 }
 

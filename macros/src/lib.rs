@@ -24,19 +24,27 @@ impl Parse for Input {
         if input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
             let flag: Ident = input.parse()?;
             if flag != "embed_weights" {
-                return Err(syn::Error::new(flag.span(), "model!: the only option is `embed_weights`"));
+                return Err(syn::Error::new(
+                    flag.span(),
+                    "model!: the only option is `embed_weights`",
+                ));
             }
             embed_weights = true;
             input.parse::<Option<Token![,]>>()?;
         }
-        Ok(Input { path, embed_weights })
+        Ok(Input {
+            path,
+            embed_weights,
+        })
     }
 }
 
 #[proc_macro]
 pub fn model(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as Input);
-    expand(&input).unwrap_or_else(|e| e.to_compile_error()).into()
+    expand(&input)
+        .unwrap_or_else(|e| e.to_compile_error())
+        .into()
 }
 
 fn expand(input: &Input) -> syn::Result<proc_macro2::TokenStream> {
@@ -44,12 +52,22 @@ fn expand(input: &Input) -> syn::Result<proc_macro2::TokenStream> {
     let meta_path = resolve(&input.path.value());
     let json = std::fs::read_to_string(&meta_path)
         .map_err(|e| err(format!("reading {}: {e}", meta_path.display())))?;
-    let meta: ModelMeta =
-        serde_json::from_str(&json).map_err(|e| err(format!("parsing {}: {e}", meta_path.display())))?;
+    let meta: ModelMeta = serde_json::from_str(&json)
+        .map_err(|e| err(format!("parsing {}: {e}", meta_path.display())))?;
     let dir = meta_path.parent().unwrap_or(Path::new("."));
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    let paths = (s(&meta_path), s(dir), s(&dir.join(&meta.tokenizer.file)), s(&dir.join(BLOB_FILE)));
-    let paths = Paths { meta_json: &paths.0, model_dir: &paths.1, tokenizer_json: &paths.2, blob: &paths.3 };
+    let paths = (
+        s(&meta_path),
+        s(dir),
+        s(&dir.join(&meta.tokenizer.file)),
+        s(&dir.join(BLOB_FILE)),
+    );
+    let paths = Paths {
+        meta_json: &paths.0,
+        model_dir: &paths.1,
+        tokenizer_json: &paths.2,
+        blob: &paths.3,
+    };
     codegen::generate(&meta, &paths, input.embed_weights)
         .map_err(|e| err(format!("{} in {}", e, meta_path.display())))
 }
@@ -63,7 +81,13 @@ fn resolve(p: &str) -> PathBuf {
     let caller = proc_macro::Span::call_site().local_file();
     let base = caller
         .and_then(|f| f.parent().map(Path::to_path_buf))
-        .map(|d| if d.is_relative() { std::env::current_dir().unwrap_or_default().join(d) } else { d })
+        .map(|d| {
+            if d.is_relative() {
+                std::env::current_dir().unwrap_or_default().join(d)
+            } else {
+                d
+            }
+        })
         .unwrap_or_default();
     base.join(p)
 }

@@ -35,11 +35,19 @@ fn validate_names_tensor_and_both_shapes() {
     let mut m = tiny();
     m.tensors[7].shape = vec![16, 9];
     let e = validate(&m).unwrap_err().to_string();
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[16, 9]") && e.contains("[16, 8]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight")
+            && e.contains("[16, 9]")
+            && e.contains("[16, 8]"),
+        "{e}"
+    );
 
     let mut m = tiny();
     m.tensors.pop();
-    assert!(validate(&m).unwrap_err().to_string().contains("model.norm.weight"));
+    assert!(validate(&m)
+        .unwrap_err()
+        .to_string()
+        .contains("model.norm.weight"));
 
     let mut m = tiny();
     m.tensors[3].offset += 1;
@@ -47,5 +55,8 @@ fn validate_names_tensor_and_both_shapes() {
 
     let mut m = tiny();
     m.architecture = "GPT2LMHeadModel".into();
-    assert!(validate(&m).unwrap_err().to_string().contains("LlamaForCausalLM"));
+    assert!(validate(&m)
+        .unwrap_err()
+        .to_string()
+        .contains("LlamaForCausalLM"));
 }

@@ -12,7 +12,10 @@ pub fn clocher_root() -> Result<PathBuf> {
     let root = std::env::var_os("CLOCHER_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    let root = root.canonicalize().map_err(|e| PackError::Io { path: root.clone(), source: e })?;
+    let root = root.canonicalize().map_err(|e| PackError::Io {
+        path: root.clone(),
+        source: e,
+    })?;
     if !root.join("engine-template/Cargo.toml").exists() {
         return Err(PackError::Usage(format!(
             "emitting crate: {} holds no engine-template/ (set CLOCHER_ROOT to the clocher checkout)",
@@ -23,11 +26,21 @@ pub fn clocher_root() -> Result<PathBuf> {
 }
 
 /// Writes the crate for the packed model in `model_dir` (absolute) to `crate_dir`, atomically.
-pub fn emit(crate_dir: &Path, name: &str, model_dir: &Path, embed_weights: bool) -> Result<PathBuf> {
+pub fn emit(
+    crate_dir: &Path,
+    name: &str,
+    model_dir: &Path,
+    embed_weights: bool,
+) -> Result<PathBuf> {
     let root = clocher_root()?;
     let staging = Staging::new(crate_dir)?;
     let dir = staging.path();
-    let toml = |p: &Path| p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let toml = |p: &Path| {
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    };
     let cargo = format!(
         r#"# {GENERATED}. Do not edit; run clocher-pack again instead.
 [package]
@@ -72,5 +85,8 @@ clocher-macros = {{ path = "{macros}" }}
     staging.commit(crate_dir, |d| {
         std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|s| s.contains(GENERATED))
     })?;
-    crate_dir.canonicalize().map_err(|e| PackError::Io { path: crate_dir.to_path_buf(), source: e })
+    crate_dir.canonicalize().map_err(|e| PackError::Io {
+        path: crate_dir.to_path_buf(),
+        source: e,
+    })
 }

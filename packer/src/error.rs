@@ -26,7 +26,10 @@ pub enum PackError {
 pub type Result<T, E = PackError> = std::result::Result<T, E>;
 
 pub(crate) fn input(path: impl Into<PathBuf>, msg: impl Into<String>) -> PackError {
-    PackError::Input { path: path.into(), msg: msg.into() }
+    PackError::Input {
+        path: path.into(),
+        msg: msg.into(),
+    }
 }
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PackError {

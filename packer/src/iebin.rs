@@ -3,7 +3,9 @@
 
 use crate::error::{input, write_err, PackError, Result};
 use crate::source::Checkpoint;
-use clocher_engine::format::{self, BlobInfo, Dtype, ModelMeta, Precision, SourceInfo, TensorEntry};
+use clocher_engine::format::{
+    self, BlobInfo, Dtype, ModelMeta, Precision, SourceInfo, TensorEntry,
+};
 use half::{bf16, f16};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,9 +18,15 @@ pub struct Staging {
 
 impl Staging {
     pub fn new(final_dir: &Path) -> Result<Staging> {
-        let parent = final_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = final_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(write_err(parent))?;
-        let base = final_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let base = final_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(write_err(&tmp))?;
@@ -32,7 +40,9 @@ impl Staging {
     /// Replaces `final_dir` (if it exists and `is_ours` accepts it) with the staged folder.
     pub fn commit(mut self, final_dir: &Path, is_ours: impl Fn(&Path) -> bool) -> Result<()> {
         if final_dir.exists() {
-            let empty = std::fs::read_dir(final_dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+            let empty = std::fs::read_dir(final_dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
             if !empty && !is_ours(final_dir) {
                 return Err(PackError::Usage(format!(
                     "writing {}: refusing to replace a folder clocher-pack did not write",
@@ -70,12 +80,22 @@ pub fn check_tensors(ck: &Checkpoint) -> Result<()> {
         if &t.shape != shape {
             return Err(input(
                 file_of(t),
-                format!("tensor {name} has shape {:?}, the config implies {:?}", t.shape, shape),
+                format!(
+                    "tensor {name} has shape {:?}, the config implies {:?}",
+                    t.shape, shape
+                ),
             ));
         }
     }
-    if let Some(t) = ck.tensors.iter().find(|t| !expected.iter().any(|(n, _)| n == &t.name)) {
-        return Err(input(file_of(t), format!("unexpected tensor {} for this config", t.name)));
+    if let Some(t) = ck
+        .tensors
+        .iter()
+        .find(|t| !expected.iter().any(|(n, _)| n == &t.name))
+    {
+        return Err(input(
+            file_of(t),
+            format!("unexpected tensor {} for this config", t.name),
+        ));
     }
     Ok(())
 }
@@ -83,7 +103,11 @@ pub fn check_tensors(ck: &Checkpoint) -> Result<()> {
 /// The precision used when `--precision` is absent: the source's float type, else fp32.
 pub fn default_precision(ck: &Checkpoint) -> Precision {
     use crate::source::SrcType as S;
-    let mut types = ck.tensors.iter().filter(|t| !format::is_norm(&t.name)).map(|t| t.ty);
+    let mut types = ck
+        .tensors
+        .iter()
+        .filter(|t| !format::is_norm(&t.name))
+        .map(|t| t.ty);
     match types.next() {
         Some(first) if types.all(|t| t == first) => match first {
             S::Bf16 => Precision::Bf16,
@@ -101,7 +125,11 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
     let total: u64 = expected
         .iter()
         .map(|(n, s)| {
-            let d = if format::is_norm(n) { Dtype::F32 } else { precision.dtype() };
+            let d = if format::is_norm(n) {
+                Dtype::F32
+            } else {
+                precision.dtype()
+            };
             (s.iter().product::<usize>() * d.size()) as u64
         })
         .sum();
@@ -126,14 +154,24 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
     };
     for (tname, shape) in &expected {
         let t = ck.find(tname).expect("checked above");
-        let dtype = if format::is_norm(tname) { Dtype::F32 } else { precision.dtype() };
+        let dtype = if format::is_norm(tname) {
+            Dtype::F32
+        } else {
+            precision.dtype()
+        };
         let pad = pos.next_multiple_of(format::ALIGN) - pos;
         put(&vec![0u8; pad as usize], &mut pos)?;
         let values = ck.read_f32(t);
         let bytes: Vec<u8> = match dtype {
             Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Dtype::Bf16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
-            Dtype::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+            Dtype::Bf16 => values
+                .iter()
+                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            Dtype::F16 => values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
         };
         entries.push(TensorEntry {
             name: tname.clone(),
@@ -148,7 +186,10 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
     }
     w.flush().map_err(write_err(&blob_path))?;
     w.into_inner()
-        .map_err(|e| PackError::Write { path: blob_path.clone(), source: e.into_error() })?
+        .map_err(|e| PackError::Write {
+            path: blob_path.clone(),
+            source: e.into_error(),
+        })?
         .sync_all()
         .map_err(write_err(&blob_path))?;
     bar.finish_and_clear();
@@ -165,11 +206,27 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
         config: ck.config.clone(),
         tensors: entries,
         tokenizer: ck.tokenizer.clone(),
-        source: SourceInfo { kind: ck.kind.into(), path: ck.path.display().to_string(), dtypes },
-        blob: BlobInfo { file: format::BLOB_FILE.into(), size: pos, xxh3: format!("{:016x}", hasher.digest()) },
+        source: SourceInfo {
+            kind: ck.kind.into(),
+            path: ck.path.display().to_string(),
+            dtypes,
+        },
+        blob: BlobInfo {
+            file: format::BLOB_FILE.into(),
+            size: pos,
+            xxh3: format!("{:016x}", hasher.digest()),
+        },
     };
-    write_file(&dir.join(format::META_FILE), serde_json::to_string_pretty(&meta).expect("serializable").as_bytes())?;
-    write_file(&dir.join(format::TOKENIZER_FILE), ck.tokenizer_json.as_bytes())?;
+    write_file(
+        &dir.join(format::META_FILE),
+        serde_json::to_string_pretty(&meta)
+            .expect("serializable")
+            .as_bytes(),
+    )?;
+    write_file(
+        &dir.join(format::TOKENIZER_FILE),
+        ck.tokenizer_json.as_bytes(),
+    )?;
 
     // vocab.json: id -> token string.
     let tok = tokenizers::Tokenizer::from_bytes(ck.tokenizer_json.as_bytes())
@@ -178,7 +235,12 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
     let vocab: serde_json::Map<String, serde_json::Value> = (0..n as u32)
         .filter_map(|i| tok.id_to_token(i).map(|t| (i.to_string(), t.into())))
         .collect();
-    write_file(&dir.join(format::VOCAB_FILE), serde_json::to_string(&vocab).expect("serializable").as_bytes())?;
+    write_file(
+        &dir.join(format::VOCAB_FILE),
+        serde_json::to_string(&vocab)
+            .expect("serializable")
+            .as_bytes(),
+    )?;
     Ok(meta)
 }
 

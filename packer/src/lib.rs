@@ -47,9 +47,19 @@ pub fn open(src: &Path) -> Result<source::Checkpoint> {
 pub fn sanitize_name(raw: &str) -> String {
     let s: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
-    let s = s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
+    let s = s
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
         format!("model-{s}")
     } else {
@@ -62,14 +72,25 @@ pub fn pack(o: &PackOptions) -> Result<Packed> {
     let raw_name = match &o.name {
         Some(n) => n.clone(),
         None => {
-            let stem = if o.src.is_dir() { o.src.file_name() } else { o.src.file_stem() };
-            stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+            let stem = if o.src.is_dir() {
+                o.src.file_name()
+            } else {
+                o.src.file_stem()
+            };
+            stem.map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into())
         }
     };
     let name = sanitize_name(&raw_name);
     let precision = o.precision.unwrap_or_else(|| iebin::default_precision(&ck));
-    let out_dir = o.out_dir.clone().unwrap_or_else(|| Path::new("models").join(&name));
-    let crate_dir = o.crate_dir.clone().unwrap_or_else(|| Path::new("generated").join(&name));
+    let out_dir = o
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| Path::new("models").join(&name));
+    let crate_dir = o
+        .crate_dir
+        .clone()
+        .unwrap_or_else(|| Path::new("generated").join(&name));
 
     let staging = iebin::Staging::new(&out_dir)?;
     let meta = iebin::write(&ck, staging.path(), &name, precision)?;
@@ -77,5 +98,9 @@ pub fn pack(o: &PackOptions) -> Result<Packed> {
     staging.commit(&out_dir, |d| d.join(format::META_FILE).exists())?;
     let out_dir = out_dir.canonicalize().map_err(error::io(&out_dir))?;
     let crate_dir = emit::emit(&crate_dir, &name, &out_dir, o.embed_weights)?;
-    Ok(Packed { out_dir, crate_dir, meta })
+    Ok(Packed {
+        out_dir,
+        crate_dir,
+        meta,
+    })
 }

@@ -64,7 +64,10 @@ fn main() -> ExitCode {
                 p.out_dir.display(),
                 start.elapsed().as_secs_f64()
             );
-            eprintln!("build it with: cargo build --release --manifest-path {}/Cargo.toml", p.crate_dir.display());
+            eprintln!(
+                "build it with: cargo build --release --manifest-path {}/Cargo.toml",
+                p.crate_dir.display()
+            );
             println!("{}", p.crate_dir.display());
             ExitCode::SUCCESS
         }

@@ -8,13 +8,18 @@ use std::sync::OnceLock;
 
 /// The clocher checkout.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// One target directory for `clocher-pack` and every generated crate the tests build, so the
 /// engine and its dependencies compile once.
 pub fn e2e_target() -> PathBuf {
-    std::env::var_os("CLOCHER_E2E_TARGET").map(PathBuf::from).unwrap_or_else(|| root().join("target/e2e"))
+    std::env::var_os("CLOCHER_E2E_TARGET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/e2e"))
 }
 
 fn cargo() -> Command {
@@ -38,7 +43,14 @@ pub fn pack_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let out = cargo()
-            .args(["build", "--release", "--quiet", "-p", "clocher-pack", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "clocher-pack",
+                "--manifest-path",
+            ])
             .arg(root().join("Cargo.toml"))
             .output()
             .expect("running cargo");
@@ -49,7 +61,10 @@ pub fn pack_bin() -> &'static Path {
 
 /// Runs `clocher-pack` with `args`.
 pub fn pack(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(pack_bin()).args(args).output().expect("running clocher-pack")
+    Command::new(pack_bin())
+        .args(args)
+        .output()
+        .expect("running clocher-pack")
 }
 
 /// Packs `src` into `work/<name>` (IEBIN) and `work/<name>-crate`, returning the crate path
@@ -58,12 +73,22 @@ pub fn pack_ok(src: &Path, work: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out_dir = work.join(name);
     let crate_dir = work.join(format!("{name}-crate"));
     let mut args: Vec<&std::ffi::OsStr> = vec![src.as_os_str(), "--name".as_ref(), name.as_ref()];
-    args.extend(["--out-dir".as_ref(), out_dir.as_os_str(), "--crate-dir".as_ref(), crate_dir.as_os_str()]);
+    args.extend([
+        "--out-dir".as_ref(),
+        out_dir.as_os_str(),
+        "--crate-dir".as_ref(),
+        crate_dir.as_os_str(),
+    ]);
     args.extend(extra.iter().map(std::ffi::OsStr::new));
     let out = pack(&args);
     check(&out, &format!("clocher-pack {}", src.display()));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(stdout.lines().last().expect("clocher-pack printed the crate path"))
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("clocher-pack printed the crate path"),
+    )
 }
 
 /// `cargo build --release` of a generated crate in the shared target dir; returns the binary.
@@ -82,7 +107,10 @@ pub fn build_crate(crate_dir: &Path, name: &str) -> PathBuf {
 pub fn run(bin: &Path, args: &[&str]) -> Output {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    Command::new(bin).args(args).output().expect("running the model binary")
+    Command::new(bin)
+        .args(args)
+        .output()
+        .expect("running the model binary")
 }
 
 /// Runs a model binary that must succeed; returns its one JSON line.
@@ -90,21 +118,37 @@ pub fn run_json(bin: &Path, args: &[&str]) -> Value {
     let out = run(bin, args);
     check(&out, &format!("{} {args:?}", bin.display()));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1, "stdout must be exactly one JSON line: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "stdout must be exactly one JSON line: {stdout}"
+    );
     serde_json::from_str(&stdout).expect("stdout is JSON")
 }
 
 pub fn token_ids(v: &Value) -> Vec<u32> {
-    v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "logit vectors differ in length");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A tiny Llama with deterministic random weights, small enough to check against an f64
@@ -142,32 +186,80 @@ impl TinyLlama {
             eps: 1e-5,
             tensors: vec![],
         };
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut rnd = |n: usize, scale: f32, offset: f32| -> Vec<f32> {
             (0..n)
                 .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     offset + scale * (((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0)
                 })
                 .collect()
         };
         let (q, kv) = (heads * head_dim, kv_heads * head_dim);
-        let mut t = vec![("model.embed_tokens.weight".to_string(), vec![vocab, hidden], rnd(vocab * hidden, 1.0, 0.0))];
+        let mut t = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![vocab, hidden],
+            rnd(vocab * hidden, 1.0, 0.0),
+        )];
         for l in 0..layers {
             let p = |k: &str| format!("model.layers.{l}.{k}.weight");
             t.push((p("input_layernorm"), vec![hidden], rnd(hidden, 0.2, 1.0)));
-            t.push((p("self_attn.q_proj"), vec![q, hidden], rnd(q * hidden, 0.3, 0.0)));
-            t.push((p("self_attn.k_proj"), vec![kv, hidden], rnd(kv * hidden, 0.3, 0.0)));
-            t.push((p("self_attn.v_proj"), vec![kv, hidden], rnd(kv * hidden, 0.3, 0.0)));
-            t.push((p("self_attn.o_proj"), vec![hidden, q], rnd(hidden * q, 0.15, 0.0)));
-            t.push((p("post_attention_layernorm"), vec![hidden], rnd(hidden, 0.2, 1.0)));
-            t.push((p("mlp.gate_proj"), vec![inter, hidden], rnd(inter * hidden, 0.3, 0.0)));
-            t.push((p("mlp.up_proj"), vec![inter, hidden], rnd(inter * hidden, 0.3, 0.0)));
-            t.push((p("mlp.down_proj"), vec![hidden, inter], rnd(hidden * inter, 0.15, 0.0)));
+            t.push((
+                p("self_attn.q_proj"),
+                vec![q, hidden],
+                rnd(q * hidden, 0.3, 0.0),
+            ));
+            t.push((
+                p("self_attn.k_proj"),
+                vec![kv, hidden],
+                rnd(kv * hidden, 0.3, 0.0),
+            ));
+            t.push((
+                p("self_attn.v_proj"),
+                vec![kv, hidden],
+                rnd(kv * hidden, 0.3, 0.0),
+            ));
+            t.push((
+                p("self_attn.o_proj"),
+                vec![hidden, q],
+                rnd(hidden * q, 0.15, 0.0),
+            ));
+            t.push((
+                p("post_attention_layernorm"),
+                vec![hidden],
+                rnd(hidden, 0.2, 1.0),
+            ));
+            t.push((
+                p("mlp.gate_proj"),
+                vec![inter, hidden],
+                rnd(inter * hidden, 0.3, 0.0),
+            ));
+            t.push((
+                p("mlp.up_proj"),
+                vec![inter, hidden],
+                rnd(inter * hidden, 0.3, 0.0),
+            ));
+            t.push((
+                p("mlp.down_proj"),
+                vec![hidden, inter],
+                rnd(hidden * inter, 0.15, 0.0),
+            ));
         }
-        t.push(("model.norm.weight".to_string(), vec![hidden], rnd(hidden, 0.2, 1.0)));
+        t.push((
+            "model.norm.weight".to_string(),
+            vec![hidden],
+            rnd(hidden, 0.2, 1.0),
+        ));
         if !tied {
-            t.push(("lm_head.weight".to_string(), vec![vocab, hidden], rnd(vocab * hidden, 0.5, 0.0)));
+            t.push((
+                "lm_head.weight".to_string(),
+                vec![vocab, hidden],
+                rnd(vocab * hidden, 0.5, 0.0),
+            ));
         }
         m.tensors = t;
         m
@@ -208,54 +300,87 @@ impl TinyLlama {
     /// safetensors shards with an index (`dtype`: "F32" or "BF16").
     pub fn write_hf(&self, dir: &Path, dtype: &str) {
         std::fs::create_dir_all(dir).unwrap();
-        let w = |name: &str, v: &Value| std::fs::write(dir.join(name), serde_json::to_string_pretty(v).unwrap()).unwrap();
+        let w = |name: &str, v: &Value| {
+            std::fs::write(dir.join(name), serde_json::to_string_pretty(v).unwrap()).unwrap()
+        };
         w("config.json", &self.config());
         w("tokenizer.json", &self.tokenizer_json());
-        w("tokenizer_config.json", &json!({"eos_token": "<eos>", "add_bos_token": false}));
-        std::fs::write(dir.join("chat_template.jinja"), "{% for m in messages %}t3 {{ m['content'] }} t4{% endfor %}").unwrap();
+        w(
+            "tokenizer_config.json",
+            &json!({"eos_token": "<eos>", "add_bos_token": false}),
+        );
+        std::fs::write(
+            dir.join("chat_template.jinja"),
+            "{% for m in messages %}t3 {{ m['content'] }} t4{% endfor %}",
+        )
+        .unwrap();
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors
             .iter()
             .map(|(n, s, v)| {
                 let b = match dtype {
                     "F32" => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    "BF16" => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+                    "BF16" => v
+                        .iter()
+                        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                        .collect(),
                     _ => panic!("write_hf: dtype {dtype}"),
                 };
                 (n.clone(), s.clone(), b)
             })
             .collect();
-        let st_dtype = if dtype == "F32" { safetensors::Dtype::F32 } else { safetensors::Dtype::BF16 };
+        let st_dtype = if dtype == "F32" {
+            safetensors::Dtype::F32
+        } else {
+            safetensors::Dtype::BF16
+        };
         let half = bytes.len() / 2;
         let mut weight_map = serde_json::Map::new();
         for (i, part) in [&bytes[..half], &bytes[half..]].iter().enumerate() {
             let file = format!("model-{:05}-of-00002.safetensors", i + 1);
             let views: Vec<(String, safetensors::tensor::TensorView)> = part
                 .iter()
-                .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).unwrap()))
+                .map(|(n, s, b)| {
+                    (
+                        n.clone(),
+                        safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).unwrap(),
+                    )
+                })
                 .collect();
             safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
             for (n, _, _) in part.iter() {
                 weight_map.insert(n.clone(), json!(file));
             }
         }
-        w("model.safetensors.index.json", &json!({"metadata": {}, "weight_map": weight_map}));
+        w(
+            "model.safetensors.index.json",
+            &json!({"metadata": {}, "weight_map": weight_map}),
+        );
     }
 
     fn get(&self, name: &str) -> &[f32] {
-        &self.tensors.iter().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}")).2
+        &self
+            .tensors
+            .iter()
+            .find(|t| t.0 == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+            .2
     }
 
     /// Next-token logits after `tokens`, by a plain f64 forward pass over the weights rounded
     /// with `round` (identity for an f32 source, bf16 rounding for a bf16 source).
     pub fn logits(&self, tokens: &[u32], round: impl Fn(f32) -> f32) -> Vec<f64> {
         let (d, hd) = (self.hidden, self.head_dim);
-        let wt = |name: &str| -> Vec<f64> { self.get(name).iter().map(|v| round(*v) as f64).collect() };
+        let wt =
+            |name: &str| -> Vec<f64> { self.get(name).iter().map(|v| round(*v) as f64).collect() };
         let matvec = |w: &[f64], x: &[f64]| -> Vec<f64> {
-            w.chunks(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+            w.chunks(x.len())
+                .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+                .collect()
         };
         let rms = |x: &[f64], w: &[f64]| -> Vec<f64> {
-            let inv = 1.0 / (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + self.eps).sqrt();
+            let inv =
+                1.0 / (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + self.eps).sqrt();
             x.iter().zip(w).map(|(x, w)| x * inv * w).collect()
         };
         let rope = |v: &mut [f64], pos: usize| {
@@ -269,12 +394,27 @@ impl TinyLlama {
             }
         };
         let embed = wt("model.embed_tokens.weight");
-        let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&t| embed[t as usize * d..(t as usize + 1) * d].to_vec()).collect();
+        let mut xs: Vec<Vec<f64>> = tokens
+            .iter()
+            .map(|&t| embed[t as usize * d..(t as usize + 1) * d].to_vec())
+            .collect();
         for l in 0..self.layers {
             let p = |k: &str| format!("model.layers.{l}.{k}.weight");
-            let (wq, wk, wv, wo) = (wt(&p("self_attn.q_proj")), wt(&p("self_attn.k_proj")), wt(&p("self_attn.v_proj")), wt(&p("self_attn.o_proj")));
-            let (wg, wu, wd) = (wt(&p("mlp.gate_proj")), wt(&p("mlp.up_proj")), wt(&p("mlp.down_proj")));
-            let (n1, n2) = (wt(&p("input_layernorm")), wt(&p("post_attention_layernorm")));
+            let (wq, wk, wv, wo) = (
+                wt(&p("self_attn.q_proj")),
+                wt(&p("self_attn.k_proj")),
+                wt(&p("self_attn.v_proj")),
+                wt(&p("self_attn.o_proj")),
+            );
+            let (wg, wu, wd) = (
+                wt(&p("mlp.gate_proj")),
+                wt(&p("mlp.up_proj")),
+                wt(&p("mlp.down_proj")),
+            );
+            let (n1, n2) = (
+                wt(&p("input_layernorm")),
+                wt(&p("post_attention_layernorm")),
+            );
             let mut ks = vec![];
             let mut vs = vec![];
             let mut qs = vec![];
@@ -293,7 +433,13 @@ impl TinyLlama {
                     let kvh = h / (self.heads / self.kv_heads);
                     let q = &qs[pos][h * hd..(h + 1) * hd];
                     let scores: Vec<f64> = (0..=pos)
-                        .map(|t| q.iter().zip(&ks[t][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                        .map(|t| {
+                            q.iter()
+                                .zip(&ks[t][kvh * hd..(kvh + 1) * hd])
+                                .map(|(a, b)| a * b)
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
                         .collect();
                     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -310,14 +456,22 @@ impl TinyLlama {
                 }
                 let h = rms(&xs[pos], &n2);
                 let (g, u) = (matvec(&wg, &h), matvec(&wu, &h));
-                let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                let act: Vec<f64> = g
+                    .iter()
+                    .zip(&u)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect();
                 for (x, o) in xs[pos].iter_mut().zip(matvec(&wd, &act)) {
                     *x += o;
                 }
             }
         }
         let h = rms(xs.last().unwrap(), &wt("model.norm.weight"));
-        let head = if self.tied { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let head = if self.tied {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
         matvec(&wt(head), &h)
     }
 

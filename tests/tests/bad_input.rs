@@ -19,7 +19,9 @@ impl Case {
     }
 
     fn empty() -> Case {
-        Case { work: tempfile::tempdir().unwrap() }
+        Case {
+            work: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Packs `src`; asserts the failure contract and that `needles` all appear in the message.
@@ -33,25 +35,40 @@ impl Case {
             crate_dir.as_os_str(),
         ]);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success(), "packing {} should fail; stderr: {err}", src.display());
+        assert!(
+            !out.status.success(),
+            "packing {} should fail; stderr: {err}",
+            src.display()
+        );
         assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
         assert!(!err.contains("panicked"), "{err}");
         for n in needles {
             assert!(err.contains(n), "message lacks {n:?}: {err}");
         }
-        assert!(out.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&out.stdout));
-        assert!(!out_dir.exists() && !crate_dir.exists(), "outputs left behind");
+        assert!(
+            out.stdout.is_empty(),
+            "nothing on stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            !out_dir.exists() && !crate_dir.exists(),
+            "outputs left behind"
+        );
         let leftovers: Vec<_> = std::fs::read_dir(self.work.path())
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().contains(".partial"))
             .collect();
-        assert!(leftovers.is_empty(), "temporary folders left behind: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "temporary folders left behind: {leftovers:?}"
+        );
     }
 }
 
 fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(path, v.to_string()).unwrap();
 }
@@ -61,10 +78,16 @@ fn rewrite_shard(hf: &Path, drop: &str, add: Vec<(&str, safetensors::Dtype, Vec<
     let path = hf.join("model-00002-of-00002.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut views: Vec<(String, safetensors::tensor::TensorView)> =
-        st.tensors().into_iter().filter(|(n, _)| n != drop).collect();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != drop)
+        .collect();
     for (n, d, s, b) in &add {
-        views.push((n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()));
+        views.push((
+            n.to_string(),
+            safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+        ));
     }
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(&path, out).unwrap();
@@ -73,8 +96,17 @@ fn rewrite_shard(hf: &Path, drop: &str, add: Vec<(&str, safetensors::Dtype, Vec<
 #[test]
 fn unsupported_architecture() {
     let (c, hf) = Case::hf();
-    edit_json(&hf.join("config.json"), |v| v["architectures"] = json!(["GPT2LMHeadModel"]));
-    c.expect_error(&hf, &["config.json", "unsupported architecture GPT2LMHeadModel", "LlamaForCausalLM"]);
+    edit_json(&hf.join("config.json"), |v| {
+        v["architectures"] = json!(["GPT2LMHeadModel"])
+    });
+    c.expect_error(
+        &hf,
+        &[
+            "config.json",
+            "unsupported architecture GPT2LMHeadModel",
+            "LlamaForCausalLM",
+        ],
+    );
 }
 
 #[test]
@@ -87,22 +119,63 @@ fn missing_tensor() {
 #[test]
 fn extra_tensor() {
     let (c, hf) = Case::hf();
-    rewrite_shard(&hf, "", vec![("model.layers.0.self_attn.q_proj.bias", safetensors::Dtype::F32, vec![64], vec![0; 256])]);
-    c.expect_error(&hf, &["model-00002-of-00002.safetensors", "unexpected tensor model.layers.0.self_attn.q_proj.bias"]);
+    rewrite_shard(
+        &hf,
+        "",
+        vec![(
+            "model.layers.0.self_attn.q_proj.bias",
+            safetensors::Dtype::F32,
+            vec![64],
+            vec![0; 256],
+        )],
+    );
+    c.expect_error(
+        &hf,
+        &[
+            "model-00002-of-00002.safetensors",
+            "unexpected tensor model.layers.0.self_attn.q_proj.bias",
+        ],
+    );
 }
 
 #[test]
 fn wrong_shape() {
     let (c, hf) = Case::hf();
-    edit_json(&hf.join("config.json"), |v| v["intermediate_size"] = json!(100));
-    c.expect_error(&hf, &["safetensors", "model.layers.0.mlp.gate_proj.weight", "[96, 64]", "[100, 64]"]);
+    edit_json(&hf.join("config.json"), |v| {
+        v["intermediate_size"] = json!(100)
+    });
+    c.expect_error(
+        &hf,
+        &[
+            "safetensors",
+            "model.layers.0.mlp.gate_proj.weight",
+            "[96, 64]",
+            "[100, 64]",
+        ],
+    );
 }
 
 #[test]
 fn unsupported_dtype() {
     let (c, hf) = Case::hf();
-    rewrite_shard(&hf, "model.norm.weight", vec![("model.norm.weight", safetensors::Dtype::F64, vec![64], vec![0; 512])]);
-    c.expect_error(&hf, &["model-00002-of-00002.safetensors", "model.norm.weight", "unsupported dtype F64"]);
+    rewrite_shard(
+        &hf,
+        "model.norm.weight",
+        vec![(
+            "model.norm.weight",
+            safetensors::Dtype::F64,
+            vec![64],
+            vec![0; 512],
+        )],
+    );
+    c.expect_error(
+        &hf,
+        &[
+            "model-00002-of-00002.safetensors",
+            "model.norm.weight",
+            "unsupported dtype F64",
+        ],
+    );
 }
 
 #[test]
@@ -134,7 +207,10 @@ fn unreadable_tokenizer() {
 #[test]
 fn missing_source() {
     let c = Case::empty();
-    c.expect_error(&c.work.path().join("nope.gguf"), &["nope.gguf", "no such file"]);
+    c.expect_error(
+        &c.work.path().join("nope.gguf"),
+        &["nope.gguf", "no such file"],
+    );
 }
 
 /// A minimal GGUF v3 file: metadata `kv` and tensor infos `tensors` (name, dims, type, offset).
@@ -200,7 +276,11 @@ fn gguf_bad_headers() {
 
     // An array whose count runs past the file.
     let arr = [&8u32.to_le_bytes()[..], &(u64::MAX / 2).to_le_bytes()].concat();
-    let f = write(&c, "array.gguf", &gguf(&[("tokenizer.ggml.tokens", 9, arr)], &[], &[]));
+    let f = write(
+        &c,
+        "array.gguf",
+        &gguf(&[("tokenizer.ggml.tokens", 9, arr)], &[], &[]),
+    );
     c.expect_error(&f, &["array.gguf", "array length"]);
 
     let full = gguf(&[arch("llama")], &[], &[]);
@@ -216,7 +296,13 @@ fn gguf_bad_tensors() {
     let c = Case::empty();
     let u32v = |v: u32| v.to_le_bytes().to_vec();
     let f32v = |v: f32| v.to_le_bytes().to_vec();
-    let toks = [&8u32.to_le_bytes()[..], &2u64.to_le_bytes(), &gstr("a"), &gstr("b")].concat();
+    let toks = [
+        &8u32.to_le_bytes()[..],
+        &2u64.to_le_bytes(),
+        &gstr("a"),
+        &gstr("b"),
+    ]
+    .concat();
     let kv = vec![
         ("general.architecture", 8u32, gstr("llama")),
         ("llama.embedding_length", 4, u32v(64)),
@@ -228,12 +314,28 @@ fn gguf_bad_tensors() {
         ("tokenizer.ggml.model", 8, gstr("gpt2")),
         ("tokenizer.ggml.tokens", 9, toks),
     ];
-    let f = write(&c, "past.gguf", &gguf(&kv, &[("token_embd.weight", &[64, 2], 0, 0)], &[0; 100]));
+    let f = write(
+        &c,
+        "past.gguf",
+        &gguf(&kv, &[("token_embd.weight", &[64, 2], 0, 0)], &[0; 100]),
+    );
     c.expect_error(&f, &["past.gguf", "token_embd.weight", "past the end"]);
-    let f = write(&c, "type.gguf", &gguf(&kv, &[("token_embd.weight", &[64, 2], 77, 0)], &[0; 512]));
+    let f = write(
+        &c,
+        "type.gguf",
+        &gguf(&kv, &[("token_embd.weight", &[64, 2], 77, 0)], &[0; 512]),
+    );
     c.expect_error(&f, &["type.gguf", "unknown tensor type id 77"]);
-    let f = write(&c, "blocks.gguf", &gguf(&kv, &[("token_embd.weight", &[40, 2], 8, 0)], &[0; 512]));
+    let f = write(
+        &c,
+        "blocks.gguf",
+        &gguf(&kv, &[("token_embd.weight", &[40, 2], 8, 0)], &[0; 512]),
+    );
     c.expect_error(&f, &["blocks.gguf", "don't divide into 32-element blocks"]);
-    let f = write(&c, "native.gguf", &gguf(&kv, &[("token_embd.weight", &[256, 2], 14, 0)], &[0; 512]));
+    let f = write(
+        &c,
+        "native.gguf",
+        &gguf(&kv, &[("token_embd.weight", &[256, 2], 14, 0)], &[0; 512]),
+    );
     c.expect_error(&f, &["native.gguf", "Q6_K is not supported yet"]);
 }

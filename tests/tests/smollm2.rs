@@ -12,7 +12,9 @@ const FP32_LOGIT_TOL: f32 = 2e-3;
 const HALF_MIN_PREFIX: usize = 30;
 
 fn shared() -> PathBuf {
-    std::env::var_os("CLOCHER_SHARED").map(PathBuf::from).unwrap_or_else(|| root().join("../shared"))
+    std::env::var_os("CLOCHER_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"))
 }
 
 /// (GGUF file, HF folder), fetched once by the shared script into models/.cache (git-ignored).
@@ -25,10 +27,16 @@ fn smollm2() -> &'static (PathBuf, PathBuf) {
             .arg(&dest)
             .output()
             .expect("running fetch-smollm2.sh");
-        assert!(out.status.success(), "fetch-smollm2.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "fetch-smollm2.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = stdout.lines().collect();
-        let [gguf, hf] = lines[lines.len() - 2..] else { panic!("fetch-smollm2.sh printed {stdout}") };
+        let [gguf, hf] = lines[lines.len() - 2..] else {
+            panic!("fetch-smollm2.sh printed {stdout}")
+        };
         (PathBuf::from(gguf), PathBuf::from(hf))
     })
 }
@@ -47,7 +55,11 @@ struct CaseResult {
 
 impl CaseResult {
     fn common_prefix(&self) -> usize {
-        self.tokens.iter().zip(&self.reference).take_while(|(a, b)| a == b).count()
+        self.tokens
+            .iter()
+            .zip(&self.reference)
+            .take_while(|(a, b)| a == b)
+            .count()
     }
 }
 
@@ -57,16 +69,43 @@ fn run_cases(src: &Path, precision: &str, name: &str, reference: &str) -> Vec<Ca
     let crate_dir = pack_ok(src, &work, name, &["--precision", precision]);
     let bin = build_crate(&crate_dir, name);
     let ref_dir = shared().join("fixtures/smollm2-135m").join(reference);
-    let refs: Value = serde_json::from_str(&std::fs::read_to_string(ref_dir.join("reference.json")).unwrap()).unwrap();
+    let refs: Value =
+        serde_json::from_str(&std::fs::read_to_string(ref_dir.join("reference.json")).unwrap())
+            .unwrap();
     let mut results = vec![];
     for (i, case) in refs["cases"].as_array().unwrap().iter().enumerate() {
         let logits = work.join(format!("case{i}.f32"));
         let prompt = case["prompt"].as_str().unwrap();
-        let v = run_json(&bin, &["--prompt", prompt, "--max-new", "32", "--threads", "2", "--dump-logits", logits.to_str().unwrap()]);
-        assert_eq!(v["prompt_tokens"].as_u64().unwrap() as usize, case["input_ids"].as_array().unwrap().len(), "case {i}: prompt tokenization");
+        let v = run_json(
+            &bin,
+            &[
+                "--prompt",
+                prompt,
+                "--max-new",
+                "32",
+                "--threads",
+                "2",
+                "--dump-logits",
+                logits.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            v["prompt_tokens"].as_u64().unwrap() as usize,
+            case["input_ids"].as_array().unwrap().len(),
+            "case {i}: prompt tokenization"
+        );
         let want = read_f32(&ref_dir.join(case["last_logits_file"].as_str().unwrap()));
-        let reference: Vec<u32> = case["greedy_32"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        let r = CaseResult { tokens: token_ids(&v), reference, logit_diff: max_abs_diff(&read_f32(&logits), &want) };
+        let reference: Vec<u32> = case["greedy_32"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        let r = CaseResult {
+            tokens: token_ids(&v),
+            reference,
+            logit_diff: max_abs_diff(&read_f32(&logits), &want),
+        };
         eprintln!(
             "{name} case {i}: {} of {} greedy tokens agree before the first difference, max |logit diff| {:.2e}, {:.1} tok/s",
             r.common_prefix(),
@@ -82,34 +121,67 @@ fn run_cases(src: &Path, precision: &str, name: &str, reference: &str) -> Vec<Ca
 
 fn assert_exact(results: &[CaseResult]) {
     for (i, r) in results.iter().enumerate() {
-        assert_eq!(r.tokens, r.reference, "case {i}: greedy continuation differs from transformers");
-        assert!(r.logit_diff <= FP32_LOGIT_TOL, "case {i}: max |logit diff| {} > {FP32_LOGIT_TOL}", r.logit_diff);
+        assert_eq!(
+            r.tokens, r.reference,
+            "case {i}: greedy continuation differs from transformers"
+        );
+        assert!(
+            r.logit_diff <= FP32_LOGIT_TOL,
+            "case {i}: max |logit diff| {} > {FP32_LOGIT_TOL}",
+            r.logit_diff
+        );
     }
 }
 
 fn assert_close(results: &[CaseResult]) {
     for (i, r) in results.iter().enumerate() {
         let need = HALF_MIN_PREFIX.min(r.reference.len());
-        assert!(r.common_prefix() >= need, "case {i}: only {} greedy tokens agree (need {need}): {:?} vs {:?}", r.common_prefix(), r.tokens, r.reference);
+        assert!(
+            r.common_prefix() >= need,
+            "case {i}: only {} greedy tokens agree (need {need}): {:?} vs {:?}",
+            r.common_prefix(),
+            r.tokens,
+            r.reference
+        );
     }
 }
 
 #[test]
 fn hf_fp32_reproduces_transformers() {
-    assert_exact(&run_cases(&smollm2().1, "fp32", "smollm2-hf-fp32", "reference"));
+    assert_exact(&run_cases(
+        &smollm2().1,
+        "fp32",
+        "smollm2-hf-fp32",
+        "reference",
+    ));
 }
 
 #[test]
 fn hf_bf16_agrees_with_transformers() {
-    assert_close(&run_cases(&smollm2().1, "bf16", "smollm2-hf-bf16", "reference"));
+    assert_close(&run_cases(
+        &smollm2().1,
+        "bf16",
+        "smollm2-hf-bf16",
+        "reference",
+    ));
 }
 
 #[test]
 fn hf_fp16_agrees_with_transformers() {
-    assert_close(&run_cases(&smollm2().1, "fp16", "smollm2-hf-fp16", "reference"));
+    assert_close(&run_cases(
+        &smollm2().1,
+        "fp16",
+        "smollm2-hf-fp16",
+        "reference",
+    ));
 }
 
 #[test]
 fn gguf_fp32_reproduces_transformers_on_the_same_weights() {
-    assert_exact(&run_cases(&smollm2().0, "fp32", "smollm2-gguf-fp32", "reference-q4_1-gguf"));
+    assert_exact(&run_cases(
+        &smollm2().0,
+        "fp32",
+        "smollm2-gguf-fp32",
+        "reference-q4_1-gguf",
+    ));
 }

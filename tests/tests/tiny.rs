@@ -15,17 +15,57 @@ fn bf16_round(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
 }
 
-fn check_against_oracle(model: &TinyLlama, bin: &Path, dir: &Path, round: fn(f32) -> f32, tol: f32) {
+fn check_against_oracle(
+    model: &TinyLlama,
+    bin: &Path,
+    dir: &Path,
+    round: fn(f32) -> f32,
+    tol: f32,
+) {
     let logits_path = dir.join("logits.f32");
-    let v = run_json(bin, &["--prompt", PROMPT, "--max-new", "12", "--dump-logits", logits_path.to_str().unwrap()]);
+    let v = run_json(
+        bin,
+        &[
+            "--prompt",
+            PROMPT,
+            "--max-new",
+            "12",
+            "--dump-logits",
+            logits_path.to_str().unwrap(),
+        ],
+    );
     assert_eq!(v["prompt_tokens"], 5);
-    let want: Vec<f32> = model.logits(&PROMPT_IDS, round).iter().map(|v| *v as f32).collect();
+    let want: Vec<f32> = model
+        .logits(&PROMPT_IDS, round)
+        .iter()
+        .map(|v| *v as f32)
+        .collect();
     let got = read_f32(&logits_path);
     let diff = max_abs_diff(&got, &want);
-    assert!(diff <= tol, "last-position logits differ from the f64 oracle by {diff} (> {tol})");
-    assert_eq!(token_ids(&v), model.greedy(&PROMPT_IDS, 12, round), "greedy continuation differs from the f64 oracle");
-    for key in ["model", "precision", "threads", "generated_tokens", "text", "wall_time_s", "tps_true", "ttft_ms",
-        "latency_p50_ms", "latency_p95_ms", "prefill_tps", "rss_peak_mb", "load_time_ms"] {
+    assert!(
+        diff <= tol,
+        "last-position logits differ from the f64 oracle by {diff} (> {tol})"
+    );
+    assert_eq!(
+        token_ids(&v),
+        model.greedy(&PROMPT_IDS, 12, round),
+        "greedy continuation differs from the f64 oracle"
+    );
+    for key in [
+        "model",
+        "precision",
+        "threads",
+        "generated_tokens",
+        "text",
+        "wall_time_s",
+        "tps_true",
+        "ttft_ms",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "prefill_tps",
+        "rss_peak_mb",
+        "load_time_ms",
+    ] {
         assert!(!v[key].is_null(), "JSON line lacks {key}: {v}");
     }
 }
@@ -39,25 +79,52 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
     let crate_dir = pack_ok(&hf, work.path(), "tiny-fp32", &[]);
     let main_rs = std::fs::read_to_string(crate_dir.join("src/main.rs")).unwrap();
     assert!(main_rs.starts_with("// @generated"), "{main_rs}");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(work.path().join("tiny-fp32/model.ie.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("tiny-fp32/model.ie.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(meta["precision"], "fp32");
-    assert!(meta["tensors"].as_array().unwrap().iter().all(|t| t["offset"].as_u64().unwrap() % 64 == 0));
-    let vocab: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(work.path().join("tiny-fp32/vocab.json")).unwrap()).unwrap();
+    assert!(meta["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["offset"].as_u64().unwrap() % 64 == 0));
+    let vocab: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("tiny-fp32/vocab.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(vocab["5"], "t5");
 
     let bin = build_crate(&crate_dir, "tiny-fp32");
     check_against_oracle(&model, &bin, work.path(), |v| v, FP32_LOGIT_TOL);
 
     // Threads change the schedule, not the result.
-    let one = run_json(&bin, &["--prompt", PROMPT, "--max-new", "8", "--threads", "1"]);
-    let three = run_json(&bin, &["--prompt", PROMPT, "--max-new", "8", "--threads", "3"]);
+    let one = run_json(
+        &bin,
+        &["--prompt", PROMPT, "--max-new", "8", "--threads", "1"],
+    );
+    let three = run_json(
+        &bin,
+        &["--prompt", PROMPT, "--max-new", "8", "--threads", "3"],
+    );
     assert_eq!(token_ids(&one), token_ids(&three));
     assert_eq!(three["threads"], 3);
 
     // Seeded sampling repeats; another seed may differ but stays in the vocabulary.
-    let s = ["--prompt", PROMPT, "--max-new", "10", "--temperature", "1.5", "--top-k", "20", "--top-p", "0.9", "--seed", "7"];
+    let s = [
+        "--prompt",
+        PROMPT,
+        "--max-new",
+        "10",
+        "--temperature",
+        "1.5",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+    ];
     let (a, b) = (run_json(&bin, &s), run_json(&bin, &s));
     assert_eq!(token_ids(&a), token_ids(&b));
     assert!(token_ids(&a).iter().all(|&t| t < 64));
@@ -74,12 +141,23 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
     let out = run(&bin, &["--prompt", &too_long]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("48 tokens") && err.contains("context of 48"), "{err}");
+    assert!(
+        err.contains("48 tokens") && err.contains("context of 48"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 
     // Works from any working directory.
-    let out = std::process::Command::new(&bin).args(["--prompt", PROMPT, "--max-new", "2"]).current_dir("/").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(&bin)
+        .args(["--prompt", PROMPT, "--max-new", "2"])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Weights missing, truncated, or not the ones it was built for: one line, non-zero exit.
     let blob = work.path().join("tiny-fp32/model.ie.bin");
@@ -87,7 +165,10 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
     let expect_err = |needle: &str| {
         let out = run(&bin, &["--prompt", PROMPT]);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success() && err.contains(needle) && err.contains("model.ie.bin"), "{err}");
+        assert!(
+            !out.status.success() && err.contains(needle) && err.contains("model.ie.bin"),
+            "{err}"
+        );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     };
     let mut changed = original.clone();
@@ -102,7 +183,17 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
     let moved = work.path().join("moved");
     std::fs::create_dir(&moved).unwrap();
     std::fs::write(moved.join("model.ie.bin"), &original).unwrap();
-    run_json(&bin, &["--prompt", PROMPT, "--max-new", "2", "--model-dir", moved.to_str().unwrap()]);
+    run_json(
+        &bin,
+        &[
+            "--prompt",
+            PROMPT,
+            "--max-new",
+            "2",
+            "--model-dir",
+            moved.to_str().unwrap(),
+        ],
+    );
 }
 
 #[test]

@@ -38,7 +38,11 @@ pub struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
 pub fn dequant_q4_0_ref(blocks: &[BlockQ4_0], out: &mut [f32]) {
-    assert_eq!(out.len(), blocks.len() * QK, "dequant_q4_0_ref: length mismatch");
+    assert_eq!(
+        out.len(),
+        blocks.len() * QK,
+        "dequant_q4_0_ref: length mismatch"
+    );
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
         let d = b.d.to_f32();
         for j in 0..QK / 2 {
@@ -49,7 +53,11 @@ pub fn dequant_q4_0_ref(blocks: &[BlockQ4_0], out: &mut [f32]) {
 }
 
 pub fn dequant_q4_1_ref(blocks: &[BlockQ4_1], out: &mut [f32]) {
-    assert_eq!(out.len(), blocks.len() * QK, "dequant_q4_1_ref: length mismatch");
+    assert_eq!(
+        out.len(),
+        blocks.len() * QK,
+        "dequant_q4_1_ref: length mismatch"
+    );
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
         let (d, m) = (b.d.to_f32(), b.m.to_f32());
         for j in 0..QK / 2 {
@@ -60,7 +68,11 @@ pub fn dequant_q4_1_ref(blocks: &[BlockQ4_1], out: &mut [f32]) {
 }
 
 pub fn dequant_q8_0_ref(blocks: &[BlockQ8_0], out: &mut [f32]) {
-    assert_eq!(out.len(), blocks.len() * QK, "dequant_q8_0_ref: length mismatch");
+    assert_eq!(
+        out.len(),
+        blocks.len() * QK,
+        "dequant_q8_0_ref: length mismatch"
+    );
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
         let d = b.d.to_f32();
         for (o, q) in o.iter_mut().zip(b.qs) {

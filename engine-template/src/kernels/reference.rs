@@ -23,7 +23,11 @@ macro_rules! gemv_ref {
         /// `y[r] = dot(row r of w, x)`; `w` is `[y.len(), x.len()]` row-major.
         pub fn $name(w: &[$elem], x: &[f32], y: &mut [f32]) {
             let cols = x.len();
-            assert_eq!(w.len(), cols * y.len(), concat!(stringify!($name), ": shape mismatch"));
+            assert_eq!(
+                w.len(),
+                cols * y.len(),
+                concat!(stringify!($name), ": shape mismatch")
+            );
             if cols == 0 {
                 y.fill(0.0);
                 return;
@@ -47,7 +51,10 @@ pub fn axpy_f32_ref(a: f32, x: &[f32], y: &mut [f32]) {
 
 /// RMSNorm as transformers computes it: `w * (x / sqrt(mean(x²) + eps))`, in f32.
 pub fn rmsnorm_ref(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    assert!(x.len() == w.len() && x.len() == out.len(), "rmsnorm_ref: lengths differ");
+    assert!(
+        x.len() == w.len() && x.len() == out.len(),
+        "rmsnorm_ref: lengths differ"
+    );
     if x.is_empty() {
         return;
     }

@@ -34,7 +34,13 @@ pub struct LlamaOffsets<const LAYERS: usize> {
     pub lm_head: Option<usize>,
 }
 
-pub struct Layer<W: WeightType, const DIM: usize, const INTER: usize, const Q_DIM: usize, const KV_DIM: usize> {
+pub struct Layer<
+    W: WeightType,
+    const DIM: usize,
+    const INTER: usize,
+    const Q_DIM: usize,
+    const KV_DIM: usize,
+> {
     pub attn_norm: &'static [f32; DIM], // [DIM]
     pub wq: Mat<W, Q_DIM, DIM>,         // [Q_DIM, DIM]
     pub wk: Mat<W, KV_DIM, DIM>,        // [KV_DIM, DIM]
@@ -69,30 +75,34 @@ pub struct Llama<
 
 /// Activations, KV cache and scratch of one sequence.
 pub struct LlamaState {
-    x: Vec<f32>,      // [DIM] residual stream
-    xb: Vec<f32>,     // [DIM] normed input
-    xb2: Vec<f32>,    // [DIM] projection output
-    q: Vec<f32>,      // [Q_DIM]
+    x: Vec<f32>,       // [DIM] residual stream
+    xb: Vec<f32>,      // [DIM] normed input
+    xb2: Vec<f32>,     // [DIM] projection output
+    q: Vec<f32>,       // [Q_DIM]
     att_out: Vec<f32>, // [Q_DIM]
-    k: Vec<f32>,      // [KV_DIM]
-    v: Vec<f32>,      // [KV_DIM]
-    hb: Vec<f32>,     // [INTER]
-    hb2: Vec<f32>,    // [INTER]
-    scores: Vec<f32>, // [HEADS, ctx]
-    cos: Vec<f32>,    // [HEAD_DIM / 2]
-    sin: Vec<f32>,    // [HEAD_DIM / 2]
+    k: Vec<f32>,       // [KV_DIM]
+    v: Vec<f32>,       // [KV_DIM]
+    hb: Vec<f32>,      // [INTER]
+    hb2: Vec<f32>,     // [INTER]
+    scores: Vec<f32>,  // [HEADS, ctx]
+    cos: Vec<f32>,     // [HEAD_DIM / 2]
+    sin: Vec<f32>,     // [HEAD_DIM / 2]
     k_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
     v_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
-    logits: Vec<f32>, // [VOCAB]
+    logits: Vec<f32>,  // [VOCAB]
     ctx: usize,
 }
 
 /// `&mut v[..N]` as an array reference (the buffers are sized for it by `new_state`).
 fn arr<const N: usize>(v: &mut [f32]) -> &mut [f32; N] {
-    (&mut v[..N]).try_into().expect("state buffer sized by new_state")
+    (&mut v[..N])
+        .try_into()
+        .expect("state buffer sized by new_state")
 }
 fn arr_ref<const N: usize>(v: &[f32]) -> &[f32; N] {
-    (&v[..N]).try_into().expect("state buffer sized by new_state")
+    (&v[..N])
+        .try_into()
+        .expect("state buffer sized by new_state")
 }
 
 impl<
@@ -107,7 +117,8 @@ impl<
         const KV_DIM: usize,
         const VOCAB: usize,
         const CONTEXT: usize,
-    > CausalLm for Llama<W, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>
+    > CausalLm
+    for Llama<W, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>
 {
     type Offsets = LlamaOffsets<LAYERS>;
     type State = LlamaState;
@@ -116,9 +127,18 @@ impl<
 
     fn load(blob: &'static [u8], o: &LlamaOffsets<LAYERS>, eps: f32, theta: f32) -> Result<Self> {
         const {
-            assert!(Q_DIM == HEADS * HEAD_DIM, "Q_DIM must equal HEADS * HEAD_DIM");
-            assert!(KV_DIM == KV_HEADS * HEAD_DIM, "KV_DIM must equal KV_HEADS * HEAD_DIM");
-            assert!(KV_HEADS > 0 && HEADS % KV_HEADS == 0, "HEADS must be a multiple of KV_HEADS");
+            assert!(
+                Q_DIM == HEADS * HEAD_DIM,
+                "Q_DIM must equal HEADS * HEAD_DIM"
+            );
+            assert!(
+                KV_DIM == KV_HEADS * HEAD_DIM,
+                "KV_DIM must equal KV_HEADS * HEAD_DIM"
+            );
+            assert!(
+                KV_HEADS > 0 && HEADS % KV_HEADS == 0,
+                "HEADS must be a multiple of KV_HEADS"
+            );
             assert!(HEAD_DIM % 2 == 0, "RoPE needs an even HEAD_DIM");
         }
         let layers = o
@@ -173,8 +193,19 @@ impl<
         }
     }
 
-    fn step<'s>(&self, s: &'s mut LlamaState, pool: &Pool, token: u32, pos: usize, want_logits: bool) -> Option<&'s [f32]> {
-        assert!(pos < s.ctx, "llama step: position {pos} past the context of {}", s.ctx);
+    fn step<'s>(
+        &self,
+        s: &'s mut LlamaState,
+        pool: &Pool,
+        token: u32,
+        pos: usize,
+        want_logits: bool,
+    ) -> Option<&'s [f32]> {
+        assert!(
+            pos < s.ctx,
+            "llama step: position {pos} past the context of {}",
+            s.ctx
+        );
         let isa = kernels::isa();
         W::to_f32(self.embed.row(token as usize), arr::<DIM>(&mut s.x));
         r::rope_cos_sin(pos, self.theta, HEAD_DIM, &mut s.cos, &mut s.sin);
@@ -217,7 +248,9 @@ impl<
                     }
                 }
             });
-            layer.wo.gemv(pool, arr_ref::<Q_DIM>(&s.att_out), arr::<DIM>(&mut s.xb2));
+            layer
+                .wo
+                .gemv(pool, arr_ref::<Q_DIM>(&s.att_out), arr::<DIM>(&mut s.xb2));
             add(&mut s.x, &s.xb2);
 
             // MLP: rmsnorm, SwiGLU, down projection, residual.
@@ -226,14 +259,17 @@ impl<
             layer.w_gate.gemv(pool, xb, arr::<INTER>(&mut s.hb));
             layer.w_up.gemv(pool, xb, arr::<INTER>(&mut s.hb2));
             r::silu_mul_ref(&mut s.hb, &s.hb2);
-            layer.w_down.gemv(pool, arr_ref::<INTER>(&s.hb), arr::<DIM>(&mut s.xb2));
+            layer
+                .w_down
+                .gemv(pool, arr_ref::<INTER>(&s.hb), arr::<DIM>(&mut s.xb2));
             add(&mut s.x, &s.xb2);
         }
         if !want_logits {
             return None;
         }
         r::rmsnorm_ref(&s.x, self.norm, self.eps, &mut s.xb);
-        self.lm_head.gemv(pool, arr_ref::<DIM>(&s.xb), arr::<VOCAB>(&mut s.logits));
+        self.lm_head
+            .gemv(pool, arr_ref::<DIM>(&s.xb), arr::<VOCAB>(&mut s.logits));
         Some(&s.logits)
     }
 }

@@ -14,7 +14,9 @@ pub struct Mat<W: WeightType, const ROWS: usize, const COLS: usize> {
 impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
     /// Views the `ROWS * COLS` elements at `offset` of `blob` (which must be aligned for them).
     pub fn bind(blob: &'static [u8], offset: usize, name: &str) -> Result<Self> {
-        Ok(Mat { data: bind_slice::<W::Elem>(blob, offset, ROWS * COLS, name)? })
+        Ok(Mat {
+            data: bind_slice::<W::Elem>(blob, offset, ROWS * COLS, name)?,
+        })
     }
 
     /// `y = W x`, rows sharded over the pool. Every bound is a constant after monomorphization.
@@ -33,22 +35,36 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
 }
 
 /// A 1-D f32 tensor of `N` elements in the blob (norm weights).
-pub fn bind_vec<const N: usize>(blob: &'static [u8], offset: usize, name: &str) -> Result<&'static [f32; N]> {
+pub fn bind_vec<const N: usize>(
+    blob: &'static [u8],
+    offset: usize,
+    name: &str,
+) -> Result<&'static [f32; N]> {
     let s = bind_slice::<f32>(blob, offset, N, name)?;
     Ok(s.try_into().expect("bind_slice returned the asked length"))
 }
 
-fn bind_slice<T: bytemuck::Pod>(blob: &'static [u8], offset: usize, len: usize, name: &str) -> Result<&'static [T]> {
+fn bind_slice<T: bytemuck::Pod>(
+    blob: &'static [u8],
+    offset: usize,
+    len: usize,
+    name: &str,
+) -> Result<&'static [T]> {
     let nbytes = len * std::mem::size_of::<T>();
     let bytes = offset
         .checked_add(nbytes)
         .and_then(|end| blob.get(offset..end))
         .ok_or_else(|| EngineError::Tensor {
             name: name.into(),
-            msg: format!("{nbytes} bytes at offset {offset} run past the {}-byte blob", blob.len()),
+            msg: format!(
+                "{nbytes} bytes at offset {offset} run past the {}-byte blob",
+                blob.len()
+            ),
         })?;
-    bytemuck::try_cast_slice(bytes)
-        .map_err(|e| EngineError::Tensor { name: name.into(), msg: format!("offset {offset}: {e:?}") })
+    bytemuck::try_cast_slice(bytes).map_err(|e| EngineError::Tensor {
+        name: name.into(),
+        msg: format!("offset {offset}: {e:?}"),
+    })
 }
 
 /// What the CLI needs from a model: load, a per-sequence state, and one decoding step.
@@ -57,9 +73,21 @@ pub trait CausalLm: Sized + Send + Sync {
     type State;
     const VOCAB: usize;
     const CONTEXT: usize;
-    fn load(blob: &'static [u8], offsets: &Self::Offsets, rms_norm_eps: f32, rope_theta: f32) -> Result<Self>;
+    fn load(
+        blob: &'static [u8],
+        offsets: &Self::Offsets,
+        rms_norm_eps: f32,
+        rope_theta: f32,
+    ) -> Result<Self>;
     /// A fresh KV cache and scratch buffers for up to `ctx` positions.
     fn new_state(&self, ctx: usize) -> Self::State;
     /// Runs `token` at position `pos` and, if `want_logits`, returns the next-token logits.
-    fn step<'s>(&self, st: &'s mut Self::State, pool: &Pool, token: u32, pos: usize, want_logits: bool) -> Option<&'s [f32]>;
+    fn step<'s>(
+        &self,
+        st: &'s mut Self::State,
+        pool: &Pool,
+        token: u32,
+        pos: usize,
+        want_logits: bool,
+    ) -> Option<&'s [f32]>;
 }

@@ -32,7 +32,11 @@ pub fn argmax(x: &[f32]) -> u32 {
 
 impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Self {
-        Sampler { cfg, rng: StdRng::seed_from_u64(cfg.seed), probs: Vec::new() }
+        Sampler {
+            cfg,
+            rng: StdRng::seed_from_u64(cfg.seed),
+            probs: Vec::new(),
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -41,7 +45,8 @@ impl Sampler {
         }
         let t = self.cfg.temperature;
         self.probs.clear();
-        self.probs.extend(logits.iter().enumerate().map(|(i, &l)| (l / t, i as u32)));
+        self.probs
+            .extend(logits.iter().enumerate().map(|(i, &l)| (l / t, i as u32)));
         let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if self.cfg.top_k > 0 && self.cfg.top_k < self.probs.len() {
             self.probs.select_nth_unstable_by(self.cfg.top_k - 1, desc);
@@ -83,14 +88,24 @@ mod tests {
 
     #[test]
     fn greedy_takes_first_max() {
-        let mut s = Sampler::new(SamplerConfig { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 });
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        });
         assert_eq!(s.sample(&[1.0, 3.0, 3.0, -1.0]), 1);
     }
 
     #[test]
     fn seeded_sampling_repeats_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| (i % 7) as f32).collect();
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 3, top_p: 0.95, seed: 42 };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 0.95,
+            seed: 42,
+        };
         let (mut a, mut b) = (Sampler::new(cfg), Sampler::new(cfg));
         let xs: Vec<u32> = (0..50).map(|_| a.sample(&logits)).collect();
         let ys: Vec<u32> = (0..50).map(|_| b.sample(&logits)).collect();

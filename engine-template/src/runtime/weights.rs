@@ -10,15 +10,30 @@ pub fn load(info: &BakedInfo, dir: Option<&Path>) -> Result<&'static [u8]> {
     if let Some(blob) = info.embedded {
         return Ok(blob);
     }
-    let path: PathBuf = dir.unwrap_or(Path::new(info.model_dir)).join(crate::format::BLOB_FILE);
-    let err = |msg: String| EngineError::Weights { path: path.clone(), msg };
+    let path: PathBuf = dir
+        .unwrap_or(Path::new(info.model_dir))
+        .join(crate::format::BLOB_FILE);
+    let err = |msg: String| EngineError::Weights {
+        path: path.clone(),
+        msg,
+    };
     let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            err("file not found (pass --model-dir or set IE_MODEL_DIR to the packed model folder)".into())
-        }
-        _ => EngineError::WeightsIo { path: path.clone(), source: e },
+        std::io::ErrorKind::NotFound => err(
+            "file not found (pass --model-dir or set IE_MODEL_DIR to the packed model folder)"
+                .into(),
+        ),
+        _ => EngineError::WeightsIo {
+            path: path.clone(),
+            source: e,
+        },
     })?;
-    let len = file.metadata().map_err(|e| EngineError::WeightsIo { path: path.clone(), source: e })?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| EngineError::WeightsIo {
+            path: path.clone(),
+            source: e,
+        })?
+        .len();
     if len != info.blob_size {
         return Err(err(format!(
             "size is {len} bytes but this binary was built for {} bytes (truncated or a different model)",
@@ -26,7 +41,10 @@ pub fn load(info: &BakedInfo, dir: Option<&Path>) -> Result<&'static [u8]> {
         )));
     }
     // SAFETY: the file is opened read-only; IEBIN files are written once and renamed into place.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::WeightsIo { path: path.clone(), source: e })?;
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| EngineError::WeightsIo {
+        path: path.clone(),
+        source: e,
+    })?;
     let hash = xxhash_rust::xxh3::xxh3_64(&map);
     if hash != info.blob_xxh3 {
         return Err(err(format!(

@@ -88,7 +88,11 @@ impl<'a> Cursor<'a> {
     }
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
         if n > self.left() {
-            return Err(format!("truncated: needs {n} bytes at offset {}, {} left", self.pos, self.left()));
+            return Err(format!(
+                "truncated: needs {n} bytes at offset {}, {} left",
+                self.pos,
+                self.left()
+            ));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -104,14 +108,18 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, what: &str, min_size: usize) -> std::result::Result<usize, String> {
         let n = self.u64()?;
         if n.saturating_mul(min_size as u64) > self.left() as u64 {
-            return Err(format!("{what} {n} at offset {} is larger than the file allows", self.pos - 8));
+            return Err(format!(
+                "{what} {n} at offset {} is larger than the file allows",
+                self.pos - 8
+            ));
         }
         Ok(n as usize)
     }
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.count("string length", 1)?;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| format!("string at offset {} is not UTF-8", self.pos - n))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| format!("string at offset {} is not UTF-8", self.pos - n))
     }
     fn value(&mut self, ty: u32, depth: u32) -> std::result::Result<Value, String> {
         Ok(match ty {
@@ -163,11 +171,24 @@ fn src_type(id: u32) -> std::result::Result<SrcType, String> {
         30 => SrcType::Bf16,
         _ => {
             const NAMES: &[(u32, &str)] = &[
-                (6, "Q5_0"), (7, "Q5_1"), (9, "Q8_1"), (10, "Q2_K"), (11, "Q3_K"), (12, "Q4_K"),
-                (13, "Q5_K"), (14, "Q6_K"), (15, "Q8_K"), (20, "IQ4_NL"), (34, "TQ1_0"), (35, "TQ2_0"), (39, "MXFP4"),
+                (6, "Q5_0"),
+                (7, "Q5_1"),
+                (9, "Q8_1"),
+                (10, "Q2_K"),
+                (11, "Q3_K"),
+                (12, "Q4_K"),
+                (13, "Q5_K"),
+                (14, "Q6_K"),
+                (15, "Q8_K"),
+                (20, "IQ4_NL"),
+                (34, "TQ1_0"),
+                (35, "TQ2_0"),
+                (39, "MXFP4"),
             ];
             return Err(match NAMES.iter().find(|(i, _)| *i == id) {
-                Some((_, n)) => format!("tensor type {n} is not supported yet (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"),
+                Some((_, n)) => format!(
+                    "tensor type {n} is not supported yet (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
+                ),
                 None => format!("unknown tensor type id {id}"),
             });
         }
@@ -176,12 +197,17 @@ fn src_type(id: u32) -> std::result::Result<SrcType, String> {
 
 pub fn parse_header(buf: &[u8]) -> std::result::Result<Header, String> {
     let mut c = Cursor { buf, pos: 0 };
-    if c.take(4).map_err(|_| "not a GGUF file (too short)".to_string())? != b"GGUF" {
+    if c.take(4)
+        .map_err(|_| "not a GGUF file (too short)".to_string())?
+        != b"GGUF"
+    {
         return Err("not a GGUF file (bad magic)".into());
     }
     let version = c.u32()?;
     if !(2..=3).contains(&version) {
-        return Err(format!("GGUF version {version} is not supported (2 and 3 are)"));
+        return Err(format!(
+            "GGUF version {version} is not supported (2 and 3 are)"
+        ));
     }
     // Smallest tensor info: 8-byte name length + 4 n_dims + 4 type + 8 offset.
     let n_tensors = c.count("tensor count", 24)?;
@@ -198,19 +224,38 @@ pub fn parse_header(buf: &[u8]) -> std::result::Result<Header, String> {
         let name = c.string()?;
         let n_dims = c.u32()? as usize;
         if n_dims == 0 || n_dims > 4 {
-            return Err(format!("tensor {name}: {n_dims} dimensions (1 to 4 allowed)"));
+            return Err(format!(
+                "tensor {name}: {n_dims} dimensions (1 to 4 allowed)"
+            ));
         }
-        let dims = (0..n_dims).map(|_| c.u64()).collect::<std::result::Result<Vec<_>, _>>()?;
+        let dims = (0..n_dims)
+            .map(|_| c.u64())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let type_id = c.u32()?;
         let offset = c.u64()?;
-        tensors.push(TensorInfo { name, dims, type_id, offset });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            type_id,
+            offset,
+        });
     }
-    let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32);
+    let align = metadata
+        .get("general.alignment")
+        .and_then(Value::as_u64)
+        .unwrap_or(32);
     if align == 0 || !align.is_power_of_two() || align > 1 << 20 {
-        return Err(format!("general.alignment {align} is not a sane power of two"));
+        return Err(format!(
+            "general.alignment {align} is not a sane power of two"
+        ));
     }
     let data_start = c.pos.div_ceil(align as usize) * align as usize;
-    Ok(Header { version, metadata, tensors, data_start })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        data_start,
+    })
 }
 
 /// HF name of a GGUF llama tensor.
@@ -247,9 +292,15 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
     let h = parse_header(&map).map_err(|e| input(path, e))?;
     let md = &h.metadata;
     let get = |k: &str| md.get(k);
-    let arch = get("general.architecture").and_then(Value::as_str).unwrap_or("<none>").to_string();
+    let arch = get("general.architecture")
+        .and_then(Value::as_str)
+        .unwrap_or("<none>")
+        .to_string();
     if arch != "llama" {
-        return Err(input(path, format!("unsupported architecture {arch} (supported: llama)")));
+        return Err(input(
+            path,
+            format!("unsupported architecture {arch} (supported: llama)"),
+        ));
     }
     let num = |k: &str| -> Result<usize> {
         get(&format!("llama.{k}"))
@@ -259,10 +310,19 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
     };
     let (hidden, heads) = (num("embedding_length")?, num("attention.head_count")?);
     if heads == 0 || hidden % heads != 0 {
-        return Err(input(path, format!("embedding_length {hidden} does not split into {heads} heads")));
+        return Err(input(
+            path,
+            format!("embedding_length {hidden} does not split into {heads} heads"),
+        ));
     }
-    if let Some(t) = get("llama.rope.scaling.type").and_then(Value::as_str).filter(|t| *t != "none") {
-        return Err(input(path, format!("rope scaling {t} is not supported yet")));
+    if let Some(t) = get("llama.rope.scaling.type")
+        .and_then(Value::as_str)
+        .filter(|t| *t != "none")
+    {
+        return Err(input(
+            path,
+            format!("rope scaling {t} is not supported yet"),
+        ));
     }
     let tokens = get("tokenizer.ggml.tokens")
         .and_then(Value::as_array)
@@ -279,12 +339,22 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
         max_position_embeddings: num("context_length")?,
         rms_norm_eps: get("llama.attention.layer_norm_rms_epsilon")
             .and_then(Value::as_f64)
-            .ok_or_else(|| input(path, "missing metadata llama.attention.layer_norm_rms_epsilon"))?,
-        rope_theta: get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10000.0),
+            .ok_or_else(|| {
+                input(
+                    path,
+                    "missing metadata llama.attention.layer_norm_rms_epsilon",
+                )
+            })?,
+        rope_theta: get("llama.rope.freq_base")
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0),
         tie_word_embeddings: !h.tensors.iter().any(|t| t.name == "output.weight"),
     };
     if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(input(path, format!("head_count {heads} is not a multiple of head_count_kv {kv_heads}")));
+        return Err(input(
+            path,
+            format!("head_count {heads} is not a multiple of head_count_kv {kv_heads}"),
+        ));
     }
 
     let data_len = map.len().saturating_sub(h.data_start) as u64;
@@ -297,15 +367,28 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
             .filter(|_| t.dims[0] % blk as u64 == 0)
             .and_then(|n| (n / blk as u64).checked_mul(blk_bytes as u64))
             .ok_or_else(|| {
-                input(path, format!("tensor {}: dims {:?} don't divide into {}-element blocks", t.name, t.dims, blk))
+                input(
+                    path,
+                    format!(
+                        "tensor {}: dims {:?} don't divide into {}-element blocks",
+                        t.name, t.dims, blk
+                    ),
+                )
             })?;
-        if t.offset.checked_add(nbytes).is_none_or(|end| end > data_len) {
+        if t.offset
+            .checked_add(nbytes)
+            .is_none_or(|end| end > data_len)
+        {
             return Err(input(
                 path,
-                format!("tensor {}: {} bytes at data offset {} run past the end of the file", t.name, nbytes, t.offset),
+                format!(
+                    "tensor {}: {} bytes at data offset {} run past the end of the file",
+                    t.name, nbytes, t.offset
+                ),
             ));
         }
-        let name = hf_name(&t.name).ok_or_else(|| input(path, format!("unexpected tensor {}", t.name)))?;
+        let name =
+            hf_name(&t.name).ok_or_else(|| input(path, format!("unexpected tensor {}", t.name)))?;
         let unpermute_heads = if name.ends_with("q_proj.weight") {
             Some(heads)
         } else if name.ends_with("k_proj.weight") {
@@ -337,15 +420,27 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
 }
 
 /// Builds a Hugging Face `tokenizer.json` from the GGUF tokenizer metadata (gpt2-style BPE).
-fn tokenizer(path: &Path, md: &BTreeMap<String, Value>, tokens: &[Value]) -> Result<(String, TokenizerInfo)> {
+fn tokenizer(
+    path: &Path,
+    md: &BTreeMap<String, Value>,
+    tokens: &[Value],
+) -> Result<(String, TokenizerInfo)> {
     let get = |k: &str| md.get(k);
-    let model = get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("<none>");
+    let model = get("tokenizer.ggml.model")
+        .and_then(Value::as_str)
+        .unwrap_or("<none>");
     if model != "gpt2" {
-        return Err(input(path, format!("tokenizer model {model} is not supported yet (gpt2 byte-level BPE only)")));
+        return Err(input(
+            path,
+            format!("tokenizer model {model} is not supported yet (gpt2 byte-level BPE only)"),
+        ));
     }
     let tokens: Vec<&str> = tokens
         .iter()
-        .map(|t| t.as_str().ok_or_else(|| input(path, "tokenizer.ggml.tokens holds a non-string")))
+        .map(|t| {
+            t.as_str()
+                .ok_or_else(|| input(path, "tokenizer.ggml.tokens holds a non-string"))
+        })
         .collect::<Result<_>>()?;
     let types: Vec<u64> = get("tokenizer.ggml.token_type")
         .and_then(Value::as_array)
@@ -358,11 +453,19 @@ fn tokenizer(path: &Path, md: &BTreeMap<String, Value>, tokens: &[Value]) -> Res
     let id = |k: &str| get(k).and_then(Value::as_u64).map(|v| v as u32);
     let bos = id("tokenizer.ggml.bos_token_id");
     let eos = id("tokenizer.ggml.eos_token_id");
-    let add_bos = get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
-    let tok_str = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+    let add_bos = get("tokenizer.ggml.add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let tok_str = |i: Option<u32>| {
+        i.and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
 
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
     // Control (3) and user-defined (4) tokens are matched whole, before BPE.
     let added: Vec<_> = types
         .iter()
@@ -381,7 +484,9 @@ fn tokenizer(path: &Path, md: &BTreeMap<String, Value>, tokens: &[Value]) -> Res
                      {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {b.clone(): {"id": b, "ids": [bos], "tokens": [b]}}
         }),
-        _ => json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true}),
+        _ => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true})
+        }
     };
     let tj = json!({
         "version": "1.0", "truncation": null, "padding": null,
@@ -402,7 +507,9 @@ fn tokenizer(path: &Path, md: &BTreeMap<String, Value>, tokens: &[Value]) -> Res
         bos_token_id: bos,
         eos_token_ids: eos.into_iter().collect(),
         add_bos,
-        chat_template: get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string),
+        chat_template: get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         bos_token: tok_str(bos),
         eos_token: tok_str(eos),
     };

@@ -94,9 +94,18 @@ impl Checkpoint {
                     *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }
-            SrcType::Q4_0 => blocks::dequant_q4_0_ref(&bytemuck::pod_collect_to_vec::<u8, BlockQ4_0>(bytes), &mut out),
-            SrcType::Q4_1 => blocks::dequant_q4_1_ref(&bytemuck::pod_collect_to_vec::<u8, BlockQ4_1>(bytes), &mut out),
-            SrcType::Q8_0 => blocks::dequant_q8_0_ref(&bytemuck::pod_collect_to_vec::<u8, BlockQ8_0>(bytes), &mut out),
+            SrcType::Q4_0 => blocks::dequant_q4_0_ref(
+                &bytemuck::pod_collect_to_vec::<u8, BlockQ4_0>(bytes),
+                &mut out,
+            ),
+            SrcType::Q4_1 => blocks::dequant_q4_1_ref(
+                &bytemuck::pod_collect_to_vec::<u8, BlockQ4_1>(bytes),
+                &mut out,
+            ),
+            SrcType::Q8_0 => blocks::dequant_q8_0_ref(
+                &bytemuck::pod_collect_to_vec::<u8, BlockQ8_0>(bytes),
+                &mut out,
+            ),
         }
         if let Some(heads) = t.unpermute_heads {
             out = unpermute_rows(&out, &t.shape, heads);
@@ -142,7 +151,8 @@ mod tests {
                 for i in 0..hd / 2 {
                     let src = h * hd + j * (hd / 2) + i;
                     let dst = h * hd + 2 * i + j;
-                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }

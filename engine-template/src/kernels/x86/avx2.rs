@@ -15,7 +15,11 @@ macro_rules! dot_avx2 {
         /// The CPU must support AVX2, FMA and F16C.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $name(w: &[$elem], x: &[f32]) -> f32 {
-            assert_eq!(w.len(), x.len(), concat!(stringify!($name), ": lengths differ"));
+            assert_eq!(
+                w.len(),
+                x.len(),
+                concat!(stringify!($name), ": lengths differ")
+            );
             let n = w.len();
             let (wp, xp) = (w.as_ptr(), x.as_ptr());
             let mut acc = [_mm256_setzero_ps(); 4];
@@ -53,7 +57,11 @@ macro_rules! gemv_avx2 {
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $name(w: &[$elem], x: &[f32], y: &mut [f32]) {
             let cols = x.len();
-            assert_eq!(w.len(), cols * y.len(), concat!(stringify!($name), ": shape mismatch"));
+            assert_eq!(
+                w.len(),
+                cols * y.len(),
+                concat!(stringify!($name), ": shape mismatch")
+            );
             if cols == 0 {
                 y.fill(0.0);
                 return;
@@ -78,7 +86,10 @@ pub unsafe fn axpy_f32_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     let mut i = 0;
     while i + 8 <= n {
         let yp = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(yp, _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)));
+        _mm256_storeu_ps(
+            yp,
+            _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+        );
         i += 8;
     }
     reference::axpy_f32_ref(a, &x[i..], &mut y[i..]);
