@@ -62,13 +62,13 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
     if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
         return fail(format!("checking config: {name} is 0"));
     }
-    if c.num_attention_heads % c.num_key_value_heads != 0 {
+    if !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
         return fail(format!(
             "checking config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
             c.num_attention_heads, c.num_key_value_heads
         ));
     }
-    if c.head_dim % 2 != 0 {
+    if !c.head_dim.is_multiple_of(2) {
         return fail(format!(
             "checking config: head_dim {} is odd (RoPE needs pairs)",
             c.head_dim

@@ -193,6 +193,37 @@ impl Drop for Pool {
     }
 }
 
+/// A mutable slice that several pool threads write through at disjoint ranges.
+pub struct SyncSlice<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _life: std::marker::PhantomData<&'a mut [f32]>,
+}
+// SAFETY: callers of `range` promise disjoint ranges across threads.
+unsafe impl Send for SyncSlice<'_> {}
+unsafe impl Sync for SyncSlice<'_> {}
+
+impl<'a> SyncSlice<'a> {
+    pub fn new(s: &'a mut [f32]) -> Self {
+        SyncSlice {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _life: std::marker::PhantomData,
+        }
+    }
+    /// # Safety
+    /// No two threads may hold overlapping ranges at the same time.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(
+            start + len <= self.len,
+            "SyncSlice: range {start}+{len} past {}",
+            self.len
+        );
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,36 +278,5 @@ mod tests {
             hits.fetch_add(1, SeqCst);
         });
         assert_eq!(hits.load(SeqCst), 4);
-    }
-}
-
-/// A mutable slice that several pool threads write through at disjoint ranges.
-pub struct SyncSlice<'a> {
-    ptr: *mut f32,
-    len: usize,
-    _life: std::marker::PhantomData<&'a mut [f32]>,
-}
-// SAFETY: callers of `range` promise disjoint ranges across threads.
-unsafe impl Send for SyncSlice<'_> {}
-unsafe impl Sync for SyncSlice<'_> {}
-
-impl<'a> SyncSlice<'a> {
-    pub fn new(s: &'a mut [f32]) -> Self {
-        SyncSlice {
-            ptr: s.as_mut_ptr(),
-            len: s.len(),
-            _life: std::marker::PhantomData,
-        }
-    }
-    /// # Safety
-    /// No two threads may hold overlapping ranges at the same time.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
-        assert!(
-            start + len <= self.len,
-            "SyncSlice: range {start}+{len} past {}",
-            self.len
-        );
-        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }
 }

@@ -136,10 +136,10 @@ impl<
                 "KV_DIM must equal KV_HEADS * HEAD_DIM"
             );
             assert!(
-                KV_HEADS > 0 && HEADS % KV_HEADS == 0,
+                KV_HEADS > 0 && HEADS.is_multiple_of(KV_HEADS),
                 "HEADS must be a multiple of KV_HEADS"
             );
-            assert!(HEAD_DIM % 2 == 0, "RoPE needs an even HEAD_DIM");
+            assert!(HEAD_DIM.is_multiple_of(2), "RoPE needs an even HEAD_DIM");
         }
         let layers = o
             .layers
