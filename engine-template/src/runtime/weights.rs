@@ -43,9 +43,11 @@ pub fn load(info: &BakedInfo, dir: Option<&Path>) -> Result<&'static [u8]> {
     // Populate: the hash below and the first token read every page anyway, and faulting them
     // in one call is much cheaper than one fault per 4 KiB page.
     // SAFETY: the file is opened read-only; IEBIN files are written once and renamed into place.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| EngineError::WeightsIo {
-        path: path.clone(),
-        source: e,
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| {
+        EngineError::WeightsIo {
+            path: path.clone(),
+            source: e,
+        }
     })?;
     let hash = xxhash_rust::xxh3::xxh3_64(&map);
     if hash != info.blob_xxh3 {

@@ -79,7 +79,11 @@ pub fn read_config(path: &Path) -> Result<(String, LlamaConfig)> {
         rope_theta: v["rope_theta"].as_f64().unwrap_or(10000.0),
         tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
     };
-    if cfg.num_key_value_heads == 0 || !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
+    if cfg.num_key_value_heads == 0
+        || !cfg
+            .num_attention_heads
+            .is_multiple_of(cfg.num_key_value_heads)
+    {
         return Err(input(
             path,
             format!(
