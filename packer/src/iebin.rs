@@ -102,7 +102,7 @@ pub fn check_tensors(ck: &Checkpoint) -> Result<()> {
 
 /// The precision used when `--precision` is absent: the source's float type, else fp32.
 pub fn default_precision(ck: &Checkpoint) -> Precision {
-    use crate::source::SrcType as S;
+    use crate::source::GgmlType as S;
     let mut types = ck
         .tensors
         .iter()
@@ -110,7 +110,7 @@ pub fn default_precision(ck: &Checkpoint) -> Precision {
         .map(|t| t.ty);
     match types.next() {
         Some(first) if types.all(|t| t == first) => match first {
-            S::Bf16 => Precision::Bf16,
+            S::BF16 => Precision::Bf16,
             S::F16 => Precision::Fp16,
             _ => Precision::Fp32,
         },

@@ -4,6 +4,7 @@
 pub mod emit;
 pub mod error;
 pub mod iebin;
+pub mod inspect;
 pub mod source;
 
 pub use error::{PackError, Result};

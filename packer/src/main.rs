@@ -1,6 +1,7 @@
 //! `clocher-pack SRC [--precision fp32|bf16|fp16] [--out-dir DIR] [--crate-dir DIR] [--name NAME] [--embed-weights]`
+//! `clocher-pack inspect FILE`
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use clocher_engine::format::Precision;
 use clocher_pack::{pack, PackOptions};
 use std::path::PathBuf;
@@ -17,10 +18,17 @@ enum PrecisionArg {
 /// Pack a Llama checkpoint (Hugging Face folder or GGUF file) into IEBIN v1 and emit a crate
 /// that builds one binary for exactly that model. Prints the crate's path as the last line.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Hugging Face folder (config.json, safetensors, tokenizer.json) or a .gguf file.
-    src: PathBuf,
+    #[arg(required = true)]
+    src: Option<PathBuf>,
     /// Weight precision (default: the source's float type; fp32 for quantized GGUF).
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
@@ -38,11 +46,29 @@ struct Cli {
     embed_weights: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a summary of a GGUF file, a safetensors folder or a packed IEBIN model.
+    Inspect { file: PathBuf },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Inspect { file }) = &cli.command {
+        return match clocher_pack::inspect::inspect(file) {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let start = Instant::now();
     let opts = PackOptions {
-        src: cli.src,
+        src: cli.src.expect("clap requires SRC without a subcommand"),
         out_dir: cli.out_dir,
         crate_dir: cli.crate_dir,
         name: cli.name,

@@ -335,7 +335,7 @@ fn gguf_bad_tensors() {
     let f = write(
         &c,
         "native.gguf",
-        &gguf(&kv, &[("token_embd.weight", &[256, 2], 14, 0)], &[0; 512]),
+        &gguf(&kv, &[("token_embd.weight", &[256, 2], 10, 0)], &[0; 512]),
     );
-    c.expect_error(&f, &["native.gguf", "Q6_K is not supported yet"]);
+    c.expect_error(&f, &["native.gguf", "tensor type Q2_K is not supported"]);
 }

@@ -3,7 +3,7 @@
 //! The reader trusts nothing: every length and count is checked against the bytes left before
 //! anything is allocated for it, and every tensor's extent against the file's size.
 
-use super::{Checkpoint, SrcTensor, SrcType};
+use super::{Checkpoint, GgmlType, SrcTensor};
 use crate::error::{input, io, Result};
 use clocher_engine::format::{LlamaConfig, TokenizerInfo};
 use memmap2::Mmap;
@@ -160,38 +160,44 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// ggml type ids this release reads, with their names; others are named in the error.
-fn src_type(id: u32) -> std::result::Result<SrcType, String> {
-    Ok(match id {
-        0 => SrcType::F32,
-        1 => SrcType::F16,
-        2 => SrcType::Q4_0,
-        3 => SrcType::Q4_1,
-        8 => SrcType::Q8_0,
-        30 => SrcType::Bf16,
-        _ => {
-            const NAMES: &[(u32, &str)] = &[
-                (6, "Q5_0"),
-                (7, "Q5_1"),
-                (9, "Q8_1"),
-                (10, "Q2_K"),
-                (11, "Q3_K"),
-                (12, "Q4_K"),
-                (13, "Q5_K"),
-                (14, "Q6_K"),
-                (15, "Q8_K"),
-                (20, "IQ4_NL"),
-                (34, "TQ1_0"),
-                (35, "TQ2_0"),
-                (39, "MXFP4"),
-            ];
-            return Err(match NAMES.iter().find(|(i, _)| *i == id) {
-                Some((_, n)) => format!(
-                    "tensor type {n} is not supported yet (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
-                ),
-                None => format!("unknown tensor type id {id}"),
-            });
-        }
+/// ggml's name for a type id (also for types this release can't read).
+pub fn type_name(id: u32) -> String {
+    if let Some(t) = GgmlType::from_id(id) {
+        return t.name().into();
+    }
+    const OTHERS: &[(u32, &str)] = &[
+        (9, "Q8_1"),
+        (10, "Q2_K"),
+        (15, "Q8_K"),
+        (16, "IQ2_XXS"),
+        (17, "IQ2_XS"),
+        (18, "IQ3_XXS"),
+        (19, "IQ1_S"),
+        (21, "IQ3_S"),
+        (22, "IQ2_S"),
+        (23, "IQ4_XS"),
+        (24, "I8"),
+        (25, "I16"),
+        (26, "I32"),
+        (27, "I64"),
+        (28, "F64"),
+        (29, "IQ1_M"),
+    ];
+    OTHERS
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map_or_else(|| format!("type{id}"), |(_, n)| n.to_string())
+}
+
+/// (elements, bytes) per block of a type this release reads.
+pub fn type_size(id: u32) -> Option<(usize, usize)> {
+    GgmlType::from_id(id).map(|t| (t.block_elems(), t.block_bytes()))
+}
+
+fn src_type(id: u32) -> std::result::Result<GgmlType, String> {
+    GgmlType::from_id(id).ok_or_else(|| match type_name(id) {
+        n if n.starts_with("type") => format!("unknown tensor type id {id}"),
+        n => format!("tensor type {n} is not supported"),
     })
 }
 
@@ -361,7 +367,7 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
     let mut tensors = Vec::with_capacity(h.tensors.len());
     for t in &h.tensors {
         let ty = src_type(t.type_id).map_err(|e| input(path, format!("tensor {}: {e}", t.name)))?;
-        let (blk, blk_bytes) = ty.block();
+        let (blk, blk_bytes) = (ty.block_elems(), ty.block_bytes());
         let numel = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let nbytes = numel
             .filter(|_| t.dims[0] % blk as u64 == 0)

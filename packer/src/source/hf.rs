@@ -1,7 +1,7 @@
 //! Hugging Face checkpoint folders: `config.json`, safetensors (one file or index + shards),
 //! `tokenizer.json`, `tokenizer_config.json`, chat template.
 
-use super::{Checkpoint, SrcTensor, SrcType};
+use super::{Checkpoint, GgmlType, SrcTensor};
 use crate::error::{input, io, Result};
 use clocher_engine::format::{LlamaConfig, TokenizerInfo, SUPPORTED_ARCHITECTURES};
 use memmap2::Mmap;
@@ -165,9 +165,9 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
         for (tname, info) in entries {
             use safetensors::Dtype as D;
             let ty = match info.dtype {
-                D::F32 => SrcType::F32,
-                D::F16 => SrcType::F16,
-                D::BF16 => SrcType::Bf16,
+                D::F32 => GgmlType::F32,
+                D::F16 => GgmlType::F16,
+                D::BF16 => GgmlType::BF16,
                 other => {
                     return Err(input(
                         &path,

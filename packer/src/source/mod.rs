@@ -5,44 +5,9 @@ pub mod gguf;
 pub mod hf;
 
 use clocher_engine::format::{LlamaConfig, TokenizerInfo};
-use clocher_engine::kernels::blocks::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
-use half::{bf16, f16};
+pub use clocher_engine::kernels::blocks::GgmlType;
 use memmap2::Mmap;
 use std::path::PathBuf;
-
-/// Element type of a tensor in a source file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SrcType {
-    F32,
-    F16,
-    Bf16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-}
-
-impl SrcType {
-    pub fn name(self) -> &'static str {
-        match self {
-            SrcType::F32 => "f32",
-            SrcType::F16 => "f16",
-            SrcType::Bf16 => "bf16",
-            SrcType::Q4_0 => "q4_0",
-            SrcType::Q4_1 => "q4_1",
-            SrcType::Q8_0 => "q8_0",
-        }
-    }
-    /// (elements per block, bytes per block)
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            SrcType::F32 => (1, 4),
-            SrcType::F16 | SrcType::Bf16 => (1, 2),
-            SrcType::Q4_0 => (QK, std::mem::size_of::<BlockQ4_0>()),
-            SrcType::Q4_1 => (QK, std::mem::size_of::<BlockQ4_1>()),
-            SrcType::Q8_0 => (QK, std::mem::size_of::<BlockQ8_0>()),
-        }
-    }
-}
 
 /// A tensor as found in the source, already under its Hugging Face name and shape.
 #[derive(Debug, Clone)]
@@ -50,7 +15,7 @@ pub struct SrcTensor {
     pub name: String,
     /// Outermost dimension first.
     pub shape: Vec<usize>,
-    pub ty: SrcType,
+    pub ty: GgmlType,
     /// Which mapped file, and the byte range in it (validated against the file's length).
     pub file: usize,
     pub range: std::ops::Range<usize>,
@@ -77,36 +42,7 @@ impl Checkpoint {
         let bytes = &map[t.range.clone()];
         let numel: usize = t.shape.iter().product();
         let mut out = vec![0.0f32; numel];
-        // Sources only guarantee byte alignment, so read elements through unaligned copies.
-        match t.ty {
-            SrcType::F32 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes(c.try_into().unwrap());
-                }
-            }
-            SrcType::F16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            SrcType::Bf16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            SrcType::Q4_0 => blocks::dequant_q4_0_ref(
-                &bytemuck::pod_collect_to_vec::<u8, BlockQ4_0>(bytes),
-                &mut out,
-            ),
-            SrcType::Q4_1 => blocks::dequant_q4_1_ref(
-                &bytemuck::pod_collect_to_vec::<u8, BlockQ4_1>(bytes),
-                &mut out,
-            ),
-            SrcType::Q8_0 => blocks::dequant_q8_0_ref(
-                &bytemuck::pod_collect_to_vec::<u8, BlockQ8_0>(bytes),
-                &mut out,
-            ),
-        }
+        t.ty.dequant(bytes, &mut out);
         if let Some(heads) = t.unpermute_heads {
             out = unpermute_rows(&out, &t.shape, heads);
         }
