@@ -4,7 +4,8 @@
 //! [`generate`] emits a `model` module of constants, types and thin glue that instantiates
 //! [`crate::model::llama::Llama`] for exactly this model. No logic lives in generated code.
 
-use crate::format::{self, Dtype, ModelMeta, Precision};
+use crate::dtype;
+use crate::format::{self, Dtype, ModelMeta};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 
@@ -87,27 +88,35 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
                 t.shape, shape
             ));
         }
-        let want = if format::is_norm(name) {
-            Dtype::F32
-        } else {
-            m.precision.dtype()
-        };
-        if t.dtype != want {
+        if format::is_norm(name) && t.dtype != Dtype::F32 {
+            return fail(format!("checking tensor {name}: dtype {} but norm weights are stored as f32", t.dtype.name()));
+        }
+        if let Some(want) = m.precision.dtype().filter(|_| !format::is_norm(name)) {
+            if t.dtype != want {
+                return fail(format!(
+                    "checking tensor {name}: dtype {} but precision {} stores it as {}",
+                    t.dtype.name(),
+                    m.precision.name(),
+                    want.name()
+                ));
+            }
+        }
+        let cols = *shape.last().expect("tensors have a shape");
+        if !cols.is_multiple_of(t.dtype.block_elems()) {
             return fail(format!(
-                "checking tensor {name}: dtype {} but precision {} stores it as {}",
-                t.dtype.name(),
-                m.precision.name(),
-                want.name()
+                "checking tensor {name}: rows of {cols} don't divide into {}-element {} blocks",
+                t.dtype.block_elems(),
+                t.dtype.name()
             ));
         }
         let numel: usize = t.shape.iter().product();
-        if t.nbytes != (numel * t.dtype.size()) as u64 {
+        let need = t.dtype.nbytes(numel).expect("whole blocks, checked above");
+        if t.nbytes != need as u64 {
             return fail(format!(
-                "checking tensor {name}: {} bytes but shape {:?} of {} needs {}",
+                "checking tensor {name}: {} bytes but shape {:?} of {} needs {need}",
                 t.nbytes,
                 t.shape,
-                t.dtype.name(),
-                numel * t.dtype.size()
+                t.dtype.name()
             ));
         }
         if t.offset % format::ALIGN != 0
@@ -156,14 +165,58 @@ pub fn generate(
     validate(m)?;
     let c = &m.config;
     let off = |name: &str| usize_lit(m.tensor(name).expect("validated").offset as usize);
-    let w_ty = format_ident!(
-        "{}",
-        match m.precision {
-            Precision::Fp32 => "F32",
-            Precision::Bf16 => "Bf16",
-            Precision::Fp16 => "F16",
-        }
-    );
+    // The weight type of every tensor, as a path into clocher_engine::dtype.
+    let ty = |name: &str| {
+        let id = format_ident!("{}", dtype::type_name(m.tensor(name).expect("validated").dtype));
+        quote!(::clocher_engine::dtype::#id)
+    };
+    let dims = quote!(DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM);
+    let layer_types: Vec<String> = (0..c.num_hidden_layers)
+        .map(|l| {
+            let kinds = format::LAYER_TENSORS.iter().filter(|k| !k.ends_with("layernorm"));
+            let tys = kinds.map(|k| ty(&format::layer_tensor_name(l, k)));
+            quote!(Layer<#(#tys),*, #dims>).to_string()
+        })
+        .collect();
+    let parse = |t: &String| t.parse::<TokenStream>().expect("generated tokens re-parse");
+    // Blocks that all share weight types are a `Uniform` vector; mixed ones get a struct with
+    // one field per block, so every block's formats are still compile-time types.
+    let (layers_ty, layers_def) = if layer_types.windows(2).all(|w| w[0] == w[1]) {
+        let t = parse(&layer_types[0]);
+        (quote!(::clocher_engine::model::llama::Uniform<#t>), quote!())
+    } else {
+        let fields: Vec<_> = (0..layer_types.len()).map(|l| format_ident!("l{l}")).collect();
+        let tys = layer_types.iter().map(parse);
+        let idx = (0..layer_types.len()).map(usize_lit);
+        let idx2 = idx.clone();
+        (
+            quote!(Blocks),
+            quote! {
+                /// The blocks, each with its own weight types.
+                pub struct Blocks { #(pub #fields: #tys),* }
+
+                impl ::clocher_engine::model::llama::Layers<LAYERS> for Blocks {
+                    fn bind(
+                        blob: &'static [u8],
+                        o: &[LayerOffsets; LAYERS],
+                    ) -> ::std::result::Result<Self, ::clocher_engine::EngineError> {
+                        Ok(Blocks { #(#fields: Layer::bind(blob, &o[#idx], #idx)?),* })
+                    }
+                    fn forward(
+                        &self,
+                        s: &mut ::clocher_engine::model::llama::LlamaState,
+                        pool: &::clocher_engine::pool::Pool,
+                        pos: usize,
+                        eps: f32,
+                    ) {
+                        #(self.#fields.forward(#idx2, s, pool, pos, eps);)*
+                    }
+                }
+            },
+        )
+    };
+    let embed_ty = ty("model.embed_tokens.weight");
+    let head_ty = ty(if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" });
     let layers = (0..c.num_hidden_layers).map(|l| {
         let o = |kind: &str| off(&format::layer_tensor_name(l, kind));
         let [an, q, k, v, o_, fnorm, g, u, d] = format::LAYER_TENSORS.map(o);
@@ -229,10 +282,7 @@ pub fn generate(
     Ok(quote! {
         /// Constants, types and glue baked from `model.ie.json` by `clocher_macros::model!`.
         pub mod model {
-            use ::clocher_engine::model::llama::{LayerOffsets, Llama, LlamaOffsets};
-
-            /// Weight element type of every linear layer and the embedding.
-            pub type W = ::clocher_engine::dtype::#w_ty;
+            use ::clocher_engine::model::llama::{Layer, LayerOffsets, Llama, LlamaOffsets};
             /// hidden_size
             pub const DIM: usize = #dim;
             /// intermediate_size
@@ -254,7 +304,13 @@ pub fn generate(
                 assert!(HEADS % KV_HEADS == 0);
             };
 
-            pub type Model = Llama<W, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>;
+            #layers_def
+
+            /// The model: embedding, head and block weight types, and every dimension.
+            pub type Model = Llama<
+                #embed_ty, #head_ty, #layers_ty,
+                DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT
+            >;
 
             /// Byte offset of every tensor in model.ie.bin.
             pub const OFFSETS: LlamaOffsets<LAYERS> = LlamaOffsets {

@@ -16,30 +16,8 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Architectures the packer and runtime support, by their Hugging Face class name.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM"];
 
-/// Element type of a stored tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    F32,
-    Bf16,
-    F16,
-}
-
-impl Dtype {
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::Bf16 | Dtype::F16 => 2,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-            Dtype::F16 => "f16",
-        }
-    }
-}
+/// Element type of a stored tensor: a float type or a GGUF block format.
+pub use crate::kernels::blocks::GgmlType as Dtype;
 
 /// Weight precision of a whole model, as the user names it (`--precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,21 +26,18 @@ pub enum Precision {
     Fp32,
     Bf16,
     Fp16,
+    /// Every tensor keeps the format it has in the GGUF file (blocks byte for byte).
+    Gguf,
 }
 
 impl Precision {
-    pub fn dtype(self) -> Dtype {
+    /// The dtype of every linear layer and the embedding; `None` for `Gguf` (per tensor).
+    pub fn dtype(self) -> Option<Dtype> {
         match self {
-            Precision::Fp32 => Dtype::F32,
-            Precision::Bf16 => Dtype::Bf16,
-            Precision::Fp16 => Dtype::F16,
-        }
-    }
-    pub fn from_dtype(d: Dtype) -> Self {
-        match d {
-            Dtype::F32 => Precision::Fp32,
-            Dtype::Bf16 => Precision::Bf16,
-            Dtype::F16 => Precision::Fp16,
+            Precision::Fp32 => Some(Dtype::F32),
+            Precision::Bf16 => Some(Dtype::BF16),
+            Precision::Fp16 => Some(Dtype::F16),
+            Precision::Gguf => None,
         }
     }
     pub fn name(self) -> &'static str {
@@ -70,6 +45,7 @@ impl Precision {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
+            Precision::Gguf => "gguf",
         }
     }
 }

@@ -100,7 +100,8 @@ pub fn check_tensors(ck: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
-/// The precision used when `--precision` is absent: the source's float type, else fp32.
+/// The precision used when `--precision` is absent: the source's float type when all linear
+/// layers share one, the stored formats for a GGUF file with block formats, else fp32.
 pub fn default_precision(ck: &Checkpoint) -> Precision {
     use crate::source::GgmlType as S;
     let mut types = ck
@@ -114,6 +115,7 @@ pub fn default_precision(ck: &Checkpoint) -> Precision {
             S::F16 => Precision::Fp16,
             _ => Precision::Fp32,
         },
+        _ if ck.kind == "gguf" => Precision::Gguf,
         _ => Precision::Fp32,
     }
 }
@@ -122,17 +124,22 @@ pub fn default_precision(ck: &Checkpoint) -> Precision {
 pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> Result<ModelMeta> {
     check_tensors(ck)?;
     let expected = format::expected_tensors(&ck.config);
-    let total: u64 = expected
-        .iter()
-        .map(|(n, s)| {
-            let d = if format::is_norm(n) {
-                Dtype::F32
-            } else {
-                precision.dtype()
-            };
-            (s.iter().product::<usize>() * d.size()) as u64
-        })
-        .sum();
+    // Norms are always f32; the rest take the precision's dtype, or keep their stored format.
+    let dtype_of = |name: &str| -> Dtype {
+        if format::is_norm(name) {
+            return Dtype::F32;
+        }
+        precision.dtype().unwrap_or_else(|| ck.find(name).expect("checked above").ty)
+    };
+    let mut total = 0u64;
+    for (n, s) in &expected {
+        let numel = s.iter().product::<usize>();
+        let d = dtype_of(n);
+        let bytes = d.nbytes(numel).ok_or_else(|| {
+            input(&ck.path, format!("tensor {n}: rows of {} don't divide into {} blocks", s[s.len() - 1], d.name()))
+        })?;
+        total += bytes as u64;
+    }
     let bar = indicatif::ProgressBar::new(total).with_message(format!("packing {name}"));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
@@ -154,24 +161,19 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
     };
     for (tname, shape) in &expected {
         let t = ck.find(tname).expect("checked above");
-        let dtype = if format::is_norm(tname) {
-            Dtype::F32
-        } else {
-            precision.dtype()
-        };
+        let dtype = dtype_of(tname);
         let pad = pos.next_multiple_of(format::ALIGN) - pos;
         put(&vec![0u8; pad as usize], &mut pos)?;
-        let values = ck.read_f32(t);
-        let bytes: Vec<u8> = match dtype {
-            Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Dtype::Bf16 => values
-                .iter()
-                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                .collect(),
-            Dtype::F16 => values
-                .iter()
-                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                .collect(),
+        let bytes: Vec<u8> = if dtype == t.ty {
+            ck.read_raw(t)
+        } else {
+            let values = ck.read_f32(t);
+            match dtype {
+                Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::BF16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+                Dtype::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+                other => unreachable!("converting to {} is not offered", other.name()),
+            }
         };
         entries.push(TensorEntry {
             name: tname.clone(),

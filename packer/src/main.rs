@@ -13,6 +13,8 @@ enum PrecisionArg {
     Fp32,
     Bf16,
     Fp16,
+    /// Keep every tensor's stored format (GGUF blocks byte for byte).
+    Gguf,
 }
 
 /// Pack a Llama checkpoint (Hugging Face folder or GGUF file) into IEBIN v1 and emit a crate
@@ -29,7 +31,8 @@ struct Cli {
     /// Hugging Face folder (config.json, safetensors, tokenizer.json) or a .gguf file.
     #[arg(required = true)]
     src: Option<PathBuf>,
-    /// Weight precision (default: the source's float type; fp32 for quantized GGUF).
+    /// Weight precision (default: the source's float type; for GGUF block formats, gguf: each
+    /// tensor keeps its stored format).
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Where to write model.ie.json, model.ie.bin, vocab.json, tokenizer.json [default: models/NAME].
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             PrecisionArg::Fp32 => Precision::Fp32,
             PrecisionArg::Bf16 => Precision::Bf16,
             PrecisionArg::Fp16 => Precision::Fp16,
+            PrecisionArg::Gguf => Precision::Gguf,
         }),
         embed_weights: cli.embed_weights,
     };

@@ -486,8 +486,10 @@ pub fn dequant_mxfp4_ref(blocks: &[BlockMXFP4], out: &mut [f32]) {
     }
 }
 
-/// The ggml tensor types this crate can read, with ggml's type ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The ggml tensor types this crate can read, with ggml's type ids. Also the element type of a
+/// tensor in IEBIN (`format::Dtype`), serialized in lower case (`"bf16"`, `"q4_k"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GgmlType {
     F32,
     F16,
@@ -497,10 +499,15 @@ pub enum GgmlType {
     Q5_0,
     Q5_1,
     Q8_0,
+    #[serde(rename = "q3_k")]
     Q3K,
+    #[serde(rename = "q4_k")]
     Q4K,
+    #[serde(rename = "q5_k")]
     Q5K,
+    #[serde(rename = "q6_k")]
     Q6K,
+    #[serde(rename = "iq4_nl")]
     IQ4NL,
     TQ1_0,
     TQ2_0,
@@ -595,6 +602,16 @@ impl GgmlType {
             | GgmlType::TQ1_0
             | GgmlType::TQ2_0 => QK_K,
         }
+    }
+
+    /// Bytes of `numel` elements (a whole number of blocks), or `None` if they don't divide.
+    pub fn nbytes(self, numel: usize) -> Option<usize> {
+        numel.is_multiple_of(self.block_elems()).then(|| numel / self.block_elems() * self.block_bytes())
+    }
+
+    /// True for the float types (one element per block).
+    pub fn is_float(self) -> bool {
+        self.block_elems() == 1
     }
 
     /// Bytes per block.

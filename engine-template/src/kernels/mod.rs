@@ -4,6 +4,7 @@
 //! so a binary never executes an instruction its CPU lacks.
 
 pub mod blocks;
+pub mod quant;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

@@ -1,8 +1,8 @@
 //! The Llama forward pass (transformers' `LlamaForCausalLM`), one token at a time.
 //!
-//! Every dimension is a const parameter. Derived sizes travel as their own parameters
+//! Every dimension is a const parameter, and each weight tensor's format a type parameter. Derived sizes travel as their own parameters
 //! (`Q_DIM = HEADS * HEAD_DIM`, `KV_DIM = KV_HEADS * HEAD_DIM`, stable Rust can't compute them)
-//! and [`Llama::load`] checks the relations at compile time with `const { assert!(..) }`.
+//! and [`Layer::bind`] checks the relations at compile time with `const { assert!(..) }`.
 
 use super::{bind_vec, CausalLm, Mat};
 use crate::dtype::WeightType;
@@ -34,26 +34,49 @@ pub struct LlamaOffsets<const LAYERS: usize> {
     pub lm_head: Option<usize>,
 }
 
+/// One transformer block; each projection has its own weight type (GGUF files mix formats).
 pub struct Layer<
-    W: WeightType,
+    Q: WeightType,
+    K: WeightType,
+    V: WeightType,
+    O: WeightType,
+    G: WeightType,
+    U: WeightType,
+    D: WeightType,
     const DIM: usize,
     const INTER: usize,
+    const HEADS: usize,
+    const KV_HEADS: usize,
+    const HEAD_DIM: usize,
     const Q_DIM: usize,
     const KV_DIM: usize,
 > {
     pub attn_norm: &'static [f32; DIM], // [DIM]
-    pub wq: Mat<W, Q_DIM, DIM>,         // [Q_DIM, DIM]
-    pub wk: Mat<W, KV_DIM, DIM>,        // [KV_DIM, DIM]
-    pub wv: Mat<W, KV_DIM, DIM>,        // [KV_DIM, DIM]
-    pub wo: Mat<W, DIM, Q_DIM>,         // [DIM, Q_DIM]
+    pub wq: Mat<Q, Q_DIM, DIM>,         // [Q_DIM, DIM]
+    pub wk: Mat<K, KV_DIM, DIM>,        // [KV_DIM, DIM]
+    pub wv: Mat<V, KV_DIM, DIM>,        // [KV_DIM, DIM]
+    pub wo: Mat<O, DIM, Q_DIM>,         // [DIM, Q_DIM]
     pub ffn_norm: &'static [f32; DIM],  // [DIM]
-    pub w_gate: Mat<W, INTER, DIM>,     // [INTER, DIM]
-    pub w_up: Mat<W, INTER, DIM>,       // [INTER, DIM]
-    pub w_down: Mat<W, DIM, INTER>,     // [DIM, INTER]
+    pub w_gate: Mat<G, INTER, DIM>,     // [INTER, DIM]
+    pub w_up: Mat<U, INTER, DIM>,       // [INTER, DIM]
+    pub w_down: Mat<D, DIM, INTER>,     // [DIM, INTER]
 }
 
+/// The stack of blocks. [`Uniform`] serves models whose blocks all share one set of weight
+/// types; a generated crate implements it for a struct with one field per block otherwise.
+pub trait Layers<const LAYERS: usize>: Sized + Send + Sync {
+    fn bind(blob: &'static [u8], offsets: &[LayerOffsets; LAYERS]) -> Result<Self>;
+    /// Runs every block at position `pos` on the residual stream in `s`.
+    fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, eps: f32);
+}
+
+/// `LAYERS` blocks of one type.
+pub struct Uniform<L>(pub Vec<L>);
+
 pub struct Llama<
-    W: WeightType,
+    E: WeightType,
+    H: WeightType,
+    L: Layers<LAYERS>,
     const DIM: usize,
     const INTER: usize,
     const LAYERS: usize,
@@ -65,10 +88,10 @@ pub struct Llama<
     const VOCAB: usize,
     const CONTEXT: usize,
 > {
-    pub embed: Mat<W, VOCAB, DIM>,                        // [VOCAB, DIM]
-    pub layers: Vec<Layer<W, DIM, INTER, Q_DIM, KV_DIM>>, // LAYERS blocks
-    pub norm: &'static [f32; DIM],                        // [DIM]
-    pub lm_head: Mat<W, VOCAB, DIM>,                      // [VOCAB, DIM]; the embedding when tied
+    pub embed: Mat<E, VOCAB, DIM>,   // [VOCAB, DIM]
+    pub layers: L,                   // LAYERS blocks
+    pub norm: &'static [f32; DIM],   // [DIM]
+    pub lm_head: Mat<H, VOCAB, DIM>, // [VOCAB, DIM]; the embedding when tied
     pub eps: f32,
     pub theta: f32,
 }
@@ -105,119 +128,63 @@ fn arr_ref<const N: usize>(v: &[f32]) -> &[f32; N] {
         .expect("state buffer sized by new_state")
 }
 
-impl<
-        W: WeightType,
-        const DIM: usize,
-        const INTER: usize,
-        const LAYERS: usize,
-        const HEADS: usize,
-        const KV_HEADS: usize,
-        const HEAD_DIM: usize,
-        const Q_DIM: usize,
-        const KV_DIM: usize,
-        const VOCAB: usize,
-        const CONTEXT: usize,
-    > CausalLm
-    for Llama<W, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>
-{
-    type Offsets = LlamaOffsets<LAYERS>;
-    type State = LlamaState;
-    const VOCAB: usize = VOCAB;
-    const CONTEXT: usize = CONTEXT;
+macro_rules! impl_for_layer_types {
+    ([$($extra:tt)*] $($body:tt)*) => {
+        impl<
+                Q: WeightType,
+                K: WeightType,
+                V: WeightType,
+                O: WeightType,
+                G: WeightType,
+                U: WeightType,
+                D: WeightType,
+                const DIM: usize,
+                const INTER: usize,
+                const HEADS: usize,
+                const KV_HEADS: usize,
+                const HEAD_DIM: usize,
+                const Q_DIM: usize,
+                const KV_DIM: usize,
+                $($extra)*
+            > $($body)*
+    };
+}
 
-    fn load(blob: &'static [u8], o: &LlamaOffsets<LAYERS>, eps: f32, theta: f32) -> Result<Self> {
-        const {
-            assert!(
-                Q_DIM == HEADS * HEAD_DIM,
-                "Q_DIM must equal HEADS * HEAD_DIM"
-            );
-            assert!(
-                KV_DIM == KV_HEADS * HEAD_DIM,
-                "KV_DIM must equal KV_HEADS * HEAD_DIM"
-            );
-            assert!(
-                KV_HEADS > 0 && HEADS.is_multiple_of(KV_HEADS),
-                "HEADS must be a multiple of KV_HEADS"
-            );
-            assert!(HEAD_DIM.is_multiple_of(2), "RoPE needs an even HEAD_DIM");
-        }
-        let layers = o
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(l, lo)| {
-                let n = |k: &str| format!("model.layers.{l}.{k}.weight");
-                Ok(Layer {
-                    attn_norm: bind_vec(blob, lo.attn_norm, &n("input_layernorm"))?,
-                    wq: Mat::bind(blob, lo.wq, &n("self_attn.q_proj"))?,
-                    wk: Mat::bind(blob, lo.wk, &n("self_attn.k_proj"))?,
-                    wv: Mat::bind(blob, lo.wv, &n("self_attn.v_proj"))?,
-                    wo: Mat::bind(blob, lo.wo, &n("self_attn.o_proj"))?,
-                    ffn_norm: bind_vec(blob, lo.ffn_norm, &n("post_attention_layernorm"))?,
-                    w_gate: Mat::bind(blob, lo.w_gate, &n("mlp.gate_proj"))?,
-                    w_up: Mat::bind(blob, lo.w_up, &n("mlp.up_proj"))?,
-                    w_down: Mat::bind(blob, lo.w_down, &n("mlp.down_proj"))?,
-                })
+impl_for_layer_types! {
+    []
+    Layer<Q, K, V, O, G, U, D, DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM> {
+        pub fn bind(blob: &'static [u8], lo: &LayerOffsets, l: usize) -> Result<Self> {
+            const {
+                assert!(Q_DIM == HEADS * HEAD_DIM, "Q_DIM must equal HEADS * HEAD_DIM");
+                assert!(KV_DIM == KV_HEADS * HEAD_DIM, "KV_DIM must equal KV_HEADS * HEAD_DIM");
+                assert!(KV_HEADS > 0 && HEADS.is_multiple_of(KV_HEADS), "HEADS must be a multiple of KV_HEADS");
+                assert!(HEAD_DIM.is_multiple_of(2), "RoPE needs an even HEAD_DIM");
+            }
+            let n = |k: &str| format!("model.layers.{l}.{k}.weight");
+            Ok(Layer {
+                attn_norm: bind_vec(blob, lo.attn_norm, &n("input_layernorm"))?,
+                wq: Mat::bind(blob, lo.wq, &n("self_attn.q_proj"))?,
+                wk: Mat::bind(blob, lo.wk, &n("self_attn.k_proj"))?,
+                wv: Mat::bind(blob, lo.wv, &n("self_attn.v_proj"))?,
+                wo: Mat::bind(blob, lo.wo, &n("self_attn.o_proj"))?,
+                ffn_norm: bind_vec(blob, lo.ffn_norm, &n("post_attention_layernorm"))?,
+                w_gate: Mat::bind(blob, lo.w_gate, &n("mlp.gate_proj"))?,
+                w_up: Mat::bind(blob, lo.w_up, &n("mlp.up_proj"))?,
+                w_down: Mat::bind(blob, lo.w_down, &n("mlp.down_proj"))?,
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Llama {
-            embed: Mat::bind(blob, o.embed, "model.embed_tokens.weight")?,
-            layers,
-            norm: bind_vec(blob, o.norm, "model.norm.weight")?,
-            lm_head: Mat::bind(blob, o.lm_head.unwrap_or(o.embed), "lm_head.weight")?,
-            eps,
-            theta,
-        })
-    }
-
-    fn new_state(&self, ctx: usize) -> LlamaState {
-        let z = |n: usize| vec![0.0f32; n];
-        LlamaState {
-            x: z(DIM),
-            xb: z(DIM),
-            xb2: z(DIM),
-            q: z(Q_DIM),
-            att_out: z(Q_DIM),
-            k: z(KV_DIM),
-            v: z(KV_DIM),
-            hb: z(INTER),
-            hb2: z(INTER),
-            scores: z(HEADS * ctx),
-            cos: z(HEAD_DIM / 2),
-            sin: z(HEAD_DIM / 2),
-            // Zeroed allocations are mapped lazily, so an unused context costs no memory.
-            k_cache: z(LAYERS * ctx * KV_DIM),
-            v_cache: z(LAYERS * ctx * KV_DIM),
-            logits: z(VOCAB),
-            ctx,
         }
-    }
 
-    fn step<'s>(
-        &self,
-        s: &'s mut LlamaState,
-        pool: &Pool,
-        token: u32,
-        pos: usize,
-        want_logits: bool,
-    ) -> Option<&'s [f32]> {
-        assert!(
-            pos < s.ctx,
-            "llama step: position {pos} past the context of {}",
-            s.ctx
-        );
-        let isa = kernels::isa();
-        W::to_f32(self.embed.row(token as usize), arr::<DIM>(&mut s.x));
-        r::rope_cos_sin(pos, self.theta, HEAD_DIM, &mut s.cos, &mut s.sin);
-        let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+        /// Block `l` at position `pos`: `x += attn(norm(x)); x += mlp(norm(x))`.
+        pub fn forward(&self, l: usize, s: &mut LlamaState, pool: &Pool, pos: usize, eps: f32) {
+            let isa = kernels::isa();
+            let scale = 1.0 / (HEAD_DIM as f32).sqrt();
 
-        for (l, layer) in self.layers.iter().enumerate() {
             // Attention: rmsnorm, q/k/v projections, rope, cache, scaled-dot-product, output.
-            r::rmsnorm_ref(&s.x, layer.attn_norm, self.eps, &mut s.xb);
+            r::rmsnorm_ref(&s.x, self.attn_norm, eps, &mut s.xb);
             let xb = arr_ref::<DIM>(&s.xb);
-            layer.wq.gemv(pool, xb, arr::<Q_DIM>(&mut s.q));
-            layer.wk.gemv(pool, xb, arr::<KV_DIM>(&mut s.k));
-            layer.wv.gemv(pool, xb, arr::<KV_DIM>(&mut s.v));
+            self.wq.gemv(pool, xb, arr::<Q_DIM>(&mut s.q));
+            self.wk.gemv(pool, xb, arr::<KV_DIM>(&mut s.k));
+            self.wv.gemv(pool, xb, arr::<KV_DIM>(&mut s.v));
             r::rope_ref(&mut s.q, &s.cos, &s.sin);
             r::rope_ref(&mut s.k, &s.cos, &s.sin);
             let base = (l * s.ctx + pos) * KV_DIM;
@@ -248,28 +215,101 @@ impl<
                     }
                 }
             });
-            layer
-                .wo
-                .gemv(pool, arr_ref::<Q_DIM>(&s.att_out), arr::<DIM>(&mut s.xb2));
+            self.wo.gemv(pool, arr_ref::<Q_DIM>(&s.att_out), arr::<DIM>(&mut s.xb2));
             add(&mut s.x, &s.xb2);
 
             // MLP: rmsnorm, SwiGLU, down projection, residual.
-            r::rmsnorm_ref(&s.x, layer.ffn_norm, self.eps, &mut s.xb);
+            r::rmsnorm_ref(&s.x, self.ffn_norm, eps, &mut s.xb);
             let xb = arr_ref::<DIM>(&s.xb);
-            layer.w_gate.gemv(pool, xb, arr::<INTER>(&mut s.hb));
-            layer.w_up.gemv(pool, xb, arr::<INTER>(&mut s.hb2));
+            self.w_gate.gemv(pool, xb, arr::<INTER>(&mut s.hb));
+            self.w_up.gemv(pool, xb, arr::<INTER>(&mut s.hb2));
             r::silu_mul_ref(&mut s.hb, &s.hb2);
-            layer
-                .w_down
-                .gemv(pool, arr_ref::<INTER>(&s.hb), arr::<DIM>(&mut s.xb2));
+            self.w_down.gemv(pool, arr_ref::<INTER>(&s.hb), arr::<DIM>(&mut s.xb2));
             add(&mut s.x, &s.xb2);
         }
+    }
+}
+
+impl_for_layer_types! {
+    [const LAYERS: usize]
+    Layers<LAYERS> for Uniform<Layer<Q, K, V, O, G, U, D, DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM>> {
+        fn bind(blob: &'static [u8], offsets: &[LayerOffsets; LAYERS]) -> Result<Self> {
+            let layers = offsets.iter().enumerate().map(|(l, o)| Layer::bind(blob, o, l));
+            Ok(Uniform(layers.collect::<Result<Vec<_>>>()?))
+        }
+        fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, eps: f32) {
+            for (l, layer) in self.0.iter().enumerate() {
+                layer.forward(l, s, pool, pos, eps);
+            }
+        }
+    }
+}
+
+impl<
+        E: WeightType,
+        H: WeightType,
+        L: Layers<LAYERS>,
+        const DIM: usize,
+        const INTER: usize,
+        const LAYERS: usize,
+        const HEADS: usize,
+        const KV_HEADS: usize,
+        const HEAD_DIM: usize,
+        const Q_DIM: usize,
+        const KV_DIM: usize,
+        const VOCAB: usize,
+        const CONTEXT: usize,
+    > CausalLm for Llama<E, H, L, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>
+{
+    type Offsets = LlamaOffsets<LAYERS>;
+    type State = LlamaState;
+    const VOCAB: usize = VOCAB;
+    const CONTEXT: usize = CONTEXT;
+
+    fn load(blob: &'static [u8], o: &LlamaOffsets<LAYERS>, eps: f32, theta: f32) -> Result<Self> {
+        Ok(Llama {
+            embed: Mat::bind(blob, o.embed, "model.embed_tokens.weight")?,
+            layers: L::bind(blob, &o.layers)?,
+            norm: bind_vec(blob, o.norm, "model.norm.weight")?,
+            lm_head: Mat::bind(blob, o.lm_head.unwrap_or(o.embed), "lm_head.weight")?,
+            eps,
+            theta,
+        })
+    }
+
+    fn new_state(&self, ctx: usize) -> LlamaState {
+        let z = |n: usize| vec![0.0f32; n];
+        LlamaState {
+            x: z(DIM),
+            xb: z(DIM),
+            xb2: z(DIM),
+            q: z(Q_DIM),
+            att_out: z(Q_DIM),
+            k: z(KV_DIM),
+            v: z(KV_DIM),
+            hb: z(INTER),
+            hb2: z(INTER),
+            scores: z(HEADS * ctx),
+            cos: z(HEAD_DIM / 2),
+            sin: z(HEAD_DIM / 2),
+            // Zeroed allocations are mapped lazily, so an unused context costs no memory.
+            k_cache: z(LAYERS * ctx * KV_DIM),
+            v_cache: z(LAYERS * ctx * KV_DIM),
+            logits: z(VOCAB),
+            ctx,
+        }
+    }
+
+    fn step<'s>(&self, s: &'s mut LlamaState, pool: &Pool, token: u32, pos: usize, want_logits: bool) -> Option<&'s [f32]> {
+        assert!(pos < s.ctx, "llama step: position {pos} past the context of {}", s.ctx);
+        E::to_f32(self.embed.row(token as usize), arr::<DIM>(&mut s.x));
+        r::rope_cos_sin(pos, self.theta, HEAD_DIM, &mut s.cos, &mut s.sin);
+        self.layers.forward(s, pool, pos, self.eps);
         if !want_logits {
             return None;
         }
         r::rmsnorm_ref(&s.x, self.norm, self.eps, &mut s.xb);
-        self.lm_head
-            .gemv(pool, arr_ref::<DIM>(&s.xb), arr::<VOCAB>(&mut s.logits));
+        self.lm_head.gemv(pool, arr_ref::<DIM>(&s.xb), arr::<VOCAB>(&mut s.logits));
         Some(&s.logits)
     }
 }

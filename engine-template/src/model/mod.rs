@@ -6,17 +6,22 @@ use crate::dtype::WeightType;
 use crate::error::{EngineError, Result};
 use crate::pool::Pool;
 
-/// A `[ROWS, COLS]` row-major weight matrix viewed in place in the weights blob.
+/// A `[ROWS, COLS]` row-major weight matrix viewed in place in the weights blob; each row is
+/// `COLS / W::BLOCK` stored elements (floats, or blocks of a GGUF format).
 pub struct Mat<W: WeightType, const ROWS: usize, const COLS: usize> {
     pub data: &'static [W::Elem],
 }
 
 impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
-    /// Views the `ROWS * COLS` elements at `offset` of `blob` (which must be aligned for them).
+    /// Stored elements per row.
+    const ROW_ELEMS: usize = {
+        assert!(COLS % W::BLOCK == 0, "a row must be a whole number of blocks");
+        COLS / W::BLOCK
+    };
+
+    /// Views the matrix at `offset` of `blob` (which must be aligned for `W::Elem`).
     pub fn bind(blob: &'static [u8], offset: usize, name: &str) -> Result<Self> {
-        Ok(Mat {
-            data: bind_slice::<W::Elem>(blob, offset, ROWS * COLS, name)?,
-        })
+        Ok(Mat { data: bind_slice::<W::Elem>(blob, offset, ROWS * Self::ROW_ELEMS, name)? })
     }
 
     /// `y = W x`, rows sharded over the pool. Every bound is a constant after monomorphization.
@@ -25,12 +30,12 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
         let isa = crate::kernels::isa();
         // Rows are sharded in grains of 16 so no two threads share a cache line of `y`.
         pool.par_rows(y, 16, &|row, ys| {
-            W::gemv(isa, &self.data[row * COLS..(row + ys.len()) * COLS], x, ys);
+            W::gemv(isa, &self.data[row * Self::ROW_ELEMS..(row + ys.len()) * Self::ROW_ELEMS], x, ys);
         });
     }
 
     pub fn row(&self, r: usize) -> &'static [W::Elem] {
-        &self.data[r * COLS..(r + 1) * COLS]
+        &self.data[r * Self::ROW_ELEMS..(r + 1) * Self::ROW_ELEMS]
     }
 }
 

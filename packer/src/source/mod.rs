@@ -44,9 +44,18 @@ impl Checkpoint {
         let mut out = vec![0.0f32; numel];
         t.ty.dequant(bytes, &mut out);
         if let Some(heads) = t.unpermute_heads {
-            out = unpermute_rows(&out, &t.shape, heads);
+            out = unpermute_rows(&out, t.shape[0], heads);
         }
         out
+    }
+
+    /// The tensor's stored bytes (whole blocks), rows in Hugging Face order.
+    pub fn read_raw(&self, t: &SrcTensor) -> Vec<u8> {
+        let bytes = &self.files[t.file].1[t.range.clone()];
+        match t.unpermute_heads {
+            Some(heads) => unpermute_rows(bytes, t.shape[0], heads),
+            None => bytes.to_vec(),
+        }
     }
 
     pub fn find(&self, name: &str) -> Option<&SrcTensor> {
@@ -56,11 +65,12 @@ impl Checkpoint {
 
 /// Undoes llama.cpp's converter permutation of q/k rows: within each head, GGUF interleaves
 /// the two RoPE halves (row `2i + j`), while transformers keeps them apart (row `j * hd/2 + i`).
-pub fn unpermute_rows(w: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
-    let (rows, cols) = (shape[0], shape.get(1).copied().unwrap_or(1));
+/// Works on values or on raw rows of blocks alike: a row is `w.len() / rows` items.
+pub fn unpermute_rows<T: Copy + Default>(w: &[T], rows: usize, heads: usize) -> Vec<T> {
+    let cols = w.len() / rows;
     let hd = rows / heads;
     let half = hd / 2;
-    let mut out = vec![0.0; w.len()];
+    let mut out = vec![T::default(); w.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
@@ -92,6 +102,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(super::unpermute_rows(&gguf, &[rows, cols], heads), hf);
+        assert_eq!(super::unpermute_rows(&gguf, rows, heads), hf);
     }
 }

@@ -94,3 +94,138 @@ pub unsafe fn axpy_f32_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     }
     reference::axpy_f32_ref(a, &x[i..], &mut y[i..]);
 }
+
+// ---- GGUF block formats -------------------------------------------------------------------
+
+use super::{f16_to_f32, u8x16_to_f32x8x2, unpack_nibbles};
+use crate::kernels::blocks::{self as b, QK, QK_K};
+
+/// Block-format GEMV through the bit-exact reference dequantization and the AVX2 dot: the
+/// fallback AVX2 body for formats without a hand-written one.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_blocks_avx2<B: Copy>(elems: usize, dequant: fn(&[B], &mut [f32]), w: &[B], x: &[f32], y: &mut [f32]) {
+    assert!(x.len().is_multiple_of(elems), "gemv_blocks_avx2: {} columns are not whole {elems}-blocks", x.len());
+    let nb = x.len() / elems;
+    assert_eq!(w.len(), nb * y.len(), "gemv_blocks_avx2: shape mismatch");
+    if nb == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let mut tmp = [0.0f32; QK_K];
+    for (yr, row) in y.iter_mut().zip(w.chunks_exact(nb)) {
+        let mut sum = 0.0;
+        for (blk, xc) in row.iter().zip(x.chunks_exact(elems)) {
+            dequant(std::slice::from_ref(blk), &mut tmp[..elems]);
+            sum += dot_f32_avx2(&tmp[..elems], xc);
+        }
+        *yr = sum;
+    }
+}
+
+macro_rules! via_dequant_avx2 {
+    ($name:ident, $block:ty, $elems:expr, $dequant:path) => {
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(w: &[$block], x: &[f32], y: &mut [f32]) {
+            gemv_blocks_avx2($elems, $dequant, w, x, y)
+        }
+    };
+}
+via_dequant_avx2!(gemv_q5_0_avx2, b::BlockQ5_0, QK, b::dequant_q5_0_ref);
+via_dequant_avx2!(gemv_q5_1_avx2, b::BlockQ5_1, QK, b::dequant_q5_1_ref);
+via_dequant_avx2!(gemv_q3_k_avx2, b::BlockQ3K, QK_K, b::dequant_q3_k_ref);
+via_dequant_avx2!(gemv_q4_k_avx2, b::BlockQ4K, QK_K, b::dequant_q4_k_ref);
+via_dequant_avx2!(gemv_q5_k_avx2, b::BlockQ5K, QK_K, b::dequant_q5_k_ref);
+via_dequant_avx2!(gemv_q6_k_avx2, b::BlockQ6K, QK_K, b::dequant_q6_k_ref);
+via_dequant_avx2!(gemv_iq4_nl_avx2, b::BlockIQ4NL, QK, b::dequant_iq4_nl_ref);
+via_dequant_avx2!(gemv_tq1_0_avx2, b::BlockTQ1_0, QK_K, b::dequant_tq1_0_ref);
+via_dequant_avx2!(gemv_tq2_0_avx2, b::BlockTQ2_0, QK_K, b::dequant_tq2_0_ref);
+via_dequant_avx2!(gemv_mxfp4_avx2, b::BlockMXFP4, QK, b::dequant_mxfp4_ref);
+
+/// Checks a block GEMV's shape; returns blocks per row (0 means every `y` is 0).
+fn blocks_per_row(name: &str, w_len: usize, cols: usize, rows: usize) -> usize {
+    assert!(cols.is_multiple_of(QK), "{name}: {cols} columns are not whole {QK}-blocks");
+    assert_eq!(w_len, cols / QK * rows, "{name}: shape mismatch");
+    cols / QK
+}
+
+/// Sum over a 32-weight block of `(a * q + c) * x`, where the block's quants are `q0..q3` (8 each,
+/// in element order): `a * Σ q x + c * Σ x`, accumulated into `acc` without a horizontal step.
+/// Q4_0 is `a = d, c = -8 d`; Q4_1 is `a = d, c = m`; Q8_0 is `a = d, c = 0`.
+#[inline(always)]
+unsafe fn block_fma(q: [__m256; 4], xp: *const f32, a: f32, c: f32, acc: __m256) -> __m256 {
+    let x: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xp.add(8 * k)));
+    let qx = _mm256_fmadd_ps(q[3], x[3], _mm256_fmadd_ps(q[2], x[2], _mm256_fmadd_ps(q[1], x[1], _mm256_mul_ps(q[0], x[0]))));
+    let acc = _mm256_fmadd_ps(_mm256_set1_ps(a), qx, acc);
+    if c == 0.0 {
+        return acc;
+    }
+    let xs = _mm256_add_ps(_mm256_add_ps(x[0], x[1]), _mm256_add_ps(x[2], x[3]));
+    _mm256_fmadd_ps(_mm256_set1_ps(c), xs, acc)
+}
+
+/// Q4_0 · f32. Nibbles are unpacked to floats in registers; the 4-bit weights are the only
+/// bytes streamed from memory.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q4_0_avx2(w: &[b::BlockQ4_0], x: &[f32], y: &mut [f32]) {
+    let nb = blocks_per_row("gemv_q4_0_avx2", w.len(), x.len(), y.len());
+    for (r, yr) in y.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
+            let (lo, hi) = unpack_nibbles(blk.qs.as_ptr());
+            let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
+            let d = f16_to_f32(blk.d);
+            acc = block_fma([q0, q1, q2, q3], x.as_ptr().add(i * QK), d, -8.0 * d, acc);
+        }
+        *yr = hsum_ps(acc);
+    }
+}
+
+/// Q4_1 · f32, shaped like [`gemv_q4_0_avx2`] with the block minimum `m` as the offset.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q4_1_avx2(w: &[b::BlockQ4_1], x: &[f32], y: &mut [f32]) {
+    let nb = blocks_per_row("gemv_q4_1_avx2", w.len(), x.len(), y.len());
+    for (r, yr) in y.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
+            let (lo, hi) = unpack_nibbles(blk.qs.as_ptr());
+            let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
+            acc = block_fma([q0, q1, q2, q3], x.as_ptr().add(i * QK), f16_to_f32(blk.d), f16_to_f32(blk.m), acc);
+        }
+        *yr = hsum_ps(acc);
+    }
+}
+
+/// Q8_0 · f32: signed bytes widened to floats in registers.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q8_0_avx2(w: &[b::BlockQ8_0], x: &[f32], y: &mut [f32]) {
+    let nb = blocks_per_row("gemv_q8_0_avx2", w.len(), x.len(), y.len());
+    for (r, yr) in y.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
+            let p = blk.qs.as_ptr() as *const __m128i;
+            let (a, c) = (_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+            let q = [
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8))),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))),
+            ];
+            acc = block_fma(q, x.as_ptr().add(i * QK), f16_to_f32(blk.d), 0.0, acc);
+        }
+        *yr = hsum_ps(acc);
+    }
+}
