@@ -89,7 +89,10 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
             ));
         }
         if format::is_norm(name) && t.dtype != Dtype::F32 {
-            return fail(format!("checking tensor {name}: dtype {} but norm weights are stored as f32", t.dtype.name()));
+            return fail(format!(
+                "checking tensor {name}: dtype {} but norm weights are stored as f32",
+                t.dtype.name()
+            ));
         }
         if let Some(want) = m.precision.dtype().filter(|_| !format::is_norm(name)) {
             if t.dtype != want {
@@ -167,13 +170,18 @@ pub fn generate(
     let off = |name: &str| usize_lit(m.tensor(name).expect("validated").offset as usize);
     // The weight type of every tensor, as a path into clocher_engine::dtype.
     let ty = |name: &str| {
-        let id = format_ident!("{}", dtype::type_name(m.tensor(name).expect("validated").dtype));
+        let id = format_ident!(
+            "{}",
+            dtype::type_name(m.tensor(name).expect("validated").dtype)
+        );
         quote!(::clocher_engine::dtype::#id)
     };
     let dims = quote!(DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM);
     let layer_types: Vec<String> = (0..c.num_hidden_layers)
         .map(|l| {
-            let kinds = format::LAYER_TENSORS.iter().filter(|k| !k.ends_with("layernorm"));
+            let kinds = format::LAYER_TENSORS
+                .iter()
+                .filter(|k| !k.ends_with("layernorm"));
             let tys = kinds.map(|k| ty(&format::layer_tensor_name(l, k)));
             quote!(Layer<#(#tys),*, #dims>).to_string()
         })
@@ -183,9 +191,14 @@ pub fn generate(
     // one field per block, so every block's formats are still compile-time types.
     let (layers_ty, layers_def) = if layer_types.windows(2).all(|w| w[0] == w[1]) {
         let t = parse(&layer_types[0]);
-        (quote!(::clocher_engine::model::llama::Uniform<#t>), quote!())
+        (
+            quote!(::clocher_engine::model::llama::Uniform<#t>),
+            quote!(),
+        )
     } else {
-        let fields: Vec<_> = (0..layer_types.len()).map(|l| format_ident!("l{l}")).collect();
+        let fields: Vec<_> = (0..layer_types.len())
+            .map(|l| format_ident!("l{l}"))
+            .collect();
         let tys = layer_types.iter().map(parse);
         let idx = (0..layer_types.len()).map(usize_lit);
         let idx2 = idx.clone();
@@ -216,7 +229,11 @@ pub fn generate(
         )
     };
     let embed_ty = ty("model.embed_tokens.weight");
-    let head_ty = ty(if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" });
+    let head_ty = ty(if c.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    });
     let layers = (0..c.num_hidden_layers).map(|l| {
         let o = |kind: &str| off(&format::layer_tensor_name(l, kind));
         let [an, q, k, v, o_, fnorm, g, u, d] = format::LAYER_TENSORS.map(o);

@@ -129,14 +129,23 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
         if format::is_norm(name) {
             return Dtype::F32;
         }
-        precision.dtype().unwrap_or_else(|| ck.find(name).expect("checked above").ty)
+        precision
+            .dtype()
+            .unwrap_or_else(|| ck.find(name).expect("checked above").ty)
     };
     let mut total = 0u64;
     for (n, s) in &expected {
         let numel = s.iter().product::<usize>();
         let d = dtype_of(n);
         let bytes = d.nbytes(numel).ok_or_else(|| {
-            input(&ck.path, format!("tensor {n}: rows of {} don't divide into {} blocks", s[s.len() - 1], d.name()))
+            input(
+                &ck.path,
+                format!(
+                    "tensor {n}: rows of {} don't divide into {} blocks",
+                    s[s.len() - 1],
+                    d.name()
+                ),
+            )
         })?;
         total += bytes as u64;
     }
@@ -170,8 +179,14 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
             let values = ck.read_f32(t);
             match dtype {
                 Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Dtype::BF16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
-                Dtype::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+                Dtype::BF16 => values
+                    .iter()
+                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                Dtype::F16 => values
+                    .iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect(),
                 other => unreachable!("converting to {} is not offered", other.name()),
             }
         };

@@ -606,7 +606,9 @@ impl GgmlType {
 
     /// Bytes of `numel` elements (a whole number of blocks), or `None` if they don't divide.
     pub fn nbytes(self, numel: usize) -> Option<usize> {
-        numel.is_multiple_of(self.block_elems()).then(|| numel / self.block_elems() * self.block_bytes())
+        numel
+            .is_multiple_of(self.block_elems())
+            .then(|| numel / self.block_elems() * self.block_bytes())
     }
 
     /// True for the float types (one element per block).

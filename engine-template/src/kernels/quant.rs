@@ -10,8 +10,18 @@ use super::blocks::{self as b, QK, QK_K};
 use super::{reference, Isa};
 
 /// Reference GEMV for a block format: per block, dequantize into a stack buffer and dot.
-pub fn gemv_blocks_ref<B: Copy>(elems: usize, dequant: fn(&[B], &mut [f32]), w: &[B], x: &[f32], y: &mut [f32]) {
-    assert!(x.len().is_multiple_of(elems), "gemv_blocks_ref: {} columns are not whole {elems}-blocks", x.len());
+pub fn gemv_blocks_ref<B: Copy>(
+    elems: usize,
+    dequant: fn(&[B], &mut [f32]),
+    w: &[B],
+    x: &[f32],
+    y: &mut [f32],
+) {
+    assert!(
+        x.len().is_multiple_of(elems),
+        "gemv_blocks_ref: {} columns are not whole {elems}-blocks",
+        x.len()
+    );
     let nb = x.len() / elems;
     assert_eq!(w.len(), nb * y.len(), "gemv_blocks_ref: shape mismatch");
     if nb == 0 {
@@ -48,16 +58,107 @@ macro_rules! quant_gemv {
     };
 }
 
-quant_gemv!(gemv_q4_0, gemv_q4_0_ref, gemv_q4_0_avx2, b::BlockQ4_0, QK, b::dequant_q4_0_ref);
-quant_gemv!(gemv_q4_1, gemv_q4_1_ref, gemv_q4_1_avx2, b::BlockQ4_1, QK, b::dequant_q4_1_ref);
-quant_gemv!(gemv_q5_0, gemv_q5_0_ref, gemv_q5_0_avx2, b::BlockQ5_0, QK, b::dequant_q5_0_ref);
-quant_gemv!(gemv_q5_1, gemv_q5_1_ref, gemv_q5_1_avx2, b::BlockQ5_1, QK, b::dequant_q5_1_ref);
-quant_gemv!(gemv_q8_0, gemv_q8_0_ref, gemv_q8_0_avx2, b::BlockQ8_0, QK, b::dequant_q8_0_ref);
-quant_gemv!(gemv_q3_k, gemv_q3_k_ref, gemv_q3_k_avx2, b::BlockQ3K, QK_K, b::dequant_q3_k_ref);
-quant_gemv!(gemv_q4_k, gemv_q4_k_ref, gemv_q4_k_avx2, b::BlockQ4K, QK_K, b::dequant_q4_k_ref);
-quant_gemv!(gemv_q5_k, gemv_q5_k_ref, gemv_q5_k_avx2, b::BlockQ5K, QK_K, b::dequant_q5_k_ref);
-quant_gemv!(gemv_q6_k, gemv_q6_k_ref, gemv_q6_k_avx2, b::BlockQ6K, QK_K, b::dequant_q6_k_ref);
-quant_gemv!(gemv_iq4_nl, gemv_iq4_nl_ref, gemv_iq4_nl_avx2, b::BlockIQ4NL, QK, b::dequant_iq4_nl_ref);
-quant_gemv!(gemv_tq1_0, gemv_tq1_0_ref, gemv_tq1_0_avx2, b::BlockTQ1_0, QK_K, b::dequant_tq1_0_ref);
-quant_gemv!(gemv_tq2_0, gemv_tq2_0_ref, gemv_tq2_0_avx2, b::BlockTQ2_0, QK_K, b::dequant_tq2_0_ref);
-quant_gemv!(gemv_mxfp4, gemv_mxfp4_ref, gemv_mxfp4_avx2, b::BlockMXFP4, QK, b::dequant_mxfp4_ref);
+quant_gemv!(
+    gemv_q4_0,
+    gemv_q4_0_ref,
+    gemv_q4_0_avx2,
+    b::BlockQ4_0,
+    QK,
+    b::dequant_q4_0_ref
+);
+quant_gemv!(
+    gemv_q4_1,
+    gemv_q4_1_ref,
+    gemv_q4_1_avx2,
+    b::BlockQ4_1,
+    QK,
+    b::dequant_q4_1_ref
+);
+quant_gemv!(
+    gemv_q5_0,
+    gemv_q5_0_ref,
+    gemv_q5_0_avx2,
+    b::BlockQ5_0,
+    QK,
+    b::dequant_q5_0_ref
+);
+quant_gemv!(
+    gemv_q5_1,
+    gemv_q5_1_ref,
+    gemv_q5_1_avx2,
+    b::BlockQ5_1,
+    QK,
+    b::dequant_q5_1_ref
+);
+quant_gemv!(
+    gemv_q8_0,
+    gemv_q8_0_ref,
+    gemv_q8_0_avx2,
+    b::BlockQ8_0,
+    QK,
+    b::dequant_q8_0_ref
+);
+quant_gemv!(
+    gemv_q3_k,
+    gemv_q3_k_ref,
+    gemv_q3_k_avx2,
+    b::BlockQ3K,
+    QK_K,
+    b::dequant_q3_k_ref
+);
+quant_gemv!(
+    gemv_q4_k,
+    gemv_q4_k_ref,
+    gemv_q4_k_avx2,
+    b::BlockQ4K,
+    QK_K,
+    b::dequant_q4_k_ref
+);
+quant_gemv!(
+    gemv_q5_k,
+    gemv_q5_k_ref,
+    gemv_q5_k_avx2,
+    b::BlockQ5K,
+    QK_K,
+    b::dequant_q5_k_ref
+);
+quant_gemv!(
+    gemv_q6_k,
+    gemv_q6_k_ref,
+    gemv_q6_k_avx2,
+    b::BlockQ6K,
+    QK_K,
+    b::dequant_q6_k_ref
+);
+quant_gemv!(
+    gemv_iq4_nl,
+    gemv_iq4_nl_ref,
+    gemv_iq4_nl_avx2,
+    b::BlockIQ4NL,
+    QK,
+    b::dequant_iq4_nl_ref
+);
+quant_gemv!(
+    gemv_tq1_0,
+    gemv_tq1_0_ref,
+    gemv_tq1_0_avx2,
+    b::BlockTQ1_0,
+    QK_K,
+    b::dequant_tq1_0_ref
+);
+quant_gemv!(
+    gemv_tq2_0,
+    gemv_tq2_0_ref,
+    gemv_tq2_0_avx2,
+    b::BlockTQ2_0,
+    QK_K,
+    b::dequant_tq2_0_ref
+);
+quant_gemv!(
+    gemv_mxfp4,
+    gemv_mxfp4_ref,
+    gemv_mxfp4_avx2,
+    b::BlockMXFP4,
+    QK,
+    b::dequant_mxfp4_ref
+);

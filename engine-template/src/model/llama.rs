@@ -259,7 +259,8 @@ impl<
         const KV_DIM: usize,
         const VOCAB: usize,
         const CONTEXT: usize,
-    > CausalLm for Llama<E, H, L, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>
+    > CausalLm
+    for Llama<E, H, L, DIM, INTER, LAYERS, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM, VOCAB, CONTEXT>
 {
     type Offsets = LlamaOffsets<LAYERS>;
     type State = LlamaState;
@@ -300,8 +301,19 @@ impl<
         }
     }
 
-    fn step<'s>(&self, s: &'s mut LlamaState, pool: &Pool, token: u32, pos: usize, want_logits: bool) -> Option<&'s [f32]> {
-        assert!(pos < s.ctx, "llama step: position {pos} past the context of {}", s.ctx);
+    fn step<'s>(
+        &self,
+        s: &'s mut LlamaState,
+        pool: &Pool,
+        token: u32,
+        pos: usize,
+        want_logits: bool,
+    ) -> Option<&'s [f32]> {
+        assert!(
+            pos < s.ctx,
+            "llama step: position {pos} past the context of {}",
+            s.ctx
+        );
         E::to_f32(self.embed.row(token as usize), arr::<DIM>(&mut s.x));
         r::rope_cos_sin(pos, self.theta, HEAD_DIM, &mut s.cos, &mut s.sin);
         self.layers.forward(s, pool, pos, self.eps);
@@ -309,7 +321,8 @@ impl<
             return None;
         }
         r::rmsnorm_ref(&s.x, self.norm, self.eps, &mut s.xb);
-        self.lm_head.gemv(pool, arr_ref::<DIM>(&s.xb), arr::<VOCAB>(&mut s.logits));
+        self.lm_head
+            .gemv(pool, arr_ref::<DIM>(&s.xb), arr::<VOCAB>(&mut s.logits));
         Some(&s.logits)
     }
 }

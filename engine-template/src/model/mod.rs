@@ -15,13 +15,18 @@ pub struct Mat<W: WeightType, const ROWS: usize, const COLS: usize> {
 impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
     /// Stored elements per row.
     const ROW_ELEMS: usize = {
-        assert!(COLS % W::BLOCK == 0, "a row must be a whole number of blocks");
+        assert!(
+            COLS % W::BLOCK == 0,
+            "a row must be a whole number of blocks"
+        );
         COLS / W::BLOCK
     };
 
     /// Views the matrix at `offset` of `blob` (which must be aligned for `W::Elem`).
     pub fn bind(blob: &'static [u8], offset: usize, name: &str) -> Result<Self> {
-        Ok(Mat { data: bind_slice::<W::Elem>(blob, offset, ROWS * Self::ROW_ELEMS, name)? })
+        Ok(Mat {
+            data: bind_slice::<W::Elem>(blob, offset, ROWS * Self::ROW_ELEMS, name)?,
+        })
     }
 
     /// `y = W x`, rows sharded over the pool. Every bound is a constant after monomorphization.
@@ -30,7 +35,12 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
         let isa = crate::kernels::isa();
         // Rows are sharded in grains of 16 so no two threads share a cache line of `y`.
         pool.par_rows(y, 16, &|row, ys| {
-            W::gemv(isa, &self.data[row * Self::ROW_ELEMS..(row + ys.len()) * Self::ROW_ELEMS], x, ys);
+            W::gemv(
+                isa,
+                &self.data[row * Self::ROW_ELEMS..(row + ys.len()) * Self::ROW_ELEMS],
+                x,
+                ys,
+            );
         });
     }
 

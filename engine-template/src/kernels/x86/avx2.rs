@@ -106,8 +106,18 @@ use crate::kernels::blocks::{self as b, QK, QK_K};
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv_blocks_avx2<B: Copy>(elems: usize, dequant: fn(&[B], &mut [f32]), w: &[B], x: &[f32], y: &mut [f32]) {
-    assert!(x.len().is_multiple_of(elems), "gemv_blocks_avx2: {} columns are not whole {elems}-blocks", x.len());
+unsafe fn gemv_blocks_avx2<B: Copy>(
+    elems: usize,
+    dequant: fn(&[B], &mut [f32]),
+    w: &[B],
+    x: &[f32],
+    y: &mut [f32],
+) {
+    assert!(
+        x.len().is_multiple_of(elems),
+        "gemv_blocks_avx2: {} columns are not whole {elems}-blocks",
+        x.len()
+    );
     let nb = x.len() / elems;
     assert_eq!(w.len(), nb * y.len(), "gemv_blocks_avx2: shape mismatch");
     if nb == 0 {
@@ -148,7 +158,10 @@ via_dequant_avx2!(gemv_mxfp4_avx2, b::BlockMXFP4, QK, b::dequant_mxfp4_ref);
 
 /// Checks a block GEMV's shape; returns blocks per row (0 means every `y` is 0).
 fn blocks_per_row(name: &str, w_len: usize, cols: usize, rows: usize) -> usize {
-    assert!(cols.is_multiple_of(QK), "{name}: {cols} columns are not whole {QK}-blocks");
+    assert!(
+        cols.is_multiple_of(QK),
+        "{name}: {cols} columns are not whole {QK}-blocks"
+    );
     assert_eq!(w_len, cols / QK * rows, "{name}: shape mismatch");
     cols / QK
 }
@@ -159,7 +172,15 @@ fn blocks_per_row(name: &str, w_len: usize, cols: usize, rows: usize) -> usize {
 #[inline(always)]
 unsafe fn block_fma(q: [__m256; 4], xp: *const f32, a: f32, c: f32, acc: __m256) -> __m256 {
     let x: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xp.add(8 * k)));
-    let qx = _mm256_fmadd_ps(q[3], x[3], _mm256_fmadd_ps(q[2], x[2], _mm256_fmadd_ps(q[1], x[1], _mm256_mul_ps(q[0], x[0]))));
+    let qx = _mm256_fmadd_ps(
+        q[3],
+        x[3],
+        _mm256_fmadd_ps(
+            q[2],
+            x[2],
+            _mm256_fmadd_ps(q[1], x[1], _mm256_mul_ps(q[0], x[0])),
+        ),
+    );
     let acc = _mm256_fmadd_ps(_mm256_set1_ps(a), qx, acc);
     if c == 0.0 {
         return acc;
@@ -200,7 +221,13 @@ pub unsafe fn gemv_q4_1_avx2(w: &[b::BlockQ4_1], x: &[f32], y: &mut [f32]) {
         for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
             let (lo, hi) = unpack_nibbles(blk.qs.as_ptr());
             let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
-            acc = block_fma([q0, q1, q2, q3], x.as_ptr().add(i * QK), f16_to_f32(blk.d), f16_to_f32(blk.m), acc);
+            acc = block_fma(
+                [q0, q1, q2, q3],
+                x.as_ptr().add(i * QK),
+                f16_to_f32(blk.d),
+                f16_to_f32(blk.m),
+                acc,
+            );
         }
         *yr = hsum_ps(acc);
     }

@@ -52,7 +52,10 @@ pub unsafe fn f16_to_f32(h: half::f16) -> f32 {
 pub unsafe fn unpack_nibbles(p: *const u8) -> (__m128i, __m128i) {
     let bytes = _mm_loadu_si128(p as *const __m128i);
     let mask = _mm_set1_epi8(0x0f);
-    (_mm_and_si128(bytes, mask), _mm_and_si128(_mm_srli_epi16(bytes, 4), mask))
+    (
+        _mm_and_si128(bytes, mask),
+        _mm_and_si128(_mm_srli_epi16(bytes, 4), mask),
+    )
 }
 
 /// Bytes 0..8 and 8..16 of `v`, as two vectors of 8 f32 (unsigned).
