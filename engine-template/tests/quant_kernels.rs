@@ -1,0 +1,127 @@
+//! Block-format GEMV (fused dequantize + dot) for every GGUF format and ISA, against an f64 dot
+//! of the bit-exact dequantized weights: real llama.cpp blocks from the shared fixtures, 0 to 3
+//! blocks per row, misaligned activations, and every nibble / byte code of Q4_0, Q4_1, Q8_0.
+
+// `!(err <= bound)` on purpose: a NaN result must count as a failure.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+use clocher_engine::kernels::blocks::{self as b, GgmlType};
+use clocher_engine::kernels::{quant, tol, Isa};
+use half::f16;
+use std::path::PathBuf;
+
+type Gemv<B> = fn(Isa, &[B], &[f32], &mut [f32]);
+
+fn fixture(name: &str) -> Vec<u8> {
+    let shared = std::env::var_os("CLOCHER_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")));
+    let path = shared.join("fixtures/gguf-blocks").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn xs(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(7);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+/// Checks `gemv` on `rows` rows of `nb` blocks each (taken from `blocks`), for every ISA and
+/// activation misalignment; returns every failure.
+fn check<B: bytemuck::Pod>(ty: GgmlType, blocks: &[B], nb_max: usize, gemv: Gemv<B>) -> Vec<String> {
+    let elems = ty.block_elems();
+    let mut fails = vec![];
+    for isa in Isa::available() {
+        for nb in 0..=nb_max {
+            for rows in [0usize, 1, 2, 3] {
+                if rows * nb > blocks.len() {
+                    continue;
+                }
+                let w = &blocks[..rows * nb];
+                let mut deq = vec![0.0f32; w.len() * elems];
+                ty.dequant(bytemuck::cast_slice(w), &mut deq);
+                for mis in 0..3 {
+                    let xbuf = xs(nb * elems + mis, (nb * 7 + rows) as u32);
+                    let x = &xbuf[mis..];
+                    let mut y = vec![f32::NAN; rows];
+                    gemv(isa, w, x, &mut y);
+                    for r in 0..rows {
+                        let row = &deq[r * nb * elems..(r + 1) * nb * elems];
+                        let exp: f64 = row.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f64 = row.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                        let bound = tol::QUANT_DOT_REL as f64 * ((nb * elems).max(1) as f64).sqrt() * mag + tol::DOT_ABS as f64;
+                        let got = y[r] as f64;
+                        if !((got - exp).abs() <= bound) {
+                            fails.push(format!(
+                                "gemv_{} isa={} blocks={nb} rows={rows} misalign={mis} index={r}: expected {exp}, actual {got}",
+                                ty.name(),
+                                isa.name()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fails
+}
+
+fn from_fixture<B: bytemuck::Pod>(ty: GgmlType) -> Vec<B> {
+    let bytes = fixture(&format!("{}.blocks", ty.name()));
+    assert_eq!(bytes.len() % ty.block_bytes(), 0, "{}: fixture is not whole blocks", ty.name());
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+#[test]
+fn every_format_matches_f64_oracle_on_real_blocks() {
+    let mut fails = vec![];
+    let mut checked = vec![];
+    macro_rules! fmt {
+        ($ty:expr, $block:ty, $gemv:path) => {{
+            let blocks: Vec<$block> = from_fixture($ty);
+            let per_row = blocks.len() / 4;
+            fails.extend(check($ty, &blocks, per_row.min(3), $gemv));
+            checked.push($ty.name());
+        }};
+    }
+    fmt!(GgmlType::Q4_0, b::BlockQ4_0, quant::gemv_q4_0);
+    fmt!(GgmlType::Q4_1, b::BlockQ4_1, quant::gemv_q4_1);
+    fmt!(GgmlType::Q5_0, b::BlockQ5_0, quant::gemv_q5_0);
+    fmt!(GgmlType::Q5_1, b::BlockQ5_1, quant::gemv_q5_1);
+    fmt!(GgmlType::Q8_0, b::BlockQ8_0, quant::gemv_q8_0);
+    fmt!(GgmlType::Q3K, b::BlockQ3K, quant::gemv_q3_k);
+    fmt!(GgmlType::Q4K, b::BlockQ4K, quant::gemv_q4_k);
+    fmt!(GgmlType::Q5K, b::BlockQ5K, quant::gemv_q5_k);
+    fmt!(GgmlType::Q6K, b::BlockQ6K, quant::gemv_q6_k);
+    fmt!(GgmlType::IQ4NL, b::BlockIQ4NL, quant::gemv_iq4_nl);
+    fmt!(GgmlType::TQ1_0, b::BlockTQ1_0, quant::gemv_tq1_0);
+    fmt!(GgmlType::TQ2_0, b::BlockTQ2_0, quant::gemv_tq2_0);
+    fmt!(GgmlType::MXFP4, b::BlockMXFP4, quant::gemv_mxfp4);
+    assert_eq!(checked.len(), 13, "{checked:?}");
+    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+}
+
+/// 16 blocks whose 256 nibble-pair bytes cover every (low, high) nibble combination.
+fn all_nibbles() -> Vec<[u8; 16]> {
+    (0..16).map(|blk| std::array::from_fn(|j| (blk * 16 + j) as u8)).collect()
+}
+
+#[test]
+fn every_nibble_and_byte_code() {
+    let d = f16::from_f32(0.75);
+    let q4_0: Vec<b::BlockQ4_0> = all_nibbles().into_iter().map(|qs| b::BlockQ4_0 { d, qs }).collect();
+    let q4_1: Vec<b::BlockQ4_1> =
+        all_nibbles().into_iter().map(|qs| b::BlockQ4_1 { d, m: f16::from_f32(-1.5), qs }).collect();
+    let q8_0: Vec<b::BlockQ8_0> =
+        (0..8).map(|blk| b::BlockQ8_0 { d, qs: std::array::from_fn(|j| (blk * 32 + j) as u8 as i8) }).collect();
+    let mut fails = check(GgmlType::Q4_0, &q4_0, 16, quant::gemv_q4_0);
+    fails.extend(check(GgmlType::Q4_1, &q4_1, 16, quant::gemv_q4_1));
+    fails.extend(check(GgmlType::Q8_0, &q8_0, 8, quant::gemv_q8_0));
+    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+}
