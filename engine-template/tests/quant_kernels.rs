@@ -34,7 +34,12 @@ fn xs(n: usize, seed: u32) -> Vec<f32> {
 
 /// Checks `gemv` on `rows` rows of `nb` blocks each (taken from `blocks`), for every ISA and
 /// activation misalignment; returns every failure.
-fn check<B: bytemuck::Pod>(ty: GgmlType, blocks: &[B], nb_max: usize, gemv: Gemv<B>) -> Vec<String> {
+fn check<B: bytemuck::Pod>(
+    ty: GgmlType,
+    blocks: &[B],
+    nb_max: usize,
+    gemv: Gemv<B>,
+) -> Vec<String> {
     let elems = ty.block_elems();
     let mut fails = vec![];
     for isa in Isa::available() {
@@ -54,8 +59,14 @@ fn check<B: bytemuck::Pod>(ty: GgmlType, blocks: &[B], nb_max: usize, gemv: Gemv
                     for r in 0..rows {
                         let row = &deq[r * nb * elems..(r + 1) * nb * elems];
                         let exp: f64 = row.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        let mag: f64 = row.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
-                        let bound = tol::QUANT_DOT_REL as f64 * ((nb * elems).max(1) as f64).sqrt() * mag + tol::DOT_ABS as f64;
+                        let mag: f64 = row
+                            .iter()
+                            .zip(x)
+                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                            .sum();
+                        let bound =
+                            tol::QUANT_DOT_REL as f64 * ((nb * elems).max(1) as f64).sqrt() * mag
+                                + tol::DOT_ABS as f64;
                         let got = y[r] as f64;
                         if !((got - exp).abs() <= bound) {
                             fails.push(format!(
@@ -74,7 +85,12 @@ fn check<B: bytemuck::Pod>(ty: GgmlType, blocks: &[B], nb_max: usize, gemv: Gemv
 
 fn from_fixture<B: bytemuck::Pod>(ty: GgmlType) -> Vec<B> {
     let bytes = fixture(&format!("{}.blocks", ty.name()));
-    assert_eq!(bytes.len() % ty.block_bytes(), 0, "{}: fixture is not whole blocks", ty.name());
+    assert_eq!(
+        bytes.len() % ty.block_bytes(),
+        0,
+        "{}: fixture is not whole blocks",
+        ty.name()
+    );
     bytemuck::pod_collect_to_vec(&bytes)
 }
 
@@ -104,24 +120,49 @@ fn every_format_matches_f64_oracle_on_real_blocks() {
     fmt!(GgmlType::TQ2_0, b::BlockTQ2_0, quant::gemv_tq2_0);
     fmt!(GgmlType::MXFP4, b::BlockMXFP4, quant::gemv_mxfp4);
     assert_eq!(checked.len(), 13, "{checked:?}");
-    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
 }
 
 /// 16 blocks whose 256 nibble-pair bytes cover every (low, high) nibble combination.
 fn all_nibbles() -> Vec<[u8; 16]> {
-    (0..16).map(|blk| std::array::from_fn(|j| (blk * 16 + j) as u8)).collect()
+    (0..16)
+        .map(|blk| std::array::from_fn(|j| (blk * 16 + j) as u8))
+        .collect()
 }
 
 #[test]
 fn every_nibble_and_byte_code() {
     let d = f16::from_f32(0.75);
-    let q4_0: Vec<b::BlockQ4_0> = all_nibbles().into_iter().map(|qs| b::BlockQ4_0 { d, qs }).collect();
-    let q4_1: Vec<b::BlockQ4_1> =
-        all_nibbles().into_iter().map(|qs| b::BlockQ4_1 { d, m: f16::from_f32(-1.5), qs }).collect();
-    let q8_0: Vec<b::BlockQ8_0> =
-        (0..8).map(|blk| b::BlockQ8_0 { d, qs: std::array::from_fn(|j| (blk * 32 + j) as u8 as i8) }).collect();
+    let q4_0: Vec<b::BlockQ4_0> = all_nibbles()
+        .into_iter()
+        .map(|qs| b::BlockQ4_0 { d, qs })
+        .collect();
+    let q4_1: Vec<b::BlockQ4_1> = all_nibbles()
+        .into_iter()
+        .map(|qs| b::BlockQ4_1 {
+            d,
+            m: f16::from_f32(-1.5),
+            qs,
+        })
+        .collect();
+    let q8_0: Vec<b::BlockQ8_0> = (0..8)
+        .map(|blk| b::BlockQ8_0 {
+            d,
+            qs: std::array::from_fn(|j| (blk * 32 + j) as u8 as i8),
+        })
+        .collect();
     let mut fails = check(GgmlType::Q4_0, &q4_0, 16, quant::gemv_q4_0);
     fails.extend(check(GgmlType::Q4_1, &q4_1, 16, quant::gemv_q4_1));
     fails.extend(check(GgmlType::Q8_0, &q8_0, 8, quant::gemv_q8_0));
-    assert!(fails.is_empty(), "{} failures:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
 }

@@ -10,6 +10,10 @@ use std::sync::OnceLock;
 const FP32_LOGIT_TOL: f32 = 2e-3;
 /// bf16/fp16 builds must agree with the reference on at least this many leading greedy tokens.
 const HALF_MIN_PREFIX: usize = 30;
+/// Native GGUF blocks: cosine of the last-position logits with transformers on the same weights.
+const NATIVE_MIN_COSINE: f64 = 0.999;
+/// Native GGUF blocks: leading greedy tokens that must agree.
+const NATIVE_MIN_PREFIX: usize = 28;
 
 fn shared() -> PathBuf {
     std::env::var_os("CLOCHER_SHARED")
@@ -51,6 +55,8 @@ struct CaseResult {
     tokens: Vec<u32>,
     reference: Vec<u32>,
     logit_diff: f32,
+    cosine: f64,
+    logits: Vec<f32>,
 }
 
 impl CaseResult {
@@ -101,22 +107,33 @@ fn run_cases(src: &Path, precision: &str, name: &str, reference: &str) -> Vec<Ca
             .iter()
             .map(|x| x.as_u64().unwrap() as u32)
             .collect();
+        let got = read_f32(&logits);
         let r = CaseResult {
             tokens: token_ids(&v),
             reference,
-            logit_diff: max_abs_diff(&read_f32(&logits), &want),
+            logit_diff: max_abs_diff(&got, &want),
+            cosine: cosine(&got, &want),
+            logits: got,
         };
         eprintln!(
-            "{name} case {i}: {} of {} greedy tokens agree before the first difference, max |logit diff| {:.2e}, {:.1} tok/s",
+            "{name} case {i}: {} of {} greedy tokens agree before the first difference, max |logit diff| {:.2e}, cosine {:.6}, {:.1} tok/s",
             r.common_prefix(),
             r.reference.len(),
             r.logit_diff,
+            r.cosine,
             v["tps_true"].as_f64().unwrap()
         );
         results.push(r);
     }
     assert_eq!(results.len(), 5);
     results
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
 }
 
 fn assert_exact(results: &[CaseResult]) {
@@ -184,4 +201,81 @@ fn gguf_fp32_reproduces_transformers_on_the_same_weights() {
         "smollm2-gguf-fp32",
         "reference-q4_1-gguf",
     ));
+}
+
+#[test]
+fn gguf_native_blocks_agree_with_transformers() {
+    for (i, r) in run_cases(
+        &smollm2().0,
+        "gguf",
+        "smollm2-gguf-native",
+        "reference-q4_1-gguf",
+    )
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            r.cosine >= NATIVE_MIN_COSINE,
+            "case {i}: cosine {} < {NATIVE_MIN_COSINE}",
+            r.cosine
+        );
+        let need = NATIVE_MIN_PREFIX.min(r.reference.len());
+        assert!(
+            r.common_prefix() >= need,
+            "case {i}: only {} greedy tokens agree (need {need})",
+            r.common_prefix()
+        );
+    }
+}
+
+/// A GGUF mixing Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, TQ1_0 and TQ2_0 per tensor and per layer, written
+/// by the `gguf` Python package: its native build must match its exactly dequantized fp32 build.
+#[test]
+fn mixed_format_gguf_native_matches_dequantized() {
+    let (gguf, _) = smollm2();
+    let work = work_dir("mixed");
+    let mixed = work.join("mixed.gguf");
+    let python = gguf.parent().unwrap().join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(root().join("tests/scripts/make_mixed_gguf.py"))
+        .args([gguf, &mixed])
+        .output()
+        .expect("running make_mixed_gguf.py");
+    assert!(
+        out.status.success(),
+        "make_mixed_gguf.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let native = run_cases(&mixed, "gguf", "mixed-native", "reference-q4_1-gguf");
+    let dequant = run_cases(&mixed, "fp32", "mixed-fp32", "reference-q4_1-gguf");
+    let meta = std::fs::read_to_string(work_dir("mixed-native").join("mixed-native/model.ie.json"))
+        .unwrap();
+    for f in [
+        "\"q4_0\"",
+        "\"q4_1\"",
+        "\"q5_0\"",
+        "\"q5_1\"",
+        "\"q8_0\"",
+        "\"tq1_0\"",
+        "\"tq2_0\"",
+    ] {
+        assert!(meta.contains(f), "the native pack keeps {f} blocks");
+    }
+    for (i, (n, d)) in native.iter().zip(&dequant).enumerate() {
+        let diff = max_abs_diff(&n.logits, &d.logits);
+        assert!(
+            diff <= FP32_LOGIT_TOL,
+            "case {i}: native vs dequantized logits differ by {diff}"
+        );
+        let same = n
+            .tokens
+            .iter()
+            .zip(&d.tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            same >= NATIVE_MIN_PREFIX.min(d.tokens.len()),
+            "case {i}: only {same} greedy tokens agree"
+        );
+    }
 }
