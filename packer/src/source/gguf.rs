@@ -264,6 +264,50 @@ pub fn parse_header(buf: &[u8]) -> std::result::Result<Header, String> {
     })
 }
 
+/// The fuzz target's body: parse `data` as a GGUF header and check every tensor's extent and
+/// type the way [`open`] does. Any outcome but a panic is fine.
+pub fn fuzz_one(data: &[u8]) {
+    if let Ok(h) = parse_header(data) {
+        let _ = tensor_extents(&h, data.len());
+    }
+}
+
+/// Type and byte range of every tensor, checked against the file's length and block sizes.
+pub fn tensor_extents(
+    h: &Header,
+    file_len: usize,
+) -> std::result::Result<Vec<(GgmlType, std::ops::Range<usize>)>, String> {
+    let data_len = file_len.saturating_sub(h.data_start) as u64;
+    h.tensors
+        .iter()
+        .map(|t| {
+            let ty = src_type(t.type_id).map_err(|e| format!("tensor {}: {e}", t.name))?;
+            let (blk, blk_bytes) = (ty.block_elems(), ty.block_bytes());
+            let numel = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            let nbytes = numel
+                .filter(|_| t.dims[0] % blk as u64 == 0)
+                .and_then(|n| (n / blk as u64).checked_mul(blk_bytes as u64))
+                .ok_or_else(|| {
+                    format!(
+                        "tensor {}: dims {:?} don't divide into {}-element blocks",
+                        t.name, t.dims, blk
+                    )
+                })?;
+            if t.offset
+                .checked_add(nbytes)
+                .is_none_or(|end| end > data_len)
+            {
+                return Err(format!(
+                    "tensor {}: {} bytes at data offset {} run past the end of the file",
+                    t.name, nbytes, t.offset
+                ));
+            }
+            let start = h.data_start + t.offset as usize;
+            Ok((ty, start..start + nbytes as usize))
+        })
+        .collect()
+}
+
 /// HF name of a GGUF llama tensor.
 fn hf_name(gguf: &str) -> Option<String> {
     Some(match gguf {
@@ -363,36 +407,9 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
         ));
     }
 
-    let data_len = map.len().saturating_sub(h.data_start) as u64;
+    let extents = tensor_extents(&h, map.len()).map_err(|e| input(path, e))?;
     let mut tensors = Vec::with_capacity(h.tensors.len());
-    for t in &h.tensors {
-        let ty = src_type(t.type_id).map_err(|e| input(path, format!("tensor {}: {e}", t.name)))?;
-        let (blk, blk_bytes) = (ty.block_elems(), ty.block_bytes());
-        let numel = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-        let nbytes = numel
-            .filter(|_| t.dims[0] % blk as u64 == 0)
-            .and_then(|n| (n / blk as u64).checked_mul(blk_bytes as u64))
-            .ok_or_else(|| {
-                input(
-                    path,
-                    format!(
-                        "tensor {}: dims {:?} don't divide into {}-element blocks",
-                        t.name, t.dims, blk
-                    ),
-                )
-            })?;
-        if t.offset
-            .checked_add(nbytes)
-            .is_none_or(|end| end > data_len)
-        {
-            return Err(input(
-                path,
-                format!(
-                    "tensor {}: {} bytes at data offset {} run past the end of the file",
-                    t.name, nbytes, t.offset
-                ),
-            ));
-        }
+    for (t, (ty, range)) in h.tensors.iter().zip(extents) {
         let name =
             hf_name(&t.name).ok_or_else(|| input(path, format!("unexpected tensor {}", t.name)))?;
         let unpermute_heads = if name.ends_with("q_proj.weight") {
@@ -402,13 +419,12 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
         } else {
             None
         };
-        let start = h.data_start + t.offset as usize;
         tensors.push(SrcTensor {
             name,
             shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
             ty,
             file: 0,
-            range: start..start + nbytes as usize,
+            range,
             unpermute_heads,
         });
     }
