@@ -6,7 +6,7 @@ use clocher_pack::source::gguf;
 use std::path::Path;
 
 /// Mutations tried per corpus file.
-const MUTATIONS: usize = 20_000;
+const MUTATIONS: usize = 2_000;
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/gguf_header");

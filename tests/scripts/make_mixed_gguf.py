@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Re-quantize a llama GGUF into a file that mixes block formats per tensor and per layer.
 
-    make_mixed_gguf.py SRC.gguf DST.gguf
+    make_mixed_gguf.py SRC.gguf DST.gguf [TYPE]
 
 Every linear weight is dequantized exactly and quantized again with the `gguf` package, cycling
 through Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 by layer and tensor; ffn_down of layers 0 and 1 become
 TQ2_0 and TQ1_0 (their rows of 1536 divide into 256-blocks). The embedding is Q8_0, norms F32.
-Metadata (tokenizer, chat template, hyper-parameters) is copied as is.
+Metadata (tokenizer, chat template, hyper-parameters) is copied as is. With TYPE (e.g. Q5_0),
+every linear weight and the embedding use that one format instead (for per-format benchmarks).
 """
 import sys
 
@@ -18,7 +19,10 @@ KINDS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn
 CYCLE = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0]
 
 
-def plan(name):
+def plan(name, uniform=None):
+    if uniform is not None:
+        parts = name.split(".")
+        return uniform if name == "token_embd.weight" or (len(parts) > 2 and parts[2] in KINDS) else Q.F32
     if name == "token_embd.weight":
         return Q.Q8_0
     parts = name.split(".")
@@ -32,6 +36,7 @@ def plan(name):
 
 def main():
     src, dst = sys.argv[1], sys.argv[2]
+    uniform = getattr(Q, sys.argv[3]) if len(sys.argv) > 3 else None
     r = GGUFReader(src)
     arch = r.fields["general.architecture"].contents()
     w = GGUFWriter(dst, arch)
@@ -43,7 +48,7 @@ def main():
         w.add_key_value(f.name, f.contents(), vtype, sub_type=sub)
     for t in r.tensors:
         data = dequantize(t.data, t.tensor_type).astype(np.float32)
-        qt = plan(t.name)
+        qt = plan(t.name, uniform)
         if qt == Q.F32:
             w.add_tensor(t.name, data)
         else:
