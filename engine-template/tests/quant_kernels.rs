@@ -1,6 +1,7 @@
 //! Block-format GEMV (fused dequantize + dot) for every GGUF format and ISA, against an f64 dot
 //! of the bit-exact dequantized weights: real llama.cpp blocks from the shared fixtures, 0 to 3
-//! blocks per row, misaligned activations, and every nibble / byte code of Q4_0, Q4_1, Q8_0.
+//! blocks per row, misaligned activations, and every nibble / byte code of Q4_0, Q4_1, Q5_0,
+//! Q5_1 and Q8_0.
 
 // `!(err <= bound)` on purpose: a NaN result must count as a failure.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -156,7 +157,32 @@ fn every_nibble_and_byte_code() {
             qs: std::array::from_fn(|j| (blk * 32 + j) as u8 as i8),
         })
         .collect();
+    // 5-bit formats: every nibble pair, with the fifth bit set in complementary patterns.
+    let qh = |blk: usize| {
+        if blk % 2 == 0 {
+            [0x55, 0xaa, 0x0f, 0xf0]
+        } else {
+            [0xaa, 0x55, 0xf0, 0x0f]
+        }
+    };
+    let q5_0: Vec<b::BlockQ5_0> = all_nibbles()
+        .into_iter()
+        .enumerate()
+        .map(|(i, qs)| b::BlockQ5_0 { d, qh: qh(i), qs })
+        .collect();
+    let q5_1: Vec<b::BlockQ5_1> = all_nibbles()
+        .into_iter()
+        .enumerate()
+        .map(|(i, qs)| b::BlockQ5_1 {
+            d,
+            m: f16::from_f32(0.25),
+            qh: qh(i),
+            qs,
+        })
+        .collect();
     let mut fails = check(GgmlType::Q4_0, &q4_0, 16, quant::gemv_q4_0);
+    fails.extend(check(GgmlType::Q5_0, &q5_0, 16, quant::gemv_q5_0));
+    fails.extend(check(GgmlType::Q5_1, &q5_1, 16, quant::gemv_q5_1));
     fails.extend(check(GgmlType::Q4_1, &q4_1, 16, quant::gemv_q4_1));
     fails.extend(check(GgmlType::Q8_0, &q8_0, 8, quant::gemv_q8_0));
     assert!(

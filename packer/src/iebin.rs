@@ -113,7 +113,8 @@ pub fn default_precision(ck: &Checkpoint) -> Precision {
         Some(first) if types.all(|t| t == first) => match first {
             S::BF16 => Precision::Bf16,
             S::F16 => Precision::Fp16,
-            _ => Precision::Fp32,
+            S::F32 => Precision::Fp32,
+            _ => Precision::Gguf,
         },
         _ if ck.kind == "gguf" => Precision::Gguf,
         _ => Precision::Fp32,

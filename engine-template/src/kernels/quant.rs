@@ -2,8 +2,8 @@
 //! accumulation, so results match an exact dequantization up to summation order.
 //!
 //! Every format has a scalar `gemv_<fmt>_ref` (dequantize a block with the bit-exact
-//! `blocks::dequant_*_ref`, then dot) and a `gemv_<fmt>_avx2`. Q4_0, Q4_1 and Q8_0 have
-//! hand-written AVX2 bodies; the other formats' AVX2 versions dequantize each block with the
+//! `blocks::dequant_*_ref`, then dot) and a `gemv_<fmt>_avx2`. Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
+//! have hand-written AVX2 bodies; the other formats' AVX2 versions dequantize each block with the
 //! reference code and run the AVX2 dot on it.
 
 use super::blocks::{self as b, QK, QK_K};

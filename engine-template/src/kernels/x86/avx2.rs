@@ -145,8 +145,6 @@ macro_rules! via_dequant_avx2 {
         }
     };
 }
-via_dequant_avx2!(gemv_q5_0_avx2, b::BlockQ5_0, QK, b::dequant_q5_0_ref);
-via_dequant_avx2!(gemv_q5_1_avx2, b::BlockQ5_1, QK, b::dequant_q5_1_ref);
 via_dequant_avx2!(gemv_q3_k_avx2, b::BlockQ3K, QK_K, b::dequant_q3_k_ref);
 via_dequant_avx2!(gemv_q4_k_avx2, b::BlockQ4K, QK_K, b::dequant_q4_k_ref);
 via_dequant_avx2!(gemv_q5_k_avx2, b::BlockQ5K, QK_K, b::dequant_q5_k_ref);
@@ -252,6 +250,78 @@ pub unsafe fn gemv_q8_0_avx2(w: &[b::BlockQ8_0], x: &[f32], y: &mut [f32]) {
                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))),
             ];
             acc = block_fma(q, x.as_ptr().add(i * QK), f16_to_f32(blk.d), 0.0, acc);
+        }
+        *yr = hsum_ps(acc);
+    }
+}
+
+/// The 32 5-bit quants of a Q5_0/Q5_1 block as 4 x 8 floats in element order: nibbles from `qs`,
+/// plus 16 where bit `e` of `qh` is set for element `e`.
+#[inline(always)]
+unsafe fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> [__m256; 4] {
+    let (lo, hi) = unpack_nibbles(qs.as_ptr());
+    let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
+    let qh = u32::from_le_bytes(qh) as i32;
+    let shifts = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let one = _mm256_set1_epi32(1);
+    let sixteen = _mm256_set1_ps(16.0);
+    let high = |k: i32| {
+        // Bits 8k..8k+8 of qh, one per lane, as 0.0 or 16.0.
+        let bits = _mm256_and_si256(
+            _mm256_srlv_epi32(_mm256_set1_epi32(qh >> (8 * k)), shifts),
+            one,
+        );
+        _mm256_mul_ps(_mm256_cvtepi32_ps(bits), sixteen)
+    };
+    [
+        _mm256_add_ps(q0, high(0)),
+        _mm256_add_ps(q1, high(1)),
+        _mm256_add_ps(q2, high(2)),
+        _mm256_add_ps(q3, high(3)),
+    ]
+}
+
+/// Q5_0 · f32: value = `d * (q - 16)`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q5_0_avx2(w: &[b::BlockQ5_0], x: &[f32], y: &mut [f32]) {
+    let nb = blocks_per_row("gemv_q5_0_avx2", w.len(), x.len(), y.len());
+    for (r, yr) in y.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
+            let d = f16_to_f32(blk.d);
+            acc = block_fma(
+                q5_quants(&blk.qs, blk.qh),
+                x.as_ptr().add(i * QK),
+                d,
+                -16.0 * d,
+                acc,
+            );
+        }
+        *yr = hsum_ps(acc);
+    }
+}
+
+/// Q5_1 · f32: value = `d * q + m`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q5_1_avx2(w: &[b::BlockQ5_1], x: &[f32], y: &mut [f32]) {
+    let nb = blocks_per_row("gemv_q5_1_avx2", w.len(), x.len(), y.len());
+    for (r, yr) in y.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
+            let q = q5_quants(&blk.qs, blk.qh);
+            acc = block_fma(
+                q,
+                x.as_ptr().add(i * QK),
+                f16_to_f32(blk.d),
+                f16_to_f32(blk.m),
+                acc,
+            );
         }
         *yr = hsum_ps(acc);
     }
