@@ -8,32 +8,12 @@ use clocher_engine::kernels::{self, reference, tol, Isa};
 use half::{bf16, f16};
 use proptest::prelude::*;
 
+mod common;
+use common::{dot_f64, values};
+
 /// Widest step of the SIMD loops (4 accumulators x 8 lanes); lengths go past twice this.
 const MAX_STEP: usize = 32;
 const ROWS: [usize; 4] = [0, 1, 2, 5];
-
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    // Deterministic, sign-mixed, spread over a few orders of magnitude.
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 4.0
-        })
-        .collect()
-}
-
-fn dot_f64(w: &[f32], x: &[f32]) -> (f64, f64) {
-    let dot = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-    let mag = w
-        .iter()
-        .zip(x)
-        .map(|(a, b)| (*a as f64 * *b as f64).abs())
-        .sum();
-    (dot, mag)
-}
 
 fn bound(n: usize, mag: f64) -> f64 {
     tol::DOT_REL as f64 * (n.max(1) as f64).sqrt() * mag + tol::DOT_ABS as f64

@@ -11,6 +11,9 @@ use clocher_engine::kernels::{quant, tol, Isa};
 use half::f16;
 use std::path::PathBuf;
 
+mod common;
+use common::{dot_f64, values};
+
 type Gemv<B> = fn(Isa, &[B], &[f32], &mut [f32]);
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -19,18 +22,6 @@ fn fixture(name: &str) -> Vec<u8> {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")));
     let path = shared.join("fixtures/gguf-blocks").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-fn xs(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(7);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 2.0
-        })
-        .collect()
 }
 
 /// Checks `gemv` on `rows` rows of `nb` blocks each (taken from `blocks`), for every ISA and
@@ -53,18 +44,13 @@ fn check<B: bytemuck::Pod>(
                 let mut deq = vec![0.0f32; w.len() * elems];
                 ty.dequant(bytemuck::cast_slice(w), &mut deq);
                 for mis in 0..3 {
-                    let xbuf = xs(nb * elems + mis, (nb * 7 + rows) as u32);
+                    let xbuf = values(nb * elems + mis, (nb * 7 + rows) as u32);
                     let x = &xbuf[mis..];
                     let mut y = vec![f32::NAN; rows];
                     gemv(isa, w, x, &mut y);
                     for r in 0..rows {
                         let row = &deq[r * nb * elems..(r + 1) * nb * elems];
-                        let exp: f64 = row.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        let mag: f64 = row
-                            .iter()
-                            .zip(x)
-                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                            .sum();
+                        let (exp, mag) = dot_f64(row, x);
                         let bound =
                             tol::QUANT_DOT_REL as f64 * ((nb * elems).max(1) as f64).sqrt() * mag
                                 + tol::DOT_ABS as f64;
@@ -159,7 +145,7 @@ fn every_nibble_and_byte_code() {
         .collect();
     // 5-bit formats: every nibble pair, with the fifth bit set in complementary patterns.
     let qh = |blk: usize| {
-        if blk % 2 == 0 {
+        if blk.is_multiple_of(2) {
             [0x55, 0xaa, 0x0f, 0xf0]
         } else {
             [0xaa, 0x55, 0xf0, 0x0f]

@@ -9,21 +9,25 @@
 use super::blocks::{self as b, QK, QK_K};
 use super::{reference, Isa};
 
-/// Reference GEMV for a block format: per block, dequantize into a stack buffer and dot.
-pub fn gemv_blocks_ref<B: Copy>(
+/// GEMV for a block format through a per-block dequantization (`dequant`) and a float `dot`:
+/// the reference kernels use the scalar dot; formats without a hand-written SIMD body use this
+/// with the SIMD dot.
+#[inline(always)]
+pub fn gemv_blocks_with<B: Copy>(
     elems: usize,
     dequant: fn(&[B], &mut [f32]),
+    dot: impl Fn(&[f32], &[f32]) -> f32,
     w: &[B],
     x: &[f32],
     y: &mut [f32],
 ) {
     assert!(
         x.len().is_multiple_of(elems),
-        "gemv_blocks_ref: {} columns are not whole {elems}-blocks",
+        "gemv_blocks: {} columns are not whole {elems}-blocks",
         x.len()
     );
     let nb = x.len() / elems;
-    assert_eq!(w.len(), nb * y.len(), "gemv_blocks_ref: shape mismatch");
+    assert_eq!(w.len(), nb * y.len(), "gemv_blocks: shape mismatch");
     if nb == 0 {
         y.fill(0.0);
         return;
@@ -33,7 +37,7 @@ pub fn gemv_blocks_ref<B: Copy>(
         let mut sum = 0.0;
         for (blk, xc) in row.iter().zip(x.chunks_exact(elems)) {
             dequant(std::slice::from_ref(blk), &mut tmp[..elems]);
-            sum += reference::dot_f32_ref(&tmp[..elems], xc);
+            sum += dot(&tmp[..elems], xc);
         }
         *yr = sum;
     }
@@ -43,7 +47,7 @@ macro_rules! quant_gemv {
     ($name:ident, $ref_name:ident, $avx2:ident, $block:ty, $elems:expr, $dequant:path) => {
         /// Scalar reference: dequantize each block (bit-exact with ggml), then dot.
         pub fn $ref_name(w: &[$block], x: &[f32], y: &mut [f32]) {
-            gemv_blocks_ref($elems, $dequant, w, x, y)
+            gemv_blocks_with($elems, $dequant, reference::dot_f32_ref, w, x, y)
         }
 
         #[inline]

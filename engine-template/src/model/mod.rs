@@ -16,7 +16,7 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
     /// Stored elements per row.
     const ROW_ELEMS: usize = {
         assert!(
-            COLS % W::BLOCK == 0,
+            COLS.is_multiple_of(W::BLOCK),
             "a row must be a whole number of blocks"
         );
         COLS / W::BLOCK

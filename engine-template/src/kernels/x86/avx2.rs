@@ -100,48 +100,21 @@ pub unsafe fn axpy_f32_avx2(a: f32, x: &[f32], y: &mut [f32]) {
 use super::{f16_to_f32, u8x16_to_f32x8x2, unpack_nibbles};
 use crate::kernels::blocks::{self as b, QK, QK_K};
 
-/// Block-format GEMV through the bit-exact reference dequantization and the AVX2 dot: the
-/// fallback AVX2 body for formats without a hand-written one.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv_blocks_avx2<B: Copy>(
-    elems: usize,
-    dequant: fn(&[B], &mut [f32]),
-    w: &[B],
-    x: &[f32],
-    y: &mut [f32],
-) {
-    assert!(
-        x.len().is_multiple_of(elems),
-        "gemv_blocks_avx2: {} columns are not whole {elems}-blocks",
-        x.len()
-    );
-    let nb = x.len() / elems;
-    assert_eq!(w.len(), nb * y.len(), "gemv_blocks_avx2: shape mismatch");
-    if nb == 0 {
-        y.fill(0.0);
-        return;
-    }
-    let mut tmp = [0.0f32; QK_K];
-    for (yr, row) in y.iter_mut().zip(w.chunks_exact(nb)) {
-        let mut sum = 0.0;
-        for (blk, xc) in row.iter().zip(x.chunks_exact(elems)) {
-            dequant(std::slice::from_ref(blk), &mut tmp[..elems]);
-            sum += dot_f32_avx2(&tmp[..elems], xc);
-        }
-        *yr = sum;
-    }
-}
-
 macro_rules! via_dequant_avx2 {
     ($name:ident, $block:ty, $elems:expr, $dequant:path) => {
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C.
         #[target_feature(enable = "avx2,fma,f16c")]
         pub unsafe fn $name(w: &[$block], x: &[f32], y: &mut [f32]) {
-            gemv_blocks_avx2($elems, $dequant, w, x, y)
+            // The bit-exact reference dequantization per block, then the AVX2 dot.
+            crate::kernels::quant::gemv_blocks_with(
+                $elems,
+                $dequant,
+                |a, b| dot_f32_avx2(a, b),
+                w,
+                x,
+                y,
+            )
         }
     };
 }
