@@ -38,6 +38,52 @@ fn check(out: &Output, what: &str) {
     );
 }
 
+/// The shared fixtures folder (`../shared`, or `CLOCHER_SHARED`).
+pub fn shared() -> PathBuf {
+    std::env::var_os("CLOCHER_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"))
+}
+
+/// (GGUF file, HF folder), fetched once by the shared script into models/.cache (git-ignored).
+pub fn smollm2() -> &'static (PathBuf, PathBuf) {
+    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let dest = root().join("models/.cache/smollm2");
+        let out = std::process::Command::new("bash")
+            .arg(shared().join("tools/fetch-smollm2.sh"))
+            .arg(&dest)
+            .output()
+            .expect("running fetch-smollm2.sh");
+        assert!(
+            out.status.success(),
+            "fetch-smollm2.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        let [gguf, hf] = lines[lines.len() - 2..] else {
+            panic!("fetch-smollm2.sh printed {stdout}")
+        };
+        (PathBuf::from(gguf), PathBuf::from(hf))
+    })
+}
+
+/// The Python of the venv the fetch script made (numpy, gguf, safetensors), with `extra`
+/// packages installed into it too.
+pub fn python_with(extra: &[&str]) -> PathBuf {
+    let python = smollm2().0.parent().unwrap().join(".venv/bin/python");
+    if !extra.is_empty() {
+        let out = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(extra)
+            .output()
+            .expect("running pip");
+        check(&out, &format!("pip install {extra:?}"));
+    }
+    python
+}
+
 /// The `clocher-pack` binary, built once per test process.
 pub fn pack_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

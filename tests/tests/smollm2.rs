@@ -4,7 +4,6 @@
 use clocher_e2e::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 /// Max |logit - transformers| at the last prompt position for fp32 builds.
 const FP32_LOGIT_TOL: f32 = 2e-3;
@@ -14,36 +13,6 @@ const HALF_MIN_PREFIX: usize = 30;
 const NATIVE_MIN_COSINE: f64 = 0.999;
 /// Native GGUF blocks: leading greedy tokens that must agree.
 const NATIVE_MIN_PREFIX: usize = 28;
-
-fn shared() -> PathBuf {
-    std::env::var_os("CLOCHER_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared"))
-}
-
-/// (GGUF file, HF folder), fetched once by the shared script into models/.cache (git-ignored).
-fn smollm2() -> &'static (PathBuf, PathBuf) {
-    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    PATHS.get_or_init(|| {
-        let dest = root().join("models/.cache/smollm2");
-        let out = std::process::Command::new("bash")
-            .arg(shared().join("tools/fetch-smollm2.sh"))
-            .arg(&dest)
-            .output()
-            .expect("running fetch-smollm2.sh");
-        assert!(
-            out.status.success(),
-            "fetch-smollm2.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<&str> = stdout.lines().collect();
-        let [gguf, hf] = lines[lines.len() - 2..] else {
-            panic!("fetch-smollm2.sh printed {stdout}")
-        };
-        (PathBuf::from(gguf), PathBuf::from(hf))
-    })
-}
 
 fn work_dir(name: &str) -> PathBuf {
     let d = e2e_target().join("smollm2").join(name);

@@ -441,7 +441,36 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
     })
 }
 
-/// Builds a Hugging Face `tokenizer.json` from the GGUF tokenizer metadata (gpt2-style BPE).
+/// BPE merges for a SentencePiece vocabulary, as transformers derives them: every split of a
+/// piece into two pieces of the vocabulary is a merge, ranked by the whole piece's score (ties
+/// in vocabulary order).
+fn spm_merges(tokens: &[&str], scores: &[f64]) -> Vec<[String; 2]> {
+    let ids: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let mut merges: Vec<(f64, [String; 2])> = Vec::new();
+    for (piece, &score) in tokens.iter().zip(scores) {
+        let mut local: Vec<(usize, usize, &str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(i, _)| {
+                let (l, r) = piece.split_at(i);
+                Some((*ids.get(l)?, *ids.get(r)?, l, r))
+            })
+            .collect();
+        local.sort_by_key(|m| (m.0, m.1));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(_, _, l, r)| (score, [l.to_string(), r.to_string()])),
+        );
+    }
+    // Stable: equal scores keep the vocabulary order.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    merges.into_iter().map(|m| m.1).collect()
+}
+
+/// Builds a Hugging Face `tokenizer.json` from the GGUF tokenizer metadata: `gpt2` (byte-level
+/// BPE) or `llama` (SentencePiece BPE with byte fallback).
 fn tokenizer(
     path: &Path,
     md: &BTreeMap<String, Value>,
@@ -451,10 +480,10 @@ fn tokenizer(
     let model = get("tokenizer.ggml.model")
         .and_then(Value::as_str)
         .unwrap_or("<none>");
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(input(
             path,
-            format!("tokenizer model {model} is not supported yet (gpt2 byte-level BPE only)"),
+            format!("tokenizer model {model} is not supported (gpt2 byte-level BPE and llama SentencePiece are)"),
         ));
     }
     let tokens: Vec<&str> = tokens
@@ -475,9 +504,10 @@ fn tokenizer(
     let id = |k: &str| get(k).and_then(Value::as_u64).map(|v| v as u32);
     let bos = id("tokenizer.ggml.bos_token_id");
     let eos = id("tokenizer.ggml.eos_token_id");
+    // llama.cpp adds BOS by default for SentencePiece vocabularies.
     let add_bos = get("tokenizer.ggml.add_bos_token")
         .and_then(Value::as_bool)
-        .unwrap_or(false);
+        .unwrap_or(model == "llama");
     let tok_str = |i: Option<u32>| {
         i.and_then(|i| tokens.get(i as usize))
             .map(|s| s.to_string())
@@ -498,29 +528,65 @@ fn tokenizer(
                    "normalized": *t == 4, "special": *t == 3})
         })
         .collect();
-    let post = match (add_bos, tok_str(bos)) {
-        (true, Some(b)) => json!({
+    let bos_template = tok_str(bos).filter(|_| add_bos).map(|b| {
+        json!({
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
             "pair": [{"SpecialToken": {"id": b, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                      {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {b.clone(): {"id": b, "ids": [bos], "tokens": [b]}}
-        }),
-        _ => {
+        })
+    });
+    let tj = if model == "gpt2" {
+        let post = bos_template.unwrap_or_else(|| {
             json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true})
+        });
+        json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": post,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges}
+        })
+    } else {
+        // SentencePiece BPE as transformers' LlamaTokenizerFast expresses it: spaces become "▁"
+        // (with a dummy prefix), unknown characters fall back to <0xXX> byte tokens, and the
+        // merges are derived from the vocabulary ranked by piece score.
+        let scores: Vec<f64> = get("tokenizer.ggml.scores")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
+            .ok_or_else(|| input(path, "missing tokenizer.ggml.scores for a llama tokenizer"))?;
+        if scores.len() != tokens.len() {
+            return Err(input(path, format!("{} token scores for {} tokens", scores.len(), tokens.len())));
         }
-    };
-    let tj = json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": merges}
-    })
+        let prefix = get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(true);
+        let unk = id("tokenizer.ggml.unknown_token_id").and_then(|i| tok_str(Some(i)));
+        let mut normalizers = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+        let mut decoders = vec![
+            json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+            json!({"type": "ByteFallback"}),
+            json!({"type": "Fuse"}),
+        ];
+        if prefix {
+            normalizers.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": normalizers},
+            "pre_tokenizer": null,
+            "post_processor": bos_template,
+            "decoder": {"type": "Sequence", "decoders": decoders},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                      "vocab": vocab, "merges": spm_merges(&tokens, &scores)}
+        })
+    }
     .to_string();
     tokenizers::Tokenizer::from_bytes(tj.as_bytes())
         .map_err(|e| input(path, format!("unreadable tokenizer metadata: {e}")))?;
