@@ -2,7 +2,7 @@
 //! IEBIN model (its folder or its `model.ie.json`).
 
 use crate::error::{input, io, Result};
-use crate::source::gguf;
+use crate::source::{gguf, GgmlType};
 use clocher_engine::format::{self, ModelMeta};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -123,7 +123,9 @@ fn inspect_gguf(path: &Path) -> Result<String> {
         let numel = t.dims.iter().product::<u64>();
         params += numel;
         let name = gguf::type_name(t.type_id);
-        let bytes = gguf::type_size(t.type_id).map_or(0, |(be, bb)| numel / be as u64 * bb as u64);
+        let bytes = GgmlType::from_id(t.type_id)
+            .and_then(|ty| ty.nbytes(numel as usize))
+            .unwrap_or(0) as u64;
         let e = formats.entry(name).or_default();
         e.0 += 1;
         e.1 += bytes;

@@ -611,11 +611,6 @@ impl GgmlType {
             .then(|| numel / self.block_elems() * self.block_bytes())
     }
 
-    /// True for the float types (one element per block).
-    pub fn is_float(self) -> bool {
-        self.block_elems() == 1
-    }
-
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         use std::mem::size_of;

@@ -189,11 +189,6 @@ pub fn type_name(id: u32) -> String {
         .map_or_else(|| format!("type{id}"), |(_, n)| n.to_string())
 }
 
-/// (elements, bytes) per block of a type this release reads.
-pub fn type_size(id: u32) -> Option<(usize, usize)> {
-    GgmlType::from_id(id).map(|t| (t.block_elems(), t.block_bytes()))
-}
-
 fn src_type(id: u32) -> std::result::Result<GgmlType, String> {
     GgmlType::from_id(id).ok_or_else(|| match type_name(id) {
         n if n.starts_with("type") => format!("unknown tensor type id {id}"),
