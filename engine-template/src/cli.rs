@@ -4,7 +4,7 @@ use crate::error::{EngineError, Result};
 use crate::model::CausalLm;
 use crate::pool::Pool;
 use crate::runtime::{metrics, sampler, text, weights, BakedInfo};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,12 +12,48 @@ use std::time::Instant;
 #[derive(Debug, Parser)]
 #[command(
     about = "Generate text with the one model this binary was built for",
-    version
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Args,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does: the text is cut
+    /// into chunks of --ctx tokens and each chunk is scored on its second half.
+    Perplexity(PerplexityArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PerplexityArgs {
+    /// Text file to score.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many chunks (default: every whole chunk of the text).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Threads for the kernels (default: IE_THREADS, else all cores).
+    #[arg(long, env = "IE_THREADS")]
+    pub threads: Option<usize>,
+    /// Folder holding model.ie.bin (default: IE_MODEL_DIR, else the folder it was packed to).
+    #[arg(long, env = "IE_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Text to continue (or, with --chat, the user's message).
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required = true)]
+    pub prompt: Option<String>,
     /// Most tokens to generate; generation also stops at an end-of-sequence token.
     #[arg(long, default_value_t = 128)]
     pub max_new: usize,
@@ -53,8 +89,12 @@ pub struct Args {
 /// Entry point of a generated binary.
 pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     let start = Instant::now();
-    let args = Args::parse();
-    match run::<M>(info, offsets, &args, start) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Some(Command::Perplexity(a)) => perplexity::<M>(info, offsets, a, start),
+        None => run::<M>(info, offsets, &cli.run, start),
+    };
+    match result {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -72,12 +112,7 @@ pub fn run<M: CausalLm>(
     args: &Args,
     start: Instant,
 ) -> Result<String> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        return Err(EngineError::Usage("--threads must be at least 1".into()));
-    }
+    let threads = threads(args.threads)?;
     let ctx = args.ctx.unwrap_or(M::CONTEXT);
     if ctx == 0 || ctx > M::CONTEXT {
         return Err(EngineError::Usage(format!(
@@ -85,16 +120,15 @@ pub fn run<M: CausalLm>(
             M::CONTEXT
         )));
     }
-    let blob = weights::load(info, args.model_dir.as_deref())?;
-    let model = M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?;
-    let tok = text::load_tokenizer(info.tokenizer_json)?;
+    let (model, tok) = load::<M>(info, offsets, args.model_dir.as_deref())?;
+    let prompt = args.prompt.clone().unwrap_or_default();
     let prompt = if args.chat {
         let tmpl = info
             .chat_template
             .ok_or_else(|| EngineError::ChatTemplate("this model has no chat template".into()))?;
-        text::render_chat(tmpl, &args.prompt, info.bos_token, info.eos_token)?
+        text::render_chat(tmpl, &prompt, info.bos_token, info.eos_token)?
     } else {
-        args.prompt.clone()
+        prompt
     };
     let ids = text::encode(&tok, &prompt)?;
     if ids.is_empty() {
@@ -165,6 +199,99 @@ pub fn run<M: CausalLm>(
         "prefill_tps": ids.len() as f64 / prefill.as_secs_f64(),
         "rss_peak_mb": metrics::rss_peak_mb(),
         "load_time_ms": load_time.as_secs_f64() * 1e3,
+    });
+    Ok(line.to_string())
+}
+
+fn threads(arg: Option<usize>) -> Result<usize> {
+    match arg.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())) {
+        0 => Err(EngineError::Usage("--threads must be at least 1".into())),
+        n => Ok(n),
+    }
+}
+
+/// Maps and checks the weights, binds the model, and loads the tokenizer.
+fn load<M: CausalLm>(
+    info: &BakedInfo,
+    offsets: &M::Offsets,
+    model_dir: Option<&std::path::Path>,
+) -> Result<(M, tokenizers::Tokenizer)> {
+    let blob = weights::load(info, model_dir)?;
+    let model = M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?;
+    Ok((model, text::load_tokenizer(info.tokenizer_json)?))
+}
+
+/// `ln Σ exp(x)`, in f64 with the maximum factored out.
+fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + x.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln()
+}
+
+/// llama-perplexity's method: whole chunks of `ctx` tokens, each evaluated from an empty cache
+/// (its first token replaced by BOS when the model adds one), scored on positions
+/// `ctx/2 .. ctx-1` by the negative log-likelihood of the next token.
+pub fn perplexity<M: CausalLm>(
+    info: &BakedInfo,
+    offsets: &M::Offsets,
+    a: &PerplexityArgs,
+    start: Instant,
+) -> Result<String> {
+    let threads = threads(a.threads)?;
+    if a.ctx < 2 || a.ctx > M::CONTEXT {
+        return Err(EngineError::Usage(format!(
+            "--ctx must be between 2 and {}",
+            M::CONTEXT
+        )));
+    }
+    let text = std::fs::read_to_string(&a.file).map_err(|source| EngineError::Input {
+        path: a.file.clone(),
+        source,
+    })?;
+    let (model, tok) = load::<M>(info, offsets, a.model_dir.as_deref())?;
+    let ids = text::encode(&tok, &text)?;
+    let chunks = (ids.len() / a.ctx).min(a.chunks.unwrap_or(usize::MAX));
+    if chunks == 0 {
+        return Err(EngineError::Prompt(format!(
+            "{} is {} tokens, shorter than one chunk of {}",
+            a.file.display(),
+            ids.len(),
+            a.ctx
+        )));
+    }
+    let pool = Pool::new(threads);
+    let mut state = model.new_state(a.ctx);
+    let first = a.ctx / 2;
+    let (mut nll, mut scored) = (0.0f64, 0usize);
+    let t0 = Instant::now();
+    for c in 0..chunks {
+        let chunk = &ids[c * a.ctx..(c + 1) * a.ctx];
+        for j in 0..a.ctx - 1 {
+            let input = match info.bos_token_id {
+                Some(bos) if j == 0 && info.add_bos => bos,
+                _ => chunk[j],
+            };
+            if let Some(logits) = model.step(&mut state, &pool, input, j, j >= first) {
+                nll += log_sum_exp(logits) - logits[chunk[j + 1] as usize] as f64;
+                scored += 1;
+            }
+        }
+        eprintln!(
+            "perplexity: chunk {}/{chunks}: {:.4}",
+            c + 1,
+            (nll / scored as f64).exp()
+        );
+    }
+    let line = serde_json::json!({
+        "model": info.name,
+        "precision": info.precision,
+        "ppl": (nll / scored as f64).exp(),
+        "tokens": ids.len(),
+        "scored_tokens": scored,
+        "ctx": a.ctx,
+        "chunks": chunks,
+        "threads": threads,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "load_time_ms": (t0 - start).as_secs_f64() * 1e3,
     });
     Ok(line.to_string())
 }

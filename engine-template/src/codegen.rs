@@ -278,6 +278,11 @@ pub fn generate(
         opt_str(&t.eos_token),
     );
     let eos_ids = &t.eos_token_ids;
+    let bos_id = match t.bos_token_id {
+        Some(id) => quote!(Some(#id)),
+        None => quote!(None),
+    };
+    let add_bos = t.add_bos;
     let Paths {
         meta_json,
         model_dir,
@@ -352,6 +357,8 @@ pub fn generate(
                 tokenizer_json: TOKENIZER,
                 chat_template: #chat,
                 bos_token: #bos,
+                bos_token_id: #bos_id,
+                add_bos: #add_bos,
                 eos_token: #eos,
                 eos_token_ids: &[#(#eos_ids),*],
                 rms_norm_eps: #eps,

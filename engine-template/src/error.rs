@@ -18,6 +18,12 @@ pub enum EngineError {
     ChatTemplate(String),
     #[error("tokenizing prompt: {0}")]
     Prompt(String),
+    #[error("reading {path}: {source}")]
+    Input {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("writing {path}: {source}")]
     Output {
         path: PathBuf,

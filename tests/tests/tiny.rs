@@ -227,3 +227,74 @@ fn tiny_embedded_weights_run_as_a_lone_file() {
     let v = run_json(&lone.join("tiny"), &["--prompt", PROMPT, "--max-new", "6"]);
     assert_eq!(token_ids(&v), model.greedy(&PROMPT_IDS, 6, |x| x));
 }
+
+#[test]
+fn tiny_perplexity_matches_f64_oracle() {
+    let work = tempfile::tempdir().unwrap();
+    let model = TinyLlama::new(false, 4);
+    let hf = work.path().join("hf");
+    model.write_hf(&hf, "F32");
+    let crate_dir = pack_ok(&hf, work.path(), "tiny-ppl", &[]);
+    let bin = build_crate(&crate_dir, "tiny-ppl");
+    // 70 tokens: 4 whole chunks of 16, the rest unused, as llama-perplexity does.
+    let ids: Vec<u32> = (0..70u32).map(|i| 2 + (i * 7 + i * i) % 62).collect();
+    let text: Vec<String> = ids.iter().map(|i| format!("t{i}")).collect();
+    let file = work.path().join("text.txt");
+    std::fs::write(&file, text.join(" ")).unwrap();
+    let v = run_json(
+        &bin,
+        &[
+            "perplexity",
+            "--file",
+            file.to_str().unwrap(),
+            "--ctx",
+            "16",
+            "--threads",
+            "2",
+        ],
+    );
+    assert_eq!(
+        (
+            v["chunks"].as_u64(),
+            v["tokens"].as_u64(),
+            v["scored_tokens"].as_u64()
+        ),
+        (Some(4), Some(70), Some(28))
+    );
+
+    // Oracle: each chunk from an empty cache, positions 8..15 predicting the next token.
+    let (mut nll, mut n) = (0.0f64, 0);
+    for c in 0..4 {
+        let chunk = &ids[c * 16..(c + 1) * 16];
+        for j in 8..15 {
+            let l = model.logits(&chunk[..=j], |x| x);
+            let max = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + l.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            nll += lse - l[chunk[j + 1] as usize];
+            n += 1;
+        }
+    }
+    let want = (nll / n as f64).exp();
+    let got = v["ppl"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() <= 1e-4 * want,
+        "perplexity {got}, f64 oracle {want}"
+    );
+
+    // A text shorter than one chunk is an error, not a NaN.
+    std::fs::write(&file, "t5 t6").unwrap();
+    let out = run(
+        &bin,
+        &[
+            "perplexity",
+            "--file",
+            file.to_str().unwrap(),
+            "--ctx",
+            "16",
+        ],
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("shorter than one chunk")
+    );
+}

@@ -20,6 +20,9 @@ pub struct BakedInfo {
     pub tokenizer_json: &'static [u8],
     pub chat_template: Option<&'static str>,
     pub bos_token: Option<&'static str>,
+    pub bos_token_id: Option<u32>,
+    /// Whether the tokenizer starts a text with BOS (perplexity then starts each chunk with it).
+    pub add_bos: bool,
     pub eos_token: Option<&'static str>,
     pub eos_token_ids: &'static [u32],
     pub rms_norm_eps: f32,
