@@ -2,7 +2,7 @@
 //! against an f64 forward pass (untied head, GQA, two shards, fp32 and bf16).
 
 use clocher_e2e::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const PROMPT: &str = "t5 t9 t13 t2 t40";
 const PROMPT_IDS: [u32; 5] = [5, 9, 13, 2, 40];
@@ -70,13 +70,27 @@ fn check_against_oracle(
     }
 }
 
+/// A tiny model written as a Hugging Face folder (`dtype` "F32" or "BF16"), packed with
+/// `extra` flags and built: (work dir, model, crate dir, binary).
+fn build_tiny(
+    tied: bool,
+    seed: u64,
+    dtype: &str,
+    name: &str,
+    extra: &[&str],
+) -> (tempfile::TempDir, TinyLlama, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let model = TinyLlama::new(tied, seed);
+    let hf = work.path().join("hf");
+    model.write_hf(&hf, dtype);
+    let crate_dir = pack_ok(&hf, work.path(), name, extra);
+    let bin = build_crate(&crate_dir, name);
+    (work, model, crate_dir, bin)
+}
+
 #[test]
 fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
-    let work = tempfile::tempdir().unwrap();
-    let model = TinyLlama::new(false, 1);
-    let hf = work.path().join("hf");
-    model.write_hf(&hf, "F32");
-    let crate_dir = pack_ok(&hf, work.path(), "tiny-fp32", &[]);
+    let (work, model, crate_dir, bin) = build_tiny(false, 1, "F32", "tiny-fp32", &[]);
     let main_rs = std::fs::read_to_string(crate_dir.join("src/main.rs")).unwrap();
     assert!(main_rs.starts_with("// @generated"), "{main_rs}");
     let meta: serde_json::Value = serde_json::from_str(
@@ -95,7 +109,6 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
     .unwrap();
     assert_eq!(vocab["5"], "t5");
 
-    let bin = build_crate(&crate_dir, "tiny-fp32");
     check_against_oracle(&model, &bin, work.path(), |v| v, FP32_LOGIT_TOL);
 
     // Threads change the schedule, not the result.
@@ -198,13 +211,8 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
 
 #[test]
 fn tiny_bf16_tied_matches_f64_oracle() {
-    let work = tempfile::tempdir().unwrap();
-    let model = TinyLlama::new(true, 2);
-    let hf = work.path().join("hf");
-    model.write_hf(&hf, "BF16");
     // The source is bf16, so that is the default precision.
-    let crate_dir = pack_ok(&hf, work.path(), "tiny-bf16", &[]);
-    let bin = build_crate(&crate_dir, "tiny-bf16");
+    let (work, model, _, bin) = build_tiny(true, 2, "BF16", "tiny-bf16", &[]);
     let v = run_json(&bin, &["--prompt", PROMPT, "--max-new", "1"]);
     assert_eq!(v["precision"], "bf16");
     check_against_oracle(&model, &bin, work.path(), bf16_round, BF16_LOGIT_TOL);
@@ -212,12 +220,8 @@ fn tiny_bf16_tied_matches_f64_oracle() {
 
 #[test]
 fn tiny_embedded_weights_run_as_a_lone_file() {
-    let work = tempfile::tempdir().unwrap();
-    let model = TinyLlama::new(false, 3);
+    let (work, model, _, bin) = build_tiny(false, 3, "F32", "tiny-embed", &["--embed-weights"]);
     let hf = work.path().join("hf");
-    model.write_hf(&hf, "F32");
-    let crate_dir = pack_ok(&hf, work.path(), "tiny-embed", &["--embed-weights"]);
-    let bin = build_crate(&crate_dir, "tiny-embed");
     // Copy the binary alone somewhere else and delete the packed model.
     let lone = work.path().join("elsewhere");
     std::fs::create_dir(&lone).unwrap();
@@ -230,12 +234,7 @@ fn tiny_embedded_weights_run_as_a_lone_file() {
 
 #[test]
 fn tiny_perplexity_matches_f64_oracle() {
-    let work = tempfile::tempdir().unwrap();
-    let model = TinyLlama::new(false, 4);
-    let hf = work.path().join("hf");
-    model.write_hf(&hf, "F32");
-    let crate_dir = pack_ok(&hf, work.path(), "tiny-ppl", &[]);
-    let bin = build_crate(&crate_dir, "tiny-ppl");
+    let (work, model, _, bin) = build_tiny(false, 4, "F32", "tiny-ppl", &[]);
     // 70 tokens: 4 whole chunks of 16, the rest unused, as llama-perplexity does.
     let ids: Vec<u32> = (0..70u32).map(|i| 2 + (i * 7 + i * i) % 62).collect();
     let text: Vec<String> = ids.iter().map(|i| format!("t{i}")).collect();
