@@ -47,6 +47,9 @@ pub struct PerplexityArgs {
     /// Folder holding model.ie.bin (default: IE_MODEL_DIR, else the folder it was packed to).
     #[arg(long, env = "IE_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    /// Expected precision: a check only, the binary runs the one it was built with.
+    #[arg(long, env = "IE_PRECISION")]
+    pub precision: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,12 +87,26 @@ pub struct Args {
     /// Context length in tokens (default: the model's maximum).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Expected precision: a check only, the binary runs the one it was built with.
+    #[arg(long, env = "IE_PRECISION")]
+    pub precision: Option<String>,
 }
 
 /// Entry point of a generated binary.
 pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
+    let asked = match &cli.command {
+        Some(Command::Perplexity(a)) => a.precision.as_deref(),
+        None => cli.run.precision.as_deref(),
+    };
+    if let Some(p) = asked.filter(|p| *p != info.precision) {
+        eprintln!(
+            "error: precision {p} was asked for (--precision / IE_PRECISION), but this binary was built for {}",
+            info.precision
+        );
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Some(Command::Perplexity(a)) => perplexity::<M>(info, offsets, a, start),
         None => run::<M>(info, offsets, &cli.run, start),

@@ -160,6 +160,18 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
     );
     assert!(out.stdout.is_empty());
 
+    // --precision / IE_PRECISION is a check of the baked precision.
+    run_json(
+        &bin,
+        &["--prompt", PROMPT, "--max-new", "1", "--precision", "fp32"],
+    );
+    let out = run(&bin, &["--prompt", PROMPT, "--precision", "bf16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bf16") && err.contains("built for fp32"),
+        "{err}"
+    );
+
     // Works from any working directory.
     let out = std::process::Command::new(&bin)
         .args(["--prompt", PROMPT, "--max-new", "2"])
