@@ -160,71 +160,91 @@ unsafe fn block_fma(q: [__m256; 4], xp: *const f32, a: f32, c: f32, acc: __m256)
     _mm256_fmadd_ps(_mm256_set1_ps(c), xs, acc)
 }
 
-/// Q4_0 · f32. Nibbles are unpacked to floats in registers; the 4-bit weights are the only
-/// bytes streamed from memory.
+/// A 32-weight block that decodes to its quants (4 x 8 floats in element order) and the
+/// `(a, c)` of [`block_fma`]. A trait with `#[inline(always)]` methods, not a closure, so the
+/// decoding inlines into the `target_feature` callers (a closure here cost Q5_0 half its speed).
+trait QkBlock {
+    unsafe fn decode(&self) -> ([__m256; 4], f32, f32);
+}
+
+/// The row loop shared by the 32-weight block formats; the sum stays in one vector register
+/// until the end of the row.
+#[inline(always)]
+unsafe fn gemv_qk_avx2<B: QkBlock>(name: &str, w: &[B], x: &[f32], y: &mut [f32]) {
+    let nb = blocks_per_row(name, w.len(), x.len(), y.len());
+    for (r, yr) in y.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
+            let (q, a, c) = blk.decode();
+            acc = block_fma(q, x.as_ptr().add(i * QK), a, c, acc);
+        }
+        *yr = hsum_ps(acc);
+    }
+}
+
+/// 16 bytes of nibbles as 4 x 8 floats in element order (low nibbles first).
+#[inline(always)]
+unsafe fn q4_quants(qs: &[u8; 16]) -> [__m256; 4] {
+    let (lo, hi) = unpack_nibbles(qs.as_ptr());
+    let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
+    [q0, q1, q2, q3]
+}
+
+/// Q4_0 · f32: value = `d * (q - 8)`. Nibbles are unpacked to floats in registers; the 4-bit
+/// weights are the only bytes streamed from memory.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q4_0_avx2(w: &[b::BlockQ4_0], x: &[f32], y: &mut [f32]) {
-    let nb = blocks_per_row("gemv_q4_0_avx2", w.len(), x.len(), y.len());
-    for (r, yr) in y.iter_mut().enumerate() {
-        let mut acc = _mm256_setzero_ps();
-        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
-            let (lo, hi) = unpack_nibbles(blk.qs.as_ptr());
-            let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
-            let d = f16_to_f32(blk.d);
-            acc = block_fma([q0, q1, q2, q3], x.as_ptr().add(i * QK), d, -8.0 * d, acc);
-        }
-        *yr = hsum_ps(acc);
+    gemv_qk_avx2("gemv_q4_0_avx2", w, x, y)
+}
+
+impl QkBlock for b::BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn decode(&self) -> ([__m256; 4], f32, f32) {
+        let d = f16_to_f32(self.d);
+        (q4_quants(&self.qs), d, -8.0 * d)
     }
 }
 
-/// Q4_1 · f32, shaped like [`gemv_q4_0_avx2`] with the block minimum `m` as the offset.
+/// Q4_1 · f32: value = `d * q + m`.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q4_1_avx2(w: &[b::BlockQ4_1], x: &[f32], y: &mut [f32]) {
-    let nb = blocks_per_row("gemv_q4_1_avx2", w.len(), x.len(), y.len());
-    for (r, yr) in y.iter_mut().enumerate() {
-        let mut acc = _mm256_setzero_ps();
-        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
-            let (lo, hi) = unpack_nibbles(blk.qs.as_ptr());
-            let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
-            acc = block_fma(
-                [q0, q1, q2, q3],
-                x.as_ptr().add(i * QK),
-                f16_to_f32(blk.d),
-                f16_to_f32(blk.m),
-                acc,
-            );
-        }
-        *yr = hsum_ps(acc);
+    gemv_qk_avx2("gemv_q4_1_avx2", w, x, y)
+}
+
+impl QkBlock for b::BlockQ4_1 {
+    #[inline(always)]
+    unsafe fn decode(&self) -> ([__m256; 4], f32, f32) {
+        (q4_quants(&self.qs), f16_to_f32(self.d), f16_to_f32(self.m))
     }
 }
 
-/// Q8_0 · f32: signed bytes widened to floats in registers.
+/// Q8_0 · f32: value = `d * q`, signed bytes widened to floats in registers.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q8_0_avx2(w: &[b::BlockQ8_0], x: &[f32], y: &mut [f32]) {
-    let nb = blocks_per_row("gemv_q8_0_avx2", w.len(), x.len(), y.len());
-    for (r, yr) in y.iter_mut().enumerate() {
-        let mut acc = _mm256_setzero_ps();
-        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
-            let p = blk.qs.as_ptr() as *const __m128i;
-            let (a, c) = (_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
-            let q = [
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a)),
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8))),
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)),
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))),
-            ];
-            acc = block_fma(q, x.as_ptr().add(i * QK), f16_to_f32(blk.d), 0.0, acc);
-        }
-        *yr = hsum_ps(acc);
+    gemv_qk_avx2("gemv_q8_0_avx2", w, x, y)
+}
+
+impl QkBlock for b::BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn decode(&self) -> ([__m256; 4], f32, f32) {
+        let p = self.qs.as_ptr() as *const __m128i;
+        let (a, c) = (_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+        let q = [
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a)),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8))),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))),
+        ];
+        (q, f16_to_f32(self.d), 0.0)
     }
 }
 
@@ -232,8 +252,7 @@ pub unsafe fn gemv_q8_0_avx2(w: &[b::BlockQ8_0], x: &[f32], y: &mut [f32]) {
 /// plus 16 where bit `e` of `qh` is set for element `e`.
 #[inline(always)]
 unsafe fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> [__m256; 4] {
-    let (lo, hi) = unpack_nibbles(qs.as_ptr());
-    let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
+    let [q0, q1, q2, q3] = q4_quants(qs);
     let qh = u32::from_le_bytes(qh) as i32;
     let shifts = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let one = _mm256_set1_epi32(1);
@@ -260,20 +279,14 @@ unsafe fn q5_quants(qs: &[u8; 16], qh: [u8; 4]) -> [__m256; 4] {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q5_0_avx2(w: &[b::BlockQ5_0], x: &[f32], y: &mut [f32]) {
-    let nb = blocks_per_row("gemv_q5_0_avx2", w.len(), x.len(), y.len());
-    for (r, yr) in y.iter_mut().enumerate() {
-        let mut acc = _mm256_setzero_ps();
-        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
-            let d = f16_to_f32(blk.d);
-            acc = block_fma(
-                q5_quants(&blk.qs, blk.qh),
-                x.as_ptr().add(i * QK),
-                d,
-                -16.0 * d,
-                acc,
-            );
-        }
-        *yr = hsum_ps(acc);
+    gemv_qk_avx2("gemv_q5_0_avx2", w, x, y)
+}
+
+impl QkBlock for b::BlockQ5_0 {
+    #[inline(always)]
+    unsafe fn decode(&self) -> ([__m256; 4], f32, f32) {
+        let d = f16_to_f32(self.d);
+        (q5_quants(&self.qs, self.qh), d, -16.0 * d)
     }
 }
 
@@ -283,19 +296,16 @@ pub unsafe fn gemv_q5_0_avx2(w: &[b::BlockQ5_0], x: &[f32], y: &mut [f32]) {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q5_1_avx2(w: &[b::BlockQ5_1], x: &[f32], y: &mut [f32]) {
-    let nb = blocks_per_row("gemv_q5_1_avx2", w.len(), x.len(), y.len());
-    for (r, yr) in y.iter_mut().enumerate() {
-        let mut acc = _mm256_setzero_ps();
-        for (i, blk) in w[r * nb..(r + 1) * nb].iter().enumerate() {
-            let q = q5_quants(&blk.qs, blk.qh);
-            acc = block_fma(
-                q,
-                x.as_ptr().add(i * QK),
-                f16_to_f32(blk.d),
-                f16_to_f32(blk.m),
-                acc,
-            );
-        }
-        *yr = hsum_ps(acc);
+    gemv_qk_avx2("gemv_q5_1_avx2", w, x, y)
+}
+
+impl QkBlock for b::BlockQ5_1 {
+    #[inline(always)]
+    unsafe fn decode(&self) -> ([__m256; 4], f32, f32) {
+        (
+            q5_quants(&self.qs, self.qh),
+            f16_to_f32(self.d),
+            f16_to_f32(self.m),
+        )
     }
 }
