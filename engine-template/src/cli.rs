@@ -30,17 +30,9 @@ pub enum Command {
     Perplexity(PerplexityArgs),
 }
 
+/// Options of both generation and perplexity.
 #[derive(Debug, clap::Args)]
-pub struct PerplexityArgs {
-    /// Text file to score.
-    #[arg(long)]
-    pub file: PathBuf,
-    /// Tokens per chunk.
-    #[arg(long, default_value_t = 512)]
-    pub ctx: usize,
-    /// Score at most this many chunks (default: every whole chunk of the text).
-    #[arg(long)]
-    pub chunks: Option<usize>,
+pub struct CommonArgs {
     /// Threads for the kernels (default: IE_THREADS, else all cores).
     #[arg(long, env = "IE_THREADS")]
     pub threads: Option<usize>,
@@ -53,16 +45,30 @@ pub struct PerplexityArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Text file to score.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many chunks (default: every whole chunk of the text).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Text to continue (or, with --chat, the user's message).
     #[arg(long, required = true)]
     pub prompt: Option<String>,
     /// Most tokens to generate; generation also stops at an end-of-sequence token.
     #[arg(long, default_value_t = 128)]
     pub max_new: usize,
-    /// Threads for the kernels (default: IE_THREADS, else all cores).
-    #[arg(long, env = "IE_THREADS")]
-    pub threads: Option<usize>,
     /// Render the prompt as one user turn with the model's chat template.
     #[arg(long)]
     pub chat: bool,
@@ -81,26 +87,20 @@ pub struct Args {
     /// Write the last prompt position's logits here, as little-endian f32.
     #[arg(long)]
     pub dump_logits: Option<PathBuf>,
-    /// Folder holding model.ie.bin (default: IE_MODEL_DIR, else the folder it was packed to).
-    #[arg(long, env = "IE_MODEL_DIR")]
-    pub model_dir: Option<PathBuf>,
     /// Context length in tokens (default: the model's maximum).
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// Expected precision: a check only, the binary runs the one it was built with.
-    #[arg(long, env = "IE_PRECISION")]
-    pub precision: Option<String>,
 }
 
 /// Entry point of a generated binary.
 pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
-    let asked = match &cli.command {
-        Some(Command::Perplexity(a)) => a.precision.as_deref(),
-        None => cli.run.precision.as_deref(),
+    let common = match &cli.command {
+        Some(Command::Perplexity(a)) => &a.common,
+        None => &cli.run.common,
     };
-    if let Some(p) = asked.filter(|p| *p != info.precision) {
+    if let Some(p) = common.precision.as_deref().filter(|p| *p != info.precision) {
         eprintln!(
             "error: precision {p} was asked for (--precision / IE_PRECISION), but this binary was built for {}",
             info.precision
@@ -129,7 +129,7 @@ pub fn run<M: CausalLm>(
     args: &Args,
     start: Instant,
 ) -> Result<String> {
-    let threads = threads(args.threads)?;
+    let threads = threads(args.common.threads)?;
     let ctx = args.ctx.unwrap_or(M::CONTEXT);
     if ctx == 0 || ctx > M::CONTEXT {
         return Err(EngineError::Usage(format!(
@@ -137,7 +137,7 @@ pub fn run<M: CausalLm>(
             M::CONTEXT
         )));
     }
-    let (model, tok) = load::<M>(info, offsets, args.model_dir.as_deref())?;
+    let (model, tok) = load::<M>(info, offsets, args.common.model_dir.as_deref())?;
     let prompt = args.prompt.clone().unwrap_or_default();
     let prompt = if args.chat {
         let tmpl = info
@@ -253,7 +253,7 @@ pub fn perplexity<M: CausalLm>(
     a: &PerplexityArgs,
     start: Instant,
 ) -> Result<String> {
-    let threads = threads(a.threads)?;
+    let threads = threads(a.common.threads)?;
     if a.ctx < 2 || a.ctx > M::CONTEXT {
         return Err(EngineError::Usage(format!(
             "--ctx must be between 2 and {}",
@@ -264,7 +264,7 @@ pub fn perplexity<M: CausalLm>(
         path: a.file.clone(),
         source,
     })?;
-    let (model, tok) = load::<M>(info, offsets, a.model_dir.as_deref())?;
+    let (model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref())?;
     let ids = text::encode(&tok, &text)?;
     let chunks = (ids.len() / a.ctx).min(a.chunks.unwrap_or(usize::MAX));
     if chunks == 0 {
