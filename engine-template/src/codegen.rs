@@ -104,16 +104,16 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
                 ));
             }
         }
-        let cols = *shape.last().expect("tensors have a shape");
-        if !cols.is_multiple_of(t.dtype.block_elems()) {
+        let need = match t.dtype.nbytes(shape) {
+            Ok(n) => n,
+            Err(e) => return fail(format!("checking tensor {name}: {e}")),
+        };
+        if matches!(t.dtype, Dtype::Int8 | Dtype::Int4 { .. }) && t.quant.is_none() {
             return fail(format!(
-                "checking tensor {name}: rows of {cols} don't divide into {}-element {} blocks",
-                t.dtype.block_elems(),
+                "checking tensor {name}: dtype {} without its quant record",
                 t.dtype.name()
             ));
         }
-        let numel: usize = t.shape.iter().product();
-        let need = t.dtype.nbytes(numel).expect("whole blocks, checked above");
         if t.nbytes != need as u64 {
             return fail(format!(
                 "checking tensor {name}: {} bytes but shape {:?} of {} needs {need}",
@@ -170,10 +170,11 @@ pub fn generate(
     let off = |name: &str| usize_lit(m.tensor(name).expect("validated").offset as usize);
     // The weight type of every tensor, as a path into clocher_engine::dtype.
     let ty = |name: &str| {
-        let id = format_ident!(
-            "{}",
-            dtype::type_name(m.tensor(name).expect("validated").dtype)
-        );
+        let t = m.tensor(name).expect("validated");
+        let cols = *t.shape.last().expect("validated");
+        let id: TokenStream = dtype::type_name(t.dtype, cols)
+            .parse()
+            .expect("type names are Rust paths");
         quote!(::clocher_engine::dtype::#id)
     };
     let dims = quote!(DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM);

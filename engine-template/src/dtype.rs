@@ -2,7 +2,8 @@
 //! forward pass is monomorphized for it and no format dispatch is left at run time.
 
 use crate::format::Dtype;
-use crate::kernels::blocks::{self as b, QK, QK_K};
+use crate::kernels::blocks::{self as b, GgmlType as Gt, QK, QK_K};
+use crate::kernels::int::{self, RowI4, RowI8};
 use crate::kernels::{self, quant, Isa};
 use half::{bf16, f16};
 
@@ -44,9 +45,27 @@ macro_rules! float_weight {
         }
     };
 }
-float_weight!(F32, f32, Dtype::F32, kernels::gemv_f32, |v: f32| v);
-float_weight!(Bf16, bf16, Dtype::BF16, kernels::gemv_bf16, bf16::to_f32);
-float_weight!(F16, f16, Dtype::F16, kernels::gemv_f16, f16::to_f32);
+float_weight!(
+    F32,
+    f32,
+    Dtype::Ggml(Gt::F32),
+    kernels::gemv_f32,
+    |v: f32| v
+);
+float_weight!(
+    Bf16,
+    bf16,
+    Dtype::Ggml(Gt::BF16),
+    kernels::gemv_bf16,
+    bf16::to_f32
+);
+float_weight!(
+    F16,
+    f16,
+    Dtype::Ggml(Gt::F16),
+    kernels::gemv_f16,
+    f16::to_f32
+);
 
 macro_rules! block_weight {
     ($(#[$doc:meta])* $name:ident, $block:ty, $dtype:expr, $elems:expr, $dequant:path, $gemv:path) => {
@@ -67,50 +86,105 @@ macro_rules! block_weight {
     };
 }
 block_weight!(/// GGUF Q4_0.
-    Q4_0, b::BlockQ4_0, Dtype::Q4_0, QK, b::dequant_q4_0_ref, quant::gemv_q4_0);
+    Q4_0, b::BlockQ4_0, Dtype::Ggml(Gt::Q4_0), QK, b::dequant_q4_0_ref, quant::gemv_q4_0);
 block_weight!(/// GGUF Q4_1.
-    Q4_1, b::BlockQ4_1, Dtype::Q4_1, QK, b::dequant_q4_1_ref, quant::gemv_q4_1);
+    Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, b::dequant_q4_1_ref, quant::gemv_q4_1);
 block_weight!(/// GGUF Q5_0.
-    Q5_0, b::BlockQ5_0, Dtype::Q5_0, QK, b::dequant_q5_0_ref, quant::gemv_q5_0);
+    Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, b::dequant_q5_0_ref, quant::gemv_q5_0);
 block_weight!(/// GGUF Q5_1.
-    Q5_1, b::BlockQ5_1, Dtype::Q5_1, QK, b::dequant_q5_1_ref, quant::gemv_q5_1);
+    Q5_1, b::BlockQ5_1, Dtype::Ggml(Gt::Q5_1), QK, b::dequant_q5_1_ref, quant::gemv_q5_1);
 block_weight!(/// GGUF Q8_0.
-    Q8_0, b::BlockQ8_0, Dtype::Q8_0, QK, b::dequant_q8_0_ref, quant::gemv_q8_0);
+    Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, b::dequant_q8_0_ref, quant::gemv_q8_0);
 block_weight!(/// GGUF Q3_K.
-    Q3K, b::BlockQ3K, Dtype::Q3K, QK_K, b::dequant_q3_k_ref, quant::gemv_q3_k);
+    Q3K, b::BlockQ3K, Dtype::Ggml(Gt::Q3K), QK_K, b::dequant_q3_k_ref, quant::gemv_q3_k);
 block_weight!(/// GGUF Q4_K.
-    Q4K, b::BlockQ4K, Dtype::Q4K, QK_K, b::dequant_q4_k_ref, quant::gemv_q4_k);
+    Q4K, b::BlockQ4K, Dtype::Ggml(Gt::Q4K), QK_K, b::dequant_q4_k_ref, quant::gemv_q4_k);
 block_weight!(/// GGUF Q5_K.
-    Q5K, b::BlockQ5K, Dtype::Q5K, QK_K, b::dequant_q5_k_ref, quant::gemv_q5_k);
+    Q5K, b::BlockQ5K, Dtype::Ggml(Gt::Q5K), QK_K, b::dequant_q5_k_ref, quant::gemv_q5_k);
 block_weight!(/// GGUF Q6_K.
-    Q6K, b::BlockQ6K, Dtype::Q6K, QK_K, b::dequant_q6_k_ref, quant::gemv_q6_k);
+    Q6K, b::BlockQ6K, Dtype::Ggml(Gt::Q6K), QK_K, b::dequant_q6_k_ref, quant::gemv_q6_k);
 block_weight!(/// GGUF IQ4_NL.
-    IQ4NL, b::BlockIQ4NL, Dtype::IQ4NL, QK, b::dequant_iq4_nl_ref, quant::gemv_iq4_nl);
+    IQ4NL, b::BlockIQ4NL, Dtype::Ggml(Gt::IQ4NL), QK, b::dequant_iq4_nl_ref, quant::gemv_iq4_nl);
 block_weight!(/// GGUF TQ1_0 (ternary).
-    TQ1_0, b::BlockTQ1_0, Dtype::TQ1_0, QK_K, b::dequant_tq1_0_ref, quant::gemv_tq1_0);
+    TQ1_0, b::BlockTQ1_0, Dtype::Ggml(Gt::TQ1_0), QK_K, b::dequant_tq1_0_ref, quant::gemv_tq1_0);
 block_weight!(/// GGUF TQ2_0 (ternary).
-    TQ2_0, b::BlockTQ2_0, Dtype::TQ2_0, QK_K, b::dequant_tq2_0_ref, quant::gemv_tq2_0);
+    TQ2_0, b::BlockTQ2_0, Dtype::Ggml(Gt::TQ2_0), QK_K, b::dequant_tq2_0_ref, quant::gemv_tq2_0);
 block_weight!(/// OCP MXFP4.
-    MXFP4, b::BlockMXFP4, Dtype::MXFP4, QK, b::dequant_mxfp4_ref, quant::gemv_mxfp4);
+    MXFP4, b::BlockMXFP4, Dtype::Ggml(Gt::MXFP4), QK, b::dequant_mxfp4_ref, quant::gemv_mxfp4);
 
-/// The type name a generated crate uses for `d` (`clocher_engine::dtype::<name>`).
-pub fn type_name(d: Dtype) -> &'static str {
-    match d {
-        Dtype::F32 => "F32",
-        Dtype::F16 => "F16",
-        Dtype::BF16 => "Bf16",
-        Dtype::Q4_0 => "Q4_0",
-        Dtype::Q4_1 => "Q4_1",
-        Dtype::Q5_0 => "Q5_0",
-        Dtype::Q5_1 => "Q5_1",
-        Dtype::Q8_0 => "Q8_0",
-        Dtype::Q3K => "Q3K",
-        Dtype::Q4K => "Q4K",
-        Dtype::Q5K => "Q5K",
-        Dtype::Q6K => "Q6K",
-        Dtype::IQ4NL => "IQ4NL",
-        Dtype::TQ1_0 => "TQ1_0",
-        Dtype::TQ2_0 => "TQ2_0",
-        Dtype::MXFP4 => "MXFP4",
+/// Clocher int8 rows of `K` weights (layout in [`crate::kernels::int`]).
+pub struct Int8<const K: usize>;
+
+impl<const K: usize> WeightType for Int8<K> {
+    type Elem = RowI8<K>;
+    const DTYPE: Dtype = Dtype::Int8;
+    const BLOCK: usize = K;
+    #[inline]
+    fn gemv(isa: Isa, w: &[RowI8<K>], x: &[f32], y: &mut [f32]) {
+        int::gemv_int8(isa, bytemuck::cast_slice(w), x, y)
     }
+    fn to_f32(w: &[RowI8<K>], out: &mut [f32]) {
+        int::dequant_int8_ref(K, bytemuck::cast_slice(w), out)
+    }
+}
+
+/// Clocher int4 rows of `2 * H` weights in `NG` groups of `G` (layout in
+/// [`crate::kernels::int`]). `NG = K / G` and `H = K / 2` travel as their own parameters.
+pub struct Int4<const G: usize, const NG: usize, const H: usize>;
+
+impl<const G: usize, const NG: usize, const H: usize> Int4<G, NG, H> {
+    const CHECK: () = {
+        assert!(
+            NG * G == 2 * H,
+            "Int4<G, NG, H>: NG * G must equal the row length 2 * H"
+        );
+        assert!(
+            G > 0 && G.is_multiple_of(int::INT4_GROUP_MULTIPLE),
+            "Int4: G must be a multiple of 32"
+        );
+    };
+}
+
+impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG, H> {
+    type Elem = RowI4<NG, H>;
+    const DTYPE: Dtype = Dtype::Int4 { group: G };
+    const BLOCK: usize = {
+        let () = Self::CHECK;
+        2 * H
+    };
+    #[inline]
+    fn gemv(isa: Isa, w: &[RowI4<NG, H>], x: &[f32], y: &mut [f32]) {
+        int::gemv_int4(isa, G, bytemuck::cast_slice(w), x, y)
+    }
+    fn to_f32(w: &[RowI4<NG, H>], out: &mut [f32]) {
+        int::dequant_int4_ref(G, 2 * H, bytemuck::cast_slice(w), out)
+    }
+}
+
+/// The type a generated crate uses for `d` in rows of `cols` (`clocher_engine::dtype::<name>`).
+pub fn type_name(d: Dtype, cols: usize) -> String {
+    let d = match d {
+        Dtype::Ggml(t) => t,
+        Dtype::Int8 => return format!("Int8<{cols}>"),
+        Dtype::Int4 { group } => return format!("Int4<{group}, {}, {}>", cols / group, cols / 2),
+    };
+    match d {
+        Gt::F32 => "F32",
+        Gt::F16 => "F16",
+        Gt::BF16 => "Bf16",
+        Gt::Q4_0 => "Q4_0",
+        Gt::Q4_1 => "Q4_1",
+        Gt::Q5_0 => "Q5_0",
+        Gt::Q5_1 => "Q5_1",
+        Gt::Q8_0 => "Q8_0",
+        Gt::Q3K => "Q3K",
+        Gt::Q4K => "Q4K",
+        Gt::Q5K => "Q5K",
+        Gt::Q6K => "Q6K",
+        Gt::IQ4NL => "IQ4NL",
+        Gt::TQ1_0 => "TQ1_0",
+        Gt::TQ2_0 => "TQ2_0",
+        Gt::MXFP4 => "MXFP4",
+    }
+    .to_string()
 }

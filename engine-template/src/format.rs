@@ -16,8 +16,94 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Architectures the packer and runtime support, by their Hugging Face class name.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM"];
 
-/// Element type of a stored tensor: a float type or a GGUF block format.
-pub use crate::kernels::blocks::GgmlType as Dtype;
+use crate::kernels::blocks::GgmlType;
+use crate::kernels::int::{self, Clip, Scheme};
+
+/// Element type of a stored tensor: a float type, a GGUF block format, or one of Clocher's
+/// weight-only integer formats (layouts in [`crate::kernels::int`] and, per model, in
+/// `model.ie.json`'s `layouts`). Written as a lower-case name: `"f32"`, `"q4_1"`, `"int8"`,
+/// `"int4_g32"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Dtype {
+    Ggml(GgmlType),
+    /// Int8 rows: `d: f32, m: f32, qs: [u8; cols]`.
+    Int8,
+    /// Int4 rows with groups of `group` weights.
+    Int4 {
+        group: usize,
+    },
+}
+
+impl Dtype {
+    pub const F32: Dtype = Dtype::Ggml(GgmlType::F32);
+    pub const F16: Dtype = Dtype::Ggml(GgmlType::F16);
+    pub const BF16: Dtype = Dtype::Ggml(GgmlType::BF16);
+
+    pub fn name(self) -> String {
+        match self {
+            Dtype::Ggml(t) => t.name().to_ascii_lowercase(),
+            Dtype::Int8 => "int8".into(),
+            Dtype::Int4 { group } => format!("int4_g{group}"),
+        }
+    }
+
+    /// Bytes of one row of `cols` elements, or why such a row can't be stored.
+    pub fn row_bytes(self, cols: usize) -> Result<usize, String> {
+        match self {
+            Dtype::Ggml(t) => t.nbytes(cols).ok_or_else(|| {
+                format!(
+                    "rows of {cols} don't divide into {}-element {} blocks",
+                    t.block_elems(),
+                    t.name()
+                )
+            }),
+            Dtype::Int8 => Ok(int::int8_row_bytes(cols)),
+            Dtype::Int4 { group } => match int::int4_group_error(cols, group) {
+                Some(e) => Err(e),
+                None => Ok(int::int4_row_bytes(cols, group)),
+            },
+        }
+    }
+
+    /// Bytes of a tensor of `shape` (its last dimension is the row).
+    pub fn nbytes(self, shape: &[usize]) -> Result<usize, String> {
+        let cols = *shape.last().unwrap_or(&1);
+        let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+        Ok(rows * self.row_bytes(cols)?)
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "int8" {
+            return Ok(Dtype::Int8);
+        }
+        if let Some(g) = s.strip_prefix("int4_g") {
+            return g
+                .parse()
+                .map(|group| Dtype::Int4 { group })
+                .map_err(|_| format!("dtype {s:?}: bad group size"));
+        }
+        GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .map(Dtype::Ggml)
+            .ok_or_else(|| format!("unknown dtype {s:?}"))
+    }
+}
+impl TryFrom<String> for Dtype {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+impl From<Dtype> for String {
+    fn from(d: Dtype) -> String {
+        d.name()
+    }
+}
 
 /// Weight precision of a whole model, as the user names it (`--precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,16 +114,20 @@ pub enum Precision {
     Fp16,
     /// Every tensor keeps the format it has in the GGUF file (blocks byte for byte).
     Gguf,
+    /// Weight-only INT8 (per tensor in `TensorEntry::quant`).
+    Int8w,
+    /// Weight-only INT4 for the tensors a `q4_manifest.json` or the default rules pick.
+    Int4w,
 }
 
 impl Precision {
-    /// The dtype of every linear layer and the embedding; `None` for `Gguf` (per tensor).
+    /// The dtype of every linear layer and the embedding; `None` where it is chosen per tensor.
     pub fn dtype(self) -> Option<Dtype> {
         match self {
             Precision::Fp32 => Some(Dtype::F32),
             Precision::Bf16 => Some(Dtype::BF16),
             Precision::Fp16 => Some(Dtype::F16),
-            Precision::Gguf => None,
+            Precision::Gguf | Precision::Int8w | Precision::Int4w => None,
         }
     }
     pub fn name(self) -> &'static str {
@@ -46,6 +136,8 @@ impl Precision {
             Precision::Bf16 => "bf16",
             Precision::Fp16 => "fp16",
             Precision::Gguf => "gguf",
+            Precision::Int8w => "int8w",
+            Precision::Int4w => "int4w",
         }
     }
 }
@@ -78,6 +170,116 @@ pub struct TensorEntry {
     pub nbytes: u64,
     /// Always `"row_major"` in v1.
     pub layout: String,
+    /// How an `int8` / `int4_g*` tensor was quantized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<QuantSpec>,
+}
+
+/// Which weights share a scale: the whole tensor (int8), each row, or groups of N weights
+/// within a row (int4). Written as `"tensor"`, `"row"` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "GroupRepr", into = "GroupRepr")]
+pub enum GroupSize {
+    Tensor,
+    Row,
+    Size(usize),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum GroupRepr {
+    N(usize),
+    S(String),
+}
+impl TryFrom<GroupRepr> for GroupSize {
+    type Error = String;
+    fn try_from(r: GroupRepr) -> Result<Self, String> {
+        match r {
+            GroupRepr::N(n) => Ok(GroupSize::Size(n)),
+            GroupRepr::S(s) => s.parse(),
+        }
+    }
+}
+impl From<GroupSize> for GroupRepr {
+    fn from(g: GroupSize) -> GroupRepr {
+        match g {
+            GroupSize::Tensor => GroupRepr::S("tensor".into()),
+            GroupSize::Row => GroupRepr::S("row".into()),
+            GroupSize::Size(n) => GroupRepr::N(n),
+        }
+    }
+}
+impl std::str::FromStr for GroupSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tensor" => Ok(GroupSize::Tensor),
+            "row" => Ok(GroupSize::Row),
+            _ => s
+                .parse()
+                .map(GroupSize::Size)
+                .map_err(|_| format!("group size {s:?} is not a number, row or tensor")),
+        }
+    }
+}
+
+/// How one tensor is quantized: recorded in `model.ie.json` and in `q4_manifest.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QuantSpec {
+    /// 4 or 8.
+    pub bits: u8,
+    pub group_size: GroupSize,
+    pub scheme: Scheme,
+    pub clip: Clip,
+}
+
+impl QuantSpec {
+    /// The stored dtype for rows of `cols`, or why this spec can't store them.
+    pub fn dtype(&self, cols: usize) -> Result<Dtype, String> {
+        match (self.bits, self.group_size) {
+            (8, GroupSize::Tensor | GroupSize::Row) => Ok(Dtype::Int8),
+            (8, GroupSize::Size(n)) => Err(format!("int8 takes group size row or tensor, not {n}")),
+            (4, GroupSize::Tensor) => Err("int4 takes a group size or row, not tensor".into()),
+            (4, g) => {
+                let group = match g {
+                    GroupSize::Size(n) => n,
+                    _ => cols,
+                };
+                let d = Dtype::Int4 { group };
+                d.row_bytes(cols).map(|_| d)
+            }
+            (b, _) => Err(format!("bits {b} is neither 4 nor 8")),
+        }
+    }
+
+    /// Quantizes a row-major matrix with rows of `cols`.
+    pub fn quantize(&self, w: &[f32], cols: usize) -> Result<Vec<u8>, String> {
+        match self.dtype(cols)? {
+            Dtype::Int8 => int::quantize_int8(
+                w,
+                cols,
+                self.group_size == GroupSize::Tensor,
+                self.scheme,
+                self.clip,
+            ),
+            Dtype::Int4 { group } => int::quantize_int4(w, cols, group, self.scheme, self.clip),
+            Dtype::Ggml(_) => unreachable!("QuantSpec::dtype gives int types"),
+        }
+    }
+}
+
+/// Layout notes `model.ie.json` carries for each integer dtype it uses.
+pub fn layout_doc(d: Dtype) -> Option<String> {
+    match d {
+        Dtype::Int8 => Some(
+            "int8: each row is d (f32 LE), m (f32 LE), then one u8 code per weight; weight j = d * qs[j] + m. Sym stores m = -128 d; per-tensor scales repeat the tensor's d and m in every row.".into(),
+        ),
+        Dtype::Int4 { group } => Some(format!(
+            "int4_g{group}: each row is d (f16 LE), dmin (f16 LE), scales[cols/{group}] (u8), mins[cols/{group}] (u8), then qs[cols/2]: group g of {group} weights is bytes qs[g*{h}..(g+1)*{h}], byte i holding weight g*{group}+i in its low nibble and weight g*{group}+{h}+i in its high nibble (ggml's order; no other interleaving). Weight = d * scales[g] * q - dmin * mins[g]. Sym stores dmin = 8 d and mins = scales (weight = d * scales[g] * (q - 8)).",
+            h = group / 2
+        )),
+        Dtype::Ggml(_) => None,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +327,9 @@ pub struct ModelMeta {
     pub tokenizer: TokenizerInfo,
     pub source: SourceInfo,
     pub blob: BlobInfo,
+    /// For each integer dtype used, how its bytes are laid out (see [`layout_doc`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub layouts: std::collections::BTreeMap<String, String>,
 }
 
 impl ModelMeta {

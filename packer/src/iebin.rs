@@ -2,11 +2,13 @@
 //! everything goes into a temporary sibling folder, which is renamed into place at the end.
 
 use crate::error::{input, write_err, PackError, Result};
+use crate::quant::TensorPlan;
 use crate::source::Checkpoint;
 use clocher_engine::format::{
     self, BlobInfo, Dtype, ModelMeta, Precision, SourceInfo, TensorEntry,
 };
 use half::{bf16, f16};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -122,32 +124,22 @@ pub fn default_precision(ck: &Checkpoint) -> Precision {
 }
 
 /// Writes the IEBIN files for `ck` into `dir` (a staging folder) and returns the metadata.
-pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> Result<ModelMeta> {
+/// `plan` ([`crate::quant::plan`]) gives every tensor's dtype.
+pub fn write(
+    ck: &Checkpoint,
+    dir: &Path,
+    name: &str,
+    precision: Precision,
+    plan: &HashMap<String, TensorPlan>,
+) -> Result<ModelMeta> {
     check_tensors(ck)?;
     let expected = format::expected_tensors(&ck.config);
-    // Norms are always f32; the rest take the precision's dtype, or keep their stored format.
-    let dtype_of = |name: &str| -> Dtype {
-        if format::is_norm(name) {
-            return Dtype::F32;
-        }
-        precision
-            .dtype()
-            .unwrap_or_else(|| ck.find(name).expect("checked above").ty)
-    };
     let mut total = 0u64;
     for (n, s) in &expected {
-        let numel = s.iter().product::<usize>();
-        let d = dtype_of(n);
-        let bytes = d.nbytes(numel).ok_or_else(|| {
-            input(
-                &ck.path,
-                format!(
-                    "tensor {n}: rows of {} don't divide into {} blocks",
-                    s[s.len() - 1],
-                    d.name()
-                ),
-            )
-        })?;
+        let d = plan[n].dtype(s[s.len() - 1]);
+        let bytes = d
+            .nbytes(s)
+            .map_err(|e| input(&ck.path, format!("tensor {n}: {e}")))?;
         total += bytes as u64;
     }
     let bar = indicatif::ProgressBar::new(total).with_message(format!("packing {name}"));
@@ -163,6 +155,7 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut pos = 0u64;
     let mut entries = Vec::with_capacity(expected.len());
+    let mut layouts = std::collections::BTreeMap::new();
     let mut put = |bytes: &[u8], pos: &mut u64| -> Result<()> {
         w.write_all(bytes).map_err(write_err(&blob_path))?;
         hasher.update(bytes);
@@ -171,11 +164,16 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
     };
     for (tname, shape) in &expected {
         let t = ck.find(tname).expect("checked above");
-        let dtype = dtype_of(tname);
+        let cols = shape[shape.len() - 1];
+        let tplan = plan[tname];
+        let dtype = tplan.dtype(cols);
         let pad = pos.next_multiple_of(format::ALIGN) - pos;
         put(&vec![0u8; pad as usize], &mut pos)?;
-        let bytes: Vec<u8> = if dtype == t.ty {
+        let bytes: Vec<u8> = if dtype == Dtype::Ggml(t.ty) {
             ck.read_raw(t)
+        } else if let TensorPlan::Quant(q) = tplan {
+            q.quantize(&ck.read_f32(t), cols)
+                .map_err(|e| input(&ck.path, format!("quantizing tensor {tname}: {e}")))?
         } else {
             let values = ck.read_f32(t);
             match dtype {
@@ -191,6 +189,9 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
                 other => unreachable!("converting to {} is not offered", other.name()),
             }
         };
+        if let Some(doc) = format::layout_doc(dtype) {
+            layouts.insert(dtype.name(), doc);
+        }
         entries.push(TensorEntry {
             name: tname.clone(),
             shape: shape.clone(),
@@ -198,6 +199,10 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
             offset: pos,
             nbytes: bytes.len() as u64,
             layout: "row_major".into(),
+            quant: match tplan {
+                TensorPlan::Quant(q) => Some(q),
+                TensorPlan::Plain(_) => None,
+            },
         });
         put(&bytes, &mut pos)?;
         bar.inc(bytes.len() as u64);
@@ -234,6 +239,7 @@ pub fn write(ck: &Checkpoint, dir: &Path, name: &str, precision: Precision) -> R
             size: pos,
             xxh3: format!("{:016x}", hasher.digest()),
         },
+        layouts,
     };
     write_file(
         &dir.join(format::META_FILE),

@@ -5,6 +5,8 @@ pub mod emit;
 pub mod error;
 pub mod iebin;
 pub mod inspect;
+pub mod ptq;
+pub mod quant;
 pub mod source;
 
 pub use error::{PackError, Result};
@@ -24,6 +26,8 @@ pub struct PackOptions {
     /// Default: the source's float type, else fp32.
     pub precision: Option<Precision>,
     pub embed_weights: bool,
+    /// `q4_manifest.json` for int8w / int4w (default: the rules in [`quant::default_spec`]).
+    pub q4_map: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -93,8 +97,15 @@ pub fn pack(o: &PackOptions) -> Result<Packed> {
         .clone()
         .unwrap_or_else(|| Path::new("generated").join(&name));
 
+    // Everything that can reject the input runs before the first byte is written.
+    iebin::check_tensors(&ck)?;
+    let manifest = match &o.q4_map {
+        Some(p) => Some((p.as_path(), quant::Manifest::read(p)?)),
+        None => None,
+    };
+    let plan = quant::plan(&ck, precision, manifest.as_ref().map(|(p, m)| (*p, m)))?;
     let staging = iebin::Staging::new(&out_dir)?;
-    let meta = iebin::write(&ck, staging.path(), &name, precision)?;
+    let meta = iebin::write(&ck, staging.path(), &name, precision, &plan)?;
     drop(ck);
     staging.commit(&out_dir, |d| d.join(format::META_FILE).exists())?;
     let out_dir = out_dir.canonicalize().map_err(error::io(&out_dir))?;

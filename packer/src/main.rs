@@ -1,5 +1,6 @@
-//! `clocher-pack SRC [--precision fp32|bf16|fp16] [--out-dir DIR] [--crate-dir DIR] [--name NAME] [--embed-weights]`
+//! `clocher-pack SRC [--precision fp32|bf16|fp16|gguf|int8w|int4w] [--q4-map FILE] [--out-dir DIR] [--crate-dir DIR] [--name NAME] [--embed-weights]`
 //! `clocher-pack inspect FILE`
+//! `clocher-pack ptq SRC --out quant/q4_manifest.json [--bits 4|8] [--group-size 32|64|128|row] [--scheme sym|asym] [--clip none|percentile:P|mse] [--calib FILE] [--gate-cosine C]`
 
 use clap::{Parser, Subcommand, ValueEnum};
 use clocher_engine::format::Precision;
@@ -15,6 +16,10 @@ enum PrecisionArg {
     Fp16,
     /// Keep every tensor's stored format (GGUF blocks byte for byte).
     Gguf,
+    /// Weight-only INT8, per-row min-max scales (or as a --q4-map manifest says).
+    Int8w,
+    /// Weight-only INT4 linear layers, groups of 32 (or as a --q4-map manifest says).
+    Int4w,
 }
 
 /// Pack a Llama checkpoint (Hugging Face folder or GGUF file) into IEBIN v1 and emit a crate
@@ -47,27 +52,37 @@ struct Cli {
     /// Compile the weights into the binary, so it runs as one self-contained file.
     #[arg(long)]
     embed_weights: bool,
+    /// Per-tensor quantization from `clocher-pack ptq` (with --precision int8w or int4w).
+    #[arg(long)]
+    q4_map: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print a summary of a GGUF file, a safetensors folder or a packed IEBIN model.
     Inspect { file: PathBuf },
+    /// Calibrate weight-only quantization: run the model on calibration text, compare each
+    /// linear layer's output with original vs quantized weights (cosine), and write a
+    /// q4_manifest.json for `--precision int4w|int8w --q4-map`.
+    Ptq(clocher_pack::ptq::PtqArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Inspect { file }) = &cli.command {
-        return match clocher_pack::inspect::inspect(file) {
-            Ok(s) => {
-                print!("{s}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    let done = |r: clocher_pack::Result<String>| match r {
+        Ok(s) => {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    match &cli.command {
+        Some(Command::Inspect { file }) => return done(clocher_pack::inspect::inspect(file)),
+        Some(Command::Ptq(a)) => return done(clocher_pack::ptq::run(a)),
+        None => {}
     }
     let start = Instant::now();
     let opts = PackOptions {
@@ -80,8 +95,11 @@ fn main() -> ExitCode {
             PrecisionArg::Bf16 => Precision::Bf16,
             PrecisionArg::Fp16 => Precision::Fp16,
             PrecisionArg::Gguf => Precision::Gguf,
+            PrecisionArg::Int8w => Precision::Int8w,
+            PrecisionArg::Int4w => Precision::Int4w,
         }),
         embed_weights: cli.embed_weights,
+        q4_map: cli.q4_map,
     };
     match pack(&opts) {
         Ok(p) => {

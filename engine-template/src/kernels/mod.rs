@@ -4,6 +4,7 @@
 //! so a binary never executes an instruction its CPU lacks.
 
 pub mod blocks;
+pub mod int;
 pub mod quant;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
@@ -18,6 +19,8 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
+    /// AVX-512 F + BW on top of AVX2. Kernels without a 512-bit body run their AVX2 one.
+    Avx512,
 }
 
 impl Isa {
@@ -25,6 +28,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 
@@ -35,6 +39,10 @@ impl Isa {
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
         {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
+            {
+                return Isa::Avx512;
+            }
             return Isa::Avx2;
         }
         Isa::Scalar
@@ -42,19 +50,21 @@ impl Isa {
 
     /// Every ISA usable here, scalar first (for tests that compare each against the reference).
     pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if Isa::detect() == Isa::Avx2 {
-            v.push(Isa::Avx2);
+        match Isa::detect() {
+            Isa::Scalar => vec![Isa::Scalar],
+            Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
+            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
         }
-        v
     }
 }
 
-/// The ISA for this process: detected once; `IE_ISA=scalar` forces the reference kernels.
+/// The ISA for this process: detected once; `IE_ISA=scalar` forces the reference kernels and
+/// `IE_ISA=avx2` the AVX2 ones on an AVX-512 CPU.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| match std::env::var("IE_ISA").as_deref() {
         Ok("scalar") => Isa::Scalar,
+        Ok("avx2") if Isa::detect() != Isa::Scalar => Isa::Avx2,
         _ => Isa::detect(),
     })
 }
@@ -81,8 +91,9 @@ macro_rules! dispatch_gemv {
             debug_assert_eq!(w.len(), x.len() * y.len());
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
-                Isa::Avx2 => unsafe { x86::avx2::$avx2_fn(w, x, y) },
+                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
+                // feature detection, and both imply AVX2.
+                Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::$avx2_fn(w, x, y) },
                 _ => reference::$ref_fn(w, x, y),
             }
         }
@@ -97,8 +108,9 @@ dispatch_gemv!(gemv_f16, f16, gemv_f16_ref, gemv_f16_avx2);
 pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
-        Isa::Avx2 => unsafe { x86::avx2::dot_f32_avx2(a, b) },
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot_f32_avx2(a, b) },
         _ => reference::dot_f32_ref(a, b),
     }
 }
@@ -108,8 +120,9 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 pub fn axpy_f32(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
-        Isa::Avx2 => unsafe { x86::avx2::axpy_f32_avx2(a, x, y) },
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::axpy_f32_avx2(a, x, y) },
         _ => reference::axpy_f32_ref(a, x, y),
     }
 }

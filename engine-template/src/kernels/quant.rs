@@ -54,8 +54,9 @@ macro_rules! quant_gemv {
         pub fn $name(isa: Isa, w: &[$block], x: &[f32], y: &mut [f32]) {
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
-                Isa::Avx2 => unsafe { super::x86::avx2::$avx2(w, x, y) },
+                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
+                // feature detection, and both imply AVX2.
+                Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2::$avx2(w, x, y) },
                 _ => $ref_name(w, x, y),
             }
         }

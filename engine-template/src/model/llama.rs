@@ -327,7 +327,8 @@ impl<
     }
 }
 
-fn add(x: &mut [f32], y: &[f32]) {
+/// `x += y` (the residual adds).
+pub(crate) fn add(x: &mut [f32], y: &[f32]) {
     for (x, y) in x.iter_mut().zip(y) {
         *x += y;
     }

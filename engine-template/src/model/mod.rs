@@ -1,5 +1,6 @@
 //! Model forward passes, built from [`crate::kernels`].
 
+pub mod calib;
 pub mod llama;
 
 use crate::dtype::WeightType;

@@ -99,6 +99,7 @@ pub unsafe fn axpy_f32_avx2(a: f32, x: &[f32], y: &mut [f32]) {
 
 use super::{f16_to_f32, u8x16_to_f32x8x2, unpack_nibbles};
 use crate::kernels::blocks::{self as b, QK, QK_K};
+use crate::kernels::int;
 
 macro_rules! via_dequant_avx2 {
     ($name:ident, $block:ty, $elems:expr, $dequant:path) => {
@@ -307,5 +308,86 @@ impl QkBlock for b::BlockQ5_1 {
             f16_to_f32(self.d),
             f16_to_f32(self.m),
         )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clocher's int8 / int4 rows (layouts in `kernels::int`).
+
+/// INT8 · f32: `d * sum(q x) + m * sum(x)`. The codes are widened to floats in registers, four
+/// independent accumulators (32 weights a step) keep the FMA pipes busy, and `sum(x)` is taken
+/// once per call, not once per row.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_int8_avx2(w: &[u8], x: &[f32], y: &mut [f32]) {
+    let rb = int::check_int8("gemv_int8_avx2", w, x, y);
+    let cols = x.len();
+    let xsum: f32 = x.iter().sum();
+    let xp = x.as_ptr();
+    for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
+        let (d, m) = int::row_scales_f32(row);
+        let qp = row.as_ptr().add(int::INT8_HEADER);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= cols {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * k;
+                let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    qp.add(o) as *const __m128i
+                )));
+                *a = _mm256_fmadd_ps(q, _mm256_loadu_ps(xp.add(o)), *a);
+            }
+            i += 32;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum_ps(sum);
+        for (j, &xj) in x.iter().enumerate().skip(i) {
+            s += *qp.add(j) as f32 * xj;
+        }
+        *yr = d * s + m * xsum;
+    }
+}
+
+/// INT4 · f32 with groups of `group`: per group `d * scales[g] * sum(q x)`, kept in a vector
+/// until the row ends; the `dmin * mins[g] * sum_g(x)` term uses group sums taken once per call.
+/// Each 16 bytes give 16 low-half and 16 high-half weights of the group (ggml's nibble order),
+/// so the two halves' products go to separate registers and the chain stays short.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
+    let rb = int::check_int4("gemv_int4_avx2", group, w, x, y);
+    let ng = x.len() / group;
+    let half = group / 2;
+    let xs = int::group_sums(x, group);
+    for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
+        let (d, dmin) = int::int4_row_scales(row);
+        let (d, dmin) = (f16_to_f32(d), f16_to_f32(dmin));
+        let (scales, rest) = row[int::INT4_HEADER..].split_at(ng);
+        let (mins, qs) = rest.split_at(ng);
+        let mut acc = _mm256_setzero_ps();
+        let mut bias = 0.0f32;
+        for (g, &xsum) in xs.iter().enumerate() {
+            let xg = x.as_ptr().add(g * group);
+            let qg = qs.as_ptr().add(g * half);
+            let (mut v0, mut v1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut c = 0;
+            while c < half {
+                let (lo, hi) = unpack_nibbles(qg.add(c));
+                let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
+                v0 = _mm256_fmadd_ps(q0, _mm256_loadu_ps(xg.add(c)), v0);
+                v1 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xg.add(c + 8)), v1);
+                v0 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xg.add(half + c)), v0);
+                v1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xg.add(half + c + 8)), v1);
+                c += 16;
+            }
+            let step = _mm256_set1_ps(d * *scales.get_unchecked(g) as f32);
+            acc = _mm256_fmadd_ps(step, _mm256_add_ps(v0, v1), acc);
+            bias += *mins.get_unchecked(g) as f32 * xsum;
+        }
+        *yr = hsum_ps(acc) - dmin * bias;
     }
 }

@@ -1,6 +1,7 @@
 //! x86-64 SIMD kernels and the small intrinsic helpers they share.
 
 pub mod avx2;
+pub mod avx512;
 
 use std::arch::x86_64::*;
 
