@@ -275,7 +275,7 @@ pub fn layout_doc(d: Dtype) -> Option<String> {
             "int8: each row is d (f32 LE), m (f32 LE), then one u8 code per weight; weight j = d * qs[j] + m. Sym stores m = -128 d; per-tensor scales repeat the tensor's d and m in every row.".into(),
         ),
         Dtype::Int4 { group } => Some(format!(
-            "int4_g{group}: each row is d (f16 LE), dmin (f16 LE), scales[cols/{group}] (u8), mins[cols/{group}] (u8), then qs[cols/2]: group g of {group} weights is bytes qs[g*{h}..(g+1)*{h}], byte i holding weight g*{group}+i in its low nibble and weight g*{group}+{h}+i in its high nibble (ggml's order; no other interleaving). Weight = d * scales[g] * q - dmin * mins[g]. Sym stores dmin = 8 d and mins = scales (weight = d * scales[g] * (q - 8)).",
+            "int4_g{group}: each row is d (bf16 LE), dmin (bf16 LE), scales[cols/{group}] (u8), mins[cols/{group}] (u8), then qs[cols/2]: group g of {group} weights is bytes qs[g*{h}..(g+1)*{h}], byte i holding weight g*{group}+i in its low nibble and weight g*{group}+{h}+i in its high nibble (ggml's order; no other interleaving). Weight = d * scales[g] * q - dmin * mins[g]. Sym stores dmin = 8 d and mins = scales (weight = d * scales[g] * (q - 8)).",
             h = group / 2
         )),
         Dtype::Ggml(_) => None,

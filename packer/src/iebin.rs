@@ -7,7 +7,6 @@ use crate::source::Checkpoint;
 use clocher_engine::format::{
     self, BlobInfo, Dtype, ModelMeta, Precision, SourceInfo, TensorEntry,
 };
-use half::{bf16, f16};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -171,23 +170,9 @@ pub fn write(
         put(&vec![0u8; pad as usize], &mut pos)?;
         let bytes: Vec<u8> = if dtype == Dtype::Ggml(t.ty) {
             ck.read_raw(t)
-        } else if let TensorPlan::Quant(q) = tplan {
-            q.quantize(&ck.read_f32(t), cols)
-                .map_err(|e| input(&ck.path, format!("quantizing tensor {tname}: {e}")))?
         } else {
-            let values = ck.read_f32(t);
-            match dtype {
-                Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Dtype::BF16 => values
-                    .iter()
-                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                Dtype::F16 => values
-                    .iter()
-                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                other => unreachable!("converting to {} is not offered", other.name()),
-            }
+            crate::quant::encode(tplan, &ck.read_f32(t), cols)
+                .map_err(|e| input(&ck.path, format!("converting tensor {tname}: {e}")))?
         };
         if let Some(doc) = format::layout_doc(dtype) {
             layouts.insert(dtype.name(), doc);

@@ -152,17 +152,13 @@ pub fn run(a: &PtqArgs) -> Result<String> {
     let (mut bits_num, mut bits_den) = (0f64, 0f64);
     let mut counts = BTreeMap::<&str, usize>::new();
     for (name, shape) in format::expected_tensors(&ck.config) {
-        if !quant::is_quantizable(&name) {
+        // The embedding and head follow the default rules (or a hand-written manifest line).
+        if !quant::is_linear(&name) {
             continue;
         }
         let cols = shape[1];
         let w = &weights[&name];
-        // Linear layers take the requested bits; the embedding and head take int8.
-        let first = if quant::is_linear(&name) {
-            req.spec
-        } else {
-            quant::default_spec(format::Precision::Int8w, &name).expect("int8w quantizes all")
-        };
+        let first = req.spec;
         let int8 = QuantSpec {
             bits: 8,
             group_size: GroupSize::Row,
@@ -274,8 +270,7 @@ fn round6(v: f64) -> f64 {
     (v * 1e6).floor() / 1e6
 }
 
-/// Cosine between `W x` and `Q(W) x` over every calibration token and output row. The
-/// embedding of an untied model has no linear input; its rows are compared directly.
+/// Cosine between `W x` and `Q(W) x` over every calibration token and output row.
 fn cosine(
     pool: &Pool,
     ck: &Checkpoint,
@@ -291,16 +286,10 @@ fn cosine(
     let dtype = spec.dtype(cols).map_err(|e| input(&ck.path, e))?;
     let rb = dtype.row_bytes(cols).map_err(|e| input(&ck.path, e))?;
     let rows = w.len() / cols;
-    let tied = ck.config.tie_word_embeddings;
     let isa = kernels::isa();
-    let Some(x) = acts
+    let x = acts
         .input_of(name)
-        .filter(|_| name != "model.embed_tokens.weight" || tied)
-    else {
-        let mut deq = vec![0.0f32; w.len()];
-        dequant(dtype, cols, &q, &mut deq);
-        return Ok(cos_pairs(w.iter().zip(&deq)));
-    };
+        .expect("every linear layer has a recorded input");
     let (mut y, mut yq) = (
         vec![0.0f32; rows * acts.tokens],
         vec![0.0f32; rows * acts.tokens],
@@ -322,14 +311,6 @@ fn gemv(isa: Isa, d: Dtype, w: &[u8], x: &[f32], y: &mut [f32]) {
     match d {
         Dtype::Int8 => int::gemv_int8(isa, w, x, y),
         Dtype::Int4 { group } => int::gemv_int4(isa, group, w, x, y),
-        Dtype::Ggml(_) => unreachable!("ptq quantizes to int types"),
-    }
-}
-
-fn dequant(d: Dtype, cols: usize, w: &[u8], out: &mut [f32]) {
-    match d {
-        Dtype::Int8 => int::dequant_int8_ref(cols, w, out),
-        Dtype::Int4 { group } => int::dequant_int4_ref(group, cols, w, out),
         Dtype::Ggml(_) => unreachable!("ptq quantizes to int types"),
     }
 }

@@ -67,6 +67,26 @@ pub fn dequant_q4_1_ref(blocks: &[BlockQ4_1], out: &mut [f32]) {
     }
 }
 
+/// ggml's `quantize_row_q8_0_ref`: `d = max|x| / 127` per block, codes `round(x / d)`.
+/// `x.len()` must be a whole number of blocks.
+pub fn quantize_q8_0_ref(x: &[f32]) -> Vec<BlockQ8_0> {
+    assert!(
+        x.len().is_multiple_of(QK),
+        "quantize_q8_0_ref: partial block"
+    );
+    x.chunks_exact(QK)
+        .map(|b| {
+            let amax = b.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            BlockQ8_0 {
+                d: f16::from_f32(d),
+                qs: std::array::from_fn(|i| (b[i] * id).round() as i8),
+            }
+        })
+        .collect()
+}
+
 pub fn dequant_q8_0_ref(blocks: &[BlockQ8_0], out: &mut [f32]) {
     assert_eq!(
         out.len(),

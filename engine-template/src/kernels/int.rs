@@ -6,20 +6,22 @@
 //! - **`int8`** (8 + cols bytes a row): `d: f32`, `m: f32`, `qs: [u8; cols]`; weight
 //!   `j` is `d * qs[j] + m`. Min-max (asym) puts `m` at the row's minimum; sym fixes
 //!   `m = -128 d`; per-tensor scales repeat the tensor's `d`, `m` in every row.
-//! - **`int4_g<G>`** (4 + 2 * cols/G + cols/2 bytes a row): `d: f16`, `dmin: f16`,
+//! - **`int4_g<G>`** (4 + 2 * cols/G + cols/2 bytes a row): `d: bf16`, `dmin: bf16`,
 //!   `scales: [u8; cols/G]`, `mins: [u8; cols/G]`, `qs: [u8; cols/2]`. Group `g` holds weights
 //!   `g*G .. (g+1)*G`; its bytes are `qs[g*G/2 .. (g+1)*G/2]`, byte `i` has weight `g*G + i` in
 //!   the low nibble and weight `g*G + G/2 + i` in the high one (ggml's in-block order). Weight
 //!   = `d * scales[g] * q - dmin * mins[g]`. The group scales and mins are 8-bit codes against
-//!   the row's f16 `d` and `dmin` (as K-quants do with 6 bits in a 256-superblock), so group 32
-//!   costs 4.5 bits a weight plus 32 bits a row. Sym stores `dmin = 8 d`, `mins = scales`
+//!   the row's `d` and `dmin` (as K-quants do with 6 bits in a 256-superblock), so group 32
+//!   costs 4.5 bits a weight plus 32 bits a row. `d` and `dmin` are bf16, rounded up so the
+//!   largest group still has code 255: f16 would go subnormal (and lose its precision) for the
+//!   small weights of real checkpoints, and the 8-bit codes absorb bf16's short mantissa. Sym stores `dmin = 8 d`, `mins = scales`
 //!   (weight = `d * scales[g] * (q - 8)`), so both schemes share one layout and one kernel.
 //!
 //! Every op has a plain `*_ref` (dequantize the row, then dot: the oracle and the fallback)
 //! and fused AVX2 / AVX-512 kernels with the same signature.
 
 use super::{reference, Isa};
-use half::f16;
+use half::bf16;
 use serde::{Deserialize, Serialize};
 
 /// Bytes before the codes of an int8 row (`d`, `m`).
@@ -294,6 +296,16 @@ fn code8(v: f32, scale: f32) -> u8 {
     (v / scale).round().clamp(1.0, 255.0) as u8
 }
 
+/// The smallest bf16 at least `v` (`v >= 0`), so codes against it never exceed 255.
+fn bf16_at_least(v: f32) -> bf16 {
+    let b = bf16::from_f32(v);
+    if b.to_f32() < v {
+        bf16::from_bits(b.to_bits() + 1)
+    } else {
+        b
+    }
+}
+
 /// Quantizes a row-major `[rows, cols]` matrix to int4 rows with groups of `group` (see the
 /// module docs for the layout).
 pub fn quantize_int4(
@@ -329,23 +341,23 @@ pub fn quantize_int4(
         // Row scales: the largest group step (and offset) maps to code 255.
         let max_step = steps.iter().fold(0.0f32, |a, s| a.max(s.0));
         let max_min = steps.iter().fold(0.0f32, |a, s| a.max(-s.1));
-        let d = f16::from_f32(max_step / 255.0);
-        let (dmin, scales, mins): (f16, Vec<u8>, Vec<u8>);
+        let d = bf16_at_least(max_step / 255.0);
+        let (dmin, scales, mins): (bf16, Vec<u8>, Vec<u8>);
         let df = d.to_f32();
         scales = steps.iter().map(|s| code8(s.0, df)).collect();
         match scheme {
             Scheme::Sym => {
-                dmin = f16::from_f32(8.0 * df);
+                dmin = bf16::from_f32(8.0 * df);
                 mins = scales.clone();
             }
             Scheme::Asym => {
-                dmin = f16::from_f32(max_min / 255.0);
+                dmin = bf16_at_least(max_min / 255.0);
                 mins = steps.iter().map(|s| code8(-s.1, dmin.to_f32())).collect();
             }
         }
         if !df.is_finite() || !dmin.to_f32().is_finite() {
             return Err(format!(
-                "a row's int4 scale {max_step} is beyond the f16 range"
+                "a row's int4 scale {max_step} is beyond the bf16 range"
             ));
         }
         out.extend_from_slice(&d.to_le_bytes());
@@ -379,6 +391,9 @@ fn f32_at(b: &[u8], at: usize) -> f32 {
 
 /// Widens int8 rows of `cols` weights to f32 (`out.len()` is a whole number of rows).
 pub fn dequant_int8_ref(cols: usize, w: &[u8], out: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
     let rb = int8_row_bytes(cols);
     assert_eq!(w.len() / rb * cols, out.len(), "dequant_int8: shape");
     for (o, row) in out.chunks_exact_mut(cols).zip(w.chunks_exact(rb)) {
@@ -396,7 +411,6 @@ pub fn dequant_int4_ref(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
     assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4: shape");
     for (o, row) in out.chunks_exact_mut(cols).zip(w.chunks_exact(rb)) {
         let (d, dmin) = int4_row_scales(row);
-        let (d, dmin) = (d.to_f32(), dmin.to_f32());
         let scales = &row[INT4_HEADER..INT4_HEADER + ng];
         let mins = &row[INT4_HEADER + ng..INT4_HEADER + 2 * ng];
         let qs = &row[INT4_HEADER + 2 * ng..];
@@ -524,10 +538,10 @@ pub(crate) fn row_scales_f32(row: &[u8]) -> (f32, f32) {
     (f32_at(row, 0), f32_at(row, 4))
 }
 
-/// `(d, dmin)` of an int4 row.
+/// `(d, dmin)` of an int4 row (bf16 widened: the upper half of an f32).
 #[inline(always)]
-pub(crate) fn int4_row_scales(row: &[u8]) -> (f16, f16) {
-    let h = |i: usize| f16::from_le_bytes([row[i], row[i + 1]]);
+pub(crate) fn int4_row_scales(row: &[u8]) -> (f32, f32) {
+    let h = |i: usize| f32::from_bits((u16::from_le_bytes([row[i], row[i + 1]]) as u32) << 16);
     (h(0), h(2))
 }
 

@@ -365,7 +365,6 @@ pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
     let xs = int::group_sums(x, group);
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, dmin) = int::int4_row_scales(row);
-        let (d, dmin) = (f16_to_f32(d), f16_to_f32(dmin));
         let (scales, rest) = row[int::INT4_HEADER..].split_at(ng);
         let (mins, qs) = rest.split_at(ng);
         let mut acc = _mm256_setzero_ps();

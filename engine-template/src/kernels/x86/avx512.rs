@@ -2,7 +2,6 @@
 //! on cores that split 512-bit ops in two (AMD Zen 4) the gain is fewer instructions per byte
 //! streamed, which is what a decode GEMV is short of once the weights are 4 or 8 bits.
 
-use super::f16_to_f32;
 use crate::kernels::int;
 use std::arch::x86_64::*;
 
@@ -63,7 +62,6 @@ pub unsafe fn gemv_int4_avx512(group: usize, w: &[u8], x: &[f32], y: &mut [f32])
     let mask = _mm_set1_epi8(0x0f);
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, dmin) = int::int4_row_scales(row);
-        let (d, dmin) = (f16_to_f32(d), f16_to_f32(dmin));
         let (scales, rest) = row[int::INT4_HEADER..].split_at(ng);
         let (mins, qs) = rest.split_at(ng);
         let mut acc = _mm512_setzero_ps();
