@@ -30,6 +30,40 @@ fn tiny_model_codegen_embedded() {
     insta::assert_snapshot!(pretty(true));
 }
 
+/// One projection as Clocher int8: the codegen names `Int8<COLS>` for it.
+#[test]
+fn tiny_model_codegen_int8_projection() {
+    use clocher_engine::format::{Dtype, GroupSize, QuantSpec};
+    use clocher_engine::kernels::int::{Clip, Scheme};
+    let mut m = tiny();
+    m.precision = clocher_engine::format::Precision::Int8w;
+    let t = m
+        .tensors
+        .iter_mut()
+        .find(|t| t.name == "model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    t.dtype = Dtype::Int8;
+    t.nbytes = Dtype::Int8.nbytes(&t.shape).unwrap() as u64;
+    t.quant = Some(QuantSpec {
+        bits: 8,
+        group_size: GroupSize::Row,
+        scheme: Scheme::Asym,
+        clip: Clip::None,
+    });
+    let tokens = generate(&m, &PATHS, false).unwrap();
+    let code = prettyplease::unparse(&syn::parse2(tokens).unwrap());
+    assert!(code.contains("Int8<8>"), "{code}");
+    assert_quant_record_required(m);
+}
+
+fn assert_quant_record_required(mut m: ModelMeta) {
+    for t in &mut m.tensors {
+        t.quant = None;
+    }
+    let e = validate(&m).unwrap_err().to_string();
+    assert!(e.contains("without its quant record"), "{e}");
+}
+
 #[test]
 fn validate_names_tensor_and_both_shapes() {
     let mut m = tiny();

@@ -97,8 +97,13 @@ fn request(a: &PtqArgs) -> Result<Request> {
         scheme,
         clip,
     };
-    // Catch a group size that fits no row before any work.
-    spec.dtype(usize::MAX / 2 / 128 * 128)
+    // Catch a group size no row can take before any work (rows the size doesn't divide are
+    // reported per tensor).
+    let cols = match group_size {
+        GroupSize::Size(n) => n,
+        _ => int::INT4_GROUP_MULTIPLE,
+    };
+    spec.dtype(cols)
         .map_err(|e| bad(format!("--group-size: {e}")))?;
     Ok(Request {
         spec,

@@ -102,7 +102,7 @@ impl Manifest {
 
 /// True for the per-layer linear projections (what "bits per weight" is averaged over).
 pub fn is_linear(name: &str) -> bool {
-    name.starts_with("model.layers.")
+    name.starts_with("model.layers.") && !format::is_norm(name)
 }
 
 /// The default rules: int8w puts the linear layers at int8 with per-row min-max scales, int4w

@@ -199,6 +199,7 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// A tiny Llama with deterministic random weights, small enough to check against an f64
 /// forward pass written here, independently of the engine.
+#[derive(Clone)]
 pub struct TinyLlama {
     pub hidden: usize,
     pub inter: usize,
@@ -411,6 +412,31 @@ impl TinyLlama {
             .find(|t| t.0 == name)
             .unwrap_or_else(|| panic!("no tensor {name}"))
             .2
+    }
+
+    /// This model with every weight replaced by what the packed IEBIN folder `dir` stores,
+    /// dequantized exactly with the engine's reference code: the oracle for quantized packs.
+    pub fn from_iebin(&self, dir: &Path) -> TinyLlama {
+        use clocher_engine::format::{Dtype, ModelMeta};
+        use clocher_engine::kernels::int;
+        let meta: ModelMeta =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.ie.json")).unwrap())
+                .unwrap();
+        let blob = std::fs::read(dir.join("model.ie.bin")).unwrap();
+        let mut m = self.clone();
+        for (name, shape, values) in &mut m.tensors {
+            let t = meta
+                .tensor(name)
+                .unwrap_or_else(|| panic!("{name} not packed"));
+            let bytes = &blob[t.offset as usize..(t.offset + t.nbytes) as usize];
+            let cols = shape[shape.len() - 1];
+            match t.dtype {
+                Dtype::Ggml(g) => g.dequant(bytes, values),
+                Dtype::Int8 => int::dequant_int8_ref(cols, bytes, values),
+                Dtype::Int4 { group } => int::dequant_int4_ref(group, cols, bytes, values),
+            }
+        }
+        m
     }
 
     /// Next-token logits after `tokens`, by a plain f64 forward pass over the weights rounded

@@ -26,14 +26,21 @@ impl Case {
 
     /// Packs `src`; asserts the failure contract and that `needles` all appear in the message.
     fn expect_error(&self, src: &Path, needles: &[&str]) {
+        self.expect_error_with(src, &[], needles)
+    }
+
+    /// [`Case::expect_error`] with more `clocher-pack` flags.
+    fn expect_error_with(&self, src: &Path, flags: &[&str], needles: &[&str]) {
         let (out_dir, crate_dir) = (self.work.path().join("out"), self.work.path().join("crate"));
-        let out = pack(&[
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             src.as_os_str(),
             "--out-dir".as_ref(),
             out_dir.as_os_str(),
             "--crate-dir".as_ref(),
             crate_dir.as_os_str(),
-        ]);
+        ];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        let out = pack(&args);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(
             !out.status.success(),
@@ -338,4 +345,115 @@ fn gguf_bad_tensors() {
         &gguf(&kv, &[("token_embd.weight", &[256, 2], 10, 0)], &[0; 512]),
     );
     c.expect_error(&f, &["native.gguf", "tensor type Q2_K is not supported"]);
+}
+
+/// Bad `q4_manifest.json` files: one line naming the manifest and the problem, nothing written.
+#[test]
+fn bad_manifests() {
+    let (c, hf) = Case::hf();
+    let m = c.work.path().join("q4_manifest.json");
+    let write_manifest = |tensors: serde_json::Value| {
+        let v = json!({"format": "clocher-q4-manifest", "version": 1, "tensors": tensors});
+        std::fs::write(&m, v.to_string()).unwrap();
+    };
+    let flags = ["--precision", "int4w", "--q4-map", m.to_str().unwrap()];
+    let ms = m.to_str().unwrap();
+
+    write_manifest(json!({"model.layers.7.mlp.up_proj.weight": {"bits": 4}}));
+    c.expect_error_with(
+        &hf,
+        &flags,
+        &[ms, "no tensor model.layers.7.mlp.up_proj.weight"],
+    );
+
+    // down_proj rows hold 96 weights.
+    write_manifest(json!({"model.layers.0.mlp.down_proj.weight": {"bits": 4, "group_size": 64}}));
+    c.expect_error_with(
+        &hf,
+        &flags,
+        &[ms, "down_proj", "does not divide the row of 96"],
+    );
+
+    write_manifest(json!({"model.layers.0.mlp.up_proj.weight": {"bits": 5}}));
+    c.expect_error_with(&hf, &flags, &[ms, "up_proj", "5 bits"]);
+
+    write_manifest(json!({"model.layers.0.mlp.up_proj.weight": {"bits": 8, "group_size": 32}}));
+    c.expect_error_with(&hf, &flags, &[ms, "int8 takes group size row or tensor"]);
+
+    write_manifest(json!({"model.layers.0.input_layernorm.weight": {"bits": 8}}));
+    c.expect_error_with(&hf, &flags, &[ms, "norm weight"]);
+
+    write_manifest(json!({"model.layers.0.mlp.up_proj.weight": {"bits": 4, "clip": "median"}}));
+    c.expect_error_with(&hf, &flags, &[ms, "parsing the manifest"]);
+
+    std::fs::write(&m, "{\"format\": \"clocher-q4-manifest\", \"tensors\": [").unwrap();
+    c.expect_error_with(&hf, &flags, &[ms, "parsing the manifest"]);
+
+    std::fs::write(
+        &m,
+        json!({"format": "something-else", "version": 1, "tensors": {}}).to_string(),
+    )
+    .unwrap();
+    c.expect_error_with(&hf, &flags, &[ms, "something-else"]);
+
+    write_manifest(json!({}));
+    c.expect_error_with(
+        &hf,
+        &["--precision", "fp32", "--q4-map", ms],
+        &[ms, "needs --precision int8w or int4w"],
+    );
+    let missing = c.work.path().join("absent.json");
+    c.expect_error_with(
+        &hf,
+        &[
+            "--precision",
+            "int4w",
+            "--q4-map",
+            missing.to_str().unwrap(),
+        ],
+        &["absent.json", "reading the manifest"],
+    );
+}
+
+/// `ptq` with bad arguments: one line, non-zero exit, no manifest.
+#[test]
+fn bad_ptq_arguments() {
+    let (c, hf) = Case::hf();
+    let out_file = c.work.path().join("quant/q4_manifest.json");
+    for (flags, needle) in [
+        (vec!["--bits", "5"], "--bits 5 is neither 4 nor 8"),
+        (vec!["--group-size", "48"], "multiple of 32"),
+        (
+            vec!["--bits", "8", "--group-size", "64"],
+            "int8 takes group size row or tensor",
+        ),
+        (vec!["--scheme", "nf4"], "--scheme nf4"),
+        (vec!["--clip", "percentile:30"], "outside (50, 100]"),
+        (vec!["--gate-cosine", "1.5"], "--gate-cosine"),
+        (
+            vec!["--calib", "/nonexistent/calib.txt"],
+            "calibration text",
+        ),
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "ptq".as_ref(),
+            hf.as_os_str(),
+            "--out".as_ref(),
+            out_file.as_os_str(),
+        ];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        let out = pack(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{flags:?} should fail");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{flags:?}: one line expected: {err}"
+        );
+        assert!(
+            err.contains(needle),
+            "{flags:?}: message lacks {needle:?}: {err}"
+        );
+        assert!(!out_file.exists(), "{flags:?}: a manifest was written");
+    }
 }

@@ -13,6 +13,14 @@ const HALF_MIN_PREFIX: usize = 30;
 const NATIVE_MIN_COSINE: f64 = 0.999;
 /// Native GGUF blocks: leading greedy tokens that must agree.
 const NATIVE_MIN_PREFIX: usize = 28;
+/// int8w / int4w: cosine of the last-position logits with transformers, and the fewest
+/// leading greedy tokens that must agree in each case. Measured: int8w 0.9982 / 13 tokens,
+/// int4w 0.9959 / 12 tokens at worst (case 0's chat prompt has the least margin); a wrong
+/// scale or nibble order drops the cosine far below 0.9.
+const INT8W_MIN_COSINE: f64 = 0.997;
+const INT8W_MIN_PREFIX: usize = 10;
+const INT4W_MIN_COSINE: f64 = 0.994;
+const INT4W_MIN_PREFIX: usize = 10;
 
 fn work_dir(name: &str) -> PathBuf {
     let d = e2e_target().join("smollm2").join(name);
@@ -40,8 +48,13 @@ impl CaseResult {
 
 /// Packs `src` at `precision`, builds it, and runs every reference case with greedy decoding.
 fn run_cases(src: &Path, precision: &str, name: &str, reference: &str) -> Vec<CaseResult> {
+    run_cases_with(src, &["--precision", precision], name, reference)
+}
+
+/// [`run_cases`] with any packing flags.
+fn run_cases_with(src: &Path, flags: &[&str], name: &str, reference: &str) -> Vec<CaseResult> {
     let work = work_dir(name);
-    let crate_dir = pack_ok(src, &work, name, &["--precision", precision]);
+    let crate_dir = pack_ok(src, &work, name, flags);
     let bin = build_crate(&crate_dir, name);
     let ref_dir = shared().join("fixtures/smollm2-135m").join(reference);
     let refs: Value =
@@ -247,4 +260,79 @@ fn mixed_format_gguf_native_matches_dequantized() {
             "case {i}: only {same} greedy tokens agree"
         );
     }
+}
+
+fn assert_quantized(results: &[CaseResult], min_cosine: f64, min_prefix: usize) {
+    for (i, r) in results.iter().enumerate() {
+        assert!(
+            r.cosine >= min_cosine,
+            "case {i}: cosine {} < {min_cosine}",
+            r.cosine
+        );
+        let need = min_prefix.min(r.reference.len());
+        assert!(
+            r.common_prefix() >= need,
+            "case {i}: only {} greedy tokens agree (need {need}): {:?} vs {:?}",
+            r.common_prefix(),
+            r.tokens,
+            r.reference
+        );
+    }
+}
+
+#[test]
+fn hf_int8w_agrees_with_transformers() {
+    let r = run_cases(&smollm2().1, "int8w", "smollm2-hf-int8w", "reference");
+    assert_quantized(&r, INT8W_MIN_COSINE, INT8W_MIN_PREFIX);
+}
+
+/// `ptq` on the real model writes a manifest covering every linear layer with its measured
+/// cosine, and the int4w build packed from it agrees with transformers.
+#[test]
+fn ptq_manifest_int4w_agrees_with_transformers() {
+    let hf = &smollm2().1;
+    let work = work_dir("smollm2-ptq");
+    let manifest = work.join("quant/q4_manifest.json");
+    let out = pack(&[
+        "ptq".as_ref(),
+        hf.as_os_str(),
+        "--out".as_ref(),
+        manifest.as_os_str(),
+        "--calib-tokens".as_ref(),
+        "64".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "ptq: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let tensors = m["tensors"].as_object().unwrap();
+    assert_eq!(tensors.len(), 30 * 7, "one line per linear layer");
+    for (name, t) in tensors {
+        let c4 = t["cosine_int4"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name}: {t}"));
+        assert!(c4 > 0.9 && c4 <= 1.0, "{name}: cosine {c4}");
+        let gate = m["ptq"]["gate_cosine"].as_f64().unwrap();
+        match t["bits"].as_u64() {
+            Some(4) => assert!(c4 >= gate, "{name}: int4 under the gate: {t}"),
+            _ => assert!(c4 < gate, "{name}: fell back although int4 passed: {t}"),
+        }
+    }
+    let bpw = m["ptq"]["linear_bits_per_weight"].as_f64().unwrap();
+    assert!(bpw <= 4.6, "{bpw} bits per linear weight");
+    let r = run_cases_with(
+        hf,
+        &[
+            "--precision",
+            "int4w",
+            "--q4-map",
+            manifest.to_str().unwrap(),
+        ],
+        "smollm2-hf-int4w",
+        "reference",
+    );
+    assert_quantized(&r, INT4W_MIN_COSINE, INT4W_MIN_PREFIX);
 }

@@ -309,3 +309,181 @@ fn tiny_perplexity_matches_f64_oracle() {
             && String::from_utf8_lossy(&out.stderr).contains("shorter than one chunk")
     );
 }
+
+fn read_meta(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("model.ie.json")).unwrap()).unwrap()
+}
+
+fn dtype_of(meta: &serde_json::Value, name: &str) -> String {
+    let t = meta["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing"));
+    t["dtype"].as_str().unwrap().to_string()
+}
+
+/// The largest change quantization made to any weight (a check on quantized weights is
+/// vacuous if they came back unchanged).
+fn max_weight_change(a: &TinyLlama, b: &TinyLlama) -> f32 {
+    a.tensors
+        .iter()
+        .zip(&b.tensors)
+        .map(|((_, _, x), (_, _, y))| max_abs_diff(x, y))
+        .fold(0.0, f32::max)
+}
+
+/// int8w and int4w packs compute exactly the model their stored weights describe: the f64
+/// oracle runs on the weights dequantized from the blob by the reference code.
+#[test]
+fn tiny_int8w_and_int4w_match_oracle_on_their_stored_weights() {
+    for (p, linear) in [("int8w", "int8"), ("int4w", "int4_g32")] {
+        let name = format!("tiny-{p}");
+        let (work, model, _, bin) = build_tiny(false, 3, "F32", &name, &["--precision", p]);
+        let dir = work.path().join(&name);
+        let meta = read_meta(&dir);
+        assert_eq!(meta["precision"], p);
+        assert_eq!(
+            dtype_of(&meta, "model.layers.1.mlp.down_proj.weight"),
+            linear
+        );
+        assert_eq!(dtype_of(&meta, "model.embed_tokens.weight"), "q8_0");
+        assert_eq!(dtype_of(&meta, "lm_head.weight"), "q8_0");
+        assert!(meta["layouts"][linear].as_str().unwrap().contains("row is"));
+        let stored = model.from_iebin(&dir);
+        assert!(max_weight_change(&model, &stored) > 0.0);
+        check_against_oracle(&stored, &bin, work.path(), |v| v, FP32_LOGIT_TOL);
+        assert_eq!(
+            run_json(
+                &bin,
+                &["--prompt", PROMPT, "--max-new", "1", "--precision", p]
+            )["precision"],
+            p
+        );
+    }
+}
+
+/// A hand-written manifest mixes group sizes, schemes, clipping, int8 per tensor and a tensor
+/// kept at the source precision; `model.ie.json` records each, and the binary computes them.
+#[test]
+fn tiny_manifest_mixes_layouts() {
+    let work = tempfile::tempdir().unwrap();
+    let model = TinyLlama::new(true, 6);
+    let hf = work.path().join("hf");
+    model.write_hf(&hf, "F32");
+    let manifest = work.path().join("q4_manifest.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({
+            "format": "clocher-q4-manifest",
+            "version": 1,
+            "tensors": {
+                "model.layers.0.self_attn.q_proj.weight": {"bits": 4, "group_size": 64, "scheme": "sym", "clip": "mse"},
+                "model.layers.0.mlp.down_proj.weight": {"bits": 4, "group_size": "row", "clip": "percentile:99"},
+                "model.layers.1.mlp.gate_proj.weight": {"bits": 8, "group_size": "tensor", "scheme": "sym"},
+                "model.layers.1.mlp.up_proj.weight": {"bits": null},
+                "model.embed_tokens.weight": {"bits": 8}
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let name = "tiny-manifest";
+    let crate_dir = pack_ok(
+        &hf,
+        work.path(),
+        name,
+        &[
+            "--precision",
+            "int4w",
+            "--q4-map",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let bin = build_crate(&crate_dir, name);
+    let dir = work.path().join(name);
+    let meta = read_meta(&dir);
+    for (t, want) in [
+        ("model.layers.0.self_attn.q_proj.weight", "int4_g64"),
+        ("model.layers.0.mlp.down_proj.weight", "int4_g96"),
+        ("model.layers.1.mlp.gate_proj.weight", "int8"),
+        ("model.layers.1.mlp.up_proj.weight", "f32"),
+        ("model.layers.1.mlp.down_proj.weight", "int4_g32"),
+        ("model.embed_tokens.weight", "int8"),
+    ] {
+        assert_eq!(dtype_of(&meta, t), want, "{t}");
+    }
+    let q = meta["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "model.layers.0.self_attn.q_proj.weight")
+        .unwrap()["quant"]
+        .clone();
+    assert_eq!(
+        q,
+        serde_json::json!({"bits": 4, "group_size": 64, "scheme": "sym", "clip": "mse"})
+    );
+    let stored = model.from_iebin(&dir);
+    assert!(max_weight_change(&model, &stored) > 0.0);
+    check_against_oracle(&stored, &bin, work.path(), |v| v, FP32_LOGIT_TOL);
+}
+
+/// `ptq` gates each linear layer on its output cosine: a gate of 0.5 keeps every layer at
+/// int4, a gate of 1 sends every one back to the source precision; the manifest packs.
+#[test]
+fn tiny_ptq_gate_decides_per_tensor() {
+    let work = tempfile::tempdir().unwrap();
+    let model = TinyLlama::new(false, 8);
+    let hf = work.path().join("hf");
+    model.write_hf(&hf, "F32");
+    let calib = work.path().join("calib.txt");
+    let words: Vec<String> = (0..40u32)
+        .map(|i| format!("t{}", 2 + i * 11 % 62))
+        .collect();
+    std::fs::write(&calib, words.join(" ")).unwrap();
+    let ptq = |gate: &str, out: &Path| {
+        let o = pack(&[
+            "ptq".as_ref(),
+            hf.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--calib".as_ref(),
+            calib.as_os_str(),
+            "--gate-cosine".as_ref(),
+            gate.as_ref(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+        assert_eq!(m["tensors"].as_object().unwrap().len(), 2 * 7);
+        assert_eq!(m["ptq"]["calib_tokens"], 40);
+        m
+    };
+    let loose = work.path().join("q/loose.json");
+    let m = ptq("0.5", &loose);
+    for (n, t) in m["tensors"].as_object().unwrap() {
+        assert_eq!(t["bits"], 4, "{n}: {t}");
+        assert!(t["cosine_int4"].as_f64().unwrap() > 0.9, "{n}: {t}");
+    }
+    let m = ptq("1", &work.path().join("q/strict.json"));
+    for (n, t) in m["tensors"].as_object().unwrap() {
+        assert!(t["bits"].is_null(), "{n}: {t}");
+        assert!(t["cosine_int8"].as_f64().unwrap() < 1.0, "{n}: {t}");
+        assert!(
+            t["decision"].as_str().unwrap().contains("source"),
+            "{n}: {t}"
+        );
+    }
+    let name = "tiny-ptq";
+    let crate_dir = pack_ok(
+        &hf,
+        work.path(),
+        name,
+        &["--precision", "int4w", "--q4-map", loose.to_str().unwrap()],
+    );
+    let bin = build_crate(&crate_dir, name);
+    let stored = model.from_iebin(&work.path().join(name));
+    check_against_oracle(&stored, &bin, work.path(), |v| v, FP32_LOGIT_TOL);
+}
