@@ -3,6 +3,7 @@
 use crate::error::{EngineError, Result};
 use crate::model::CausalLm;
 use crate::pool::Pool;
+use crate::runtime::bench::{self, MemPressure};
 use crate::runtime::{metrics, sampler, text, weights, BakedInfo};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +29,28 @@ pub enum Command {
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does: the text is cut
     /// into chunks of --ctx tokens and each chunk is scored on its second half.
     Perplexity(PerplexityArgs),
+    /// Benchmark: every prompt of a file, --runs times, prefill then exactly --max-new greedy
+    /// tokens (end-of-sequence ignored, as llama-bench does); one JSON line per run, then a
+    /// summary with spread, the machine's read bandwidth and the fraction of it decode uses.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// File of prompts, one per line.
+    #[arg(long, env = "PROMPTS")]
+    pub prompts: PathBuf,
+    /// Runs over the whole prompt file.
+    #[arg(long, env = "RUNS", default_value_t = 3)]
+    pub runs: usize,
+    /// Tokens generated after each prompt.
+    #[arg(long, default_value_t = 128)]
+    pub max_new: usize,
+    /// Put the summary as a row into this markdown file's bench table (docs/PERFORMANCE.md).
+    #[arg(long)]
+    pub merge: Option<PathBuf>,
 }
 
 /// Options of both generation and perplexity.
@@ -98,6 +121,7 @@ pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.command {
         Some(Command::Perplexity(a)) => &a.common,
+        Some(Command::Bench(a)) => &a.common,
         None => &cli.run.common,
     };
     if let Some(p) = common.precision.as_deref().filter(|p| *p != info.precision) {
@@ -109,6 +133,7 @@ pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     }
     let result = match &cli.command {
         Some(Command::Perplexity(a)) => perplexity::<M>(info, offsets, a, start),
+        Some(Command::Bench(a)) => bench::<M>(info, offsets, a),
         None => run::<M>(info, offsets, &cli.run, start),
     };
     match result {
@@ -137,7 +162,7 @@ pub fn run<M: CausalLm>(
             M::CONTEXT
         )));
     }
-    let (model, tok) = load::<M>(info, offsets, args.common.model_dir.as_deref())?;
+    let (blob, model, tok) = load::<M>(info, offsets, args.common.model_dir.as_deref())?;
     let prompt = args.prompt.clone().unwrap_or_default();
     let prompt = if args.chat {
         let tmpl = info
@@ -167,55 +192,42 @@ pub fn run<M: CausalLm>(
     });
     let load_time = start.elapsed();
 
-    // Prefill: the prompt token by token, logits only at the last position.
-    let gen_start = Instant::now();
-    let mut next = 0;
-    for (pos, &id) in ids.iter().enumerate() {
-        if let Some(logits) = model.step(&mut state, &pool, id, pos, pos + 1 == ids.len()) {
-            if let Some(path) = &args.dump_logits {
-                write_f32_atomic(path, logits)?;
-            }
-            next = sampler.sample(logits);
-        }
-    }
-    let prefill = gen_start.elapsed();
-    let mut out = Vec::new();
-    let mut latencies = Vec::new();
-    let max_new = args.max_new.min(ctx - ids.len());
-    if max_new > 0 {
-        out.push(next);
-    }
-    let mut last = Instant::now();
-    while out.len() < max_new && !info.eos_token_ids.contains(&next) {
-        let pos = ids.len() + out.len() - 1;
-        let logits = model
-            .step(&mut state, &pool, next, pos, true)
-            .expect("logits were asked for");
-        next = sampler.sample(logits);
-        out.push(next);
-        let now = Instant::now();
-        latencies.push((now - last).as_secs_f64() * 1e3);
-        last = now;
-    }
-    let wall = gen_start.elapsed().as_secs_f64();
+    let mut pressure = MemPressure::from_env(blob)?;
+    let g = generate(
+        &model,
+        &mut state,
+        &pool,
+        &ids,
+        &mut sampler,
+        &mut Stop {
+            max_new: args.max_new.min(ctx - ids.len()),
+            eos: info.eos_token_ids,
+            dump_logits: args.dump_logits.as_deref(),
+            pressure: pressure.as_mut(),
+        },
+    )?;
+    let (out, latencies, prefill) = (g.tokens, g.latencies, g.prefill_s);
+    let wall = prefill + g.decode_s;
     let text = text::decode(&tok, &out)?;
     let line = serde_json::json!({
         "model": info.name,
         "precision": info.precision,
         "isa": crate::kernels::isa().name(),
         "threads": threads,
+        "affinity": pool.affinity(),
         "prompt_tokens": ids.len(),
         "generated_tokens": out.len(),
         "token_ids": out,
         "text": text,
         "wall_time_s": wall,
         "tps_true": if wall > 0.0 { out.len() as f64 / wall } else { 0.0 },
-        "ttft_ms": (prefill.as_secs_f64() * 1e3),
+        "ttft_ms": prefill * 1e3,
         "latency_p50_ms": metrics::percentile(&latencies, 50.0),
         "latency_p95_ms": metrics::percentile(&latencies, 95.0),
-        "prefill_tps": ids.len() as f64 / prefill.as_secs_f64(),
+        "prefill_tps": ids.len() as f64 / prefill,
         "rss_peak_mb": metrics::rss_peak_mb(),
         "load_time_ms": load_time.as_secs_f64() * 1e3,
+        "memory_pressure": pressure.as_ref().map(MemPressure::json),
     });
     Ok(line.to_string())
 }
@@ -232,10 +244,225 @@ fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
     model_dir: Option<&std::path::Path>,
-) -> Result<(M, tokenizers::Tokenizer)> {
+) -> Result<(&'static [u8], M, tokenizers::Tokenizer)> {
     let blob = weights::load(info, model_dir)?;
     let model = M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?;
-    Ok((model, text::load_tokenizer(info.tokenizer_json)?))
+    Ok((blob, model, text::load_tokenizer(info.tokenizer_json)?))
+}
+
+/// When a generation stops, and what it does on the way.
+struct Stop<'a> {
+    max_new: usize,
+    /// End-of-sequence tokens (empty: generate exactly `max_new`).
+    eos: &'a [u32],
+    dump_logits: Option<&'a std::path::Path>,
+    pressure: Option<&'a mut MemPressure>,
+}
+
+struct Generation {
+    tokens: Vec<u32>,
+    /// Milliseconds between consecutive generated tokens.
+    latencies: Vec<f64>,
+    prefill_s: f64,
+    /// From the first generated token to the last.
+    decode_s: f64,
+}
+
+/// Prefill (token by token, logits only at the last position), then decoding.
+fn generate<M: CausalLm>(
+    model: &M,
+    state: &mut M::State,
+    pool: &Pool,
+    ids: &[u32],
+    sampler: &mut sampler::Sampler,
+    stop: &mut Stop,
+) -> Result<Generation> {
+    let t0 = Instant::now();
+    let mut next = 0;
+    for (pos, &id) in ids.iter().enumerate() {
+        if let Some(logits) = model.step(state, pool, id, pos, pos + 1 == ids.len()) {
+            if let Some(path) = stop.dump_logits {
+                write_f32_atomic(path, logits)?;
+            }
+            next = sampler.sample(logits);
+        }
+    }
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut out = Vec::new();
+    let mut latencies = Vec::new();
+    if stop.max_new > 0 {
+        out.push(next);
+    }
+    let t1 = Instant::now();
+    let mut last = t1;
+    let mut touched = 0u64;
+    while out.len() < stop.max_new && !stop.eos.contains(&next) {
+        let pos = ids.len() + out.len() - 1;
+        let logits = model
+            .step(state, pool, next, pos, true)
+            .expect("logits were asked for");
+        next = sampler.sample(logits);
+        out.push(next);
+        if let Some(p) = stop.pressure.as_deref_mut() {
+            touched = touched.wrapping_add(p.touch());
+        }
+        let now = Instant::now();
+        latencies.push((now - last).as_secs_f64() * 1e3);
+        last = now;
+    }
+    std::hint::black_box(touched);
+    Ok(Generation {
+        tokens: out,
+        latencies,
+        prefill_s,
+        decode_s: t1.elapsed().as_secs_f64(),
+    })
+}
+
+/// `<bin> bench`: JSON lines per run, then the summary (returned).
+pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs) -> Result<String> {
+    let threads = threads(a.common.threads)?;
+    let text = std::fs::read_to_string(&a.prompts).map_err(|source| EngineError::Input {
+        path: a.prompts.clone(),
+        source,
+    })?;
+    let prompts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if prompts.is_empty() || a.runs == 0 {
+        return Err(EngineError::Usage(format!(
+            "bench needs at least one run and one prompt ({} has none)",
+            a.prompts.display()
+        )));
+    }
+    let (blob, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref())?;
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| text::encode(&tok, p))
+        .collect::<Result<_>>()?;
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    if longest == 0 || longest + a.max_new > M::CONTEXT {
+        return Err(EngineError::Prompt(format!(
+            "every prompt needs 1 to {} tokens with --max-new {}",
+            M::CONTEXT.saturating_sub(a.max_new),
+            a.max_new
+        )));
+    }
+    let pool = Pool::new(threads);
+    let mut pressure = MemPressure::from_env(blob)?;
+    let (mut pp, mut tg, mut p50, mut p95) = (vec![], vec![], vec![], vec![]);
+    for run in 1..=a.runs {
+        for (i, ids) in ids.iter().enumerate() {
+            let mut state = model.new_state(ids.len() + a.max_new);
+            let mut sampler = sampler::Sampler::new(sampler::SamplerConfig {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 0,
+            });
+            let g = generate(
+                &model,
+                &mut state,
+                &pool,
+                ids,
+                &mut sampler,
+                &mut Stop {
+                    max_new: a.max_new,
+                    eos: &[],
+                    dump_logits: None,
+                    pressure: pressure.as_mut(),
+                },
+            )?;
+            let decoded = g.tokens.len().saturating_sub(1);
+            let line = serde_json::json!({
+                "bench": "run",
+                "run": run,
+                "prompt": i,
+                "prompt_tokens": ids.len(),
+                "generated_tokens": g.tokens.len(),
+                "pp_tps": ids.len() as f64 / g.prefill_s,
+                "tg_tps": decoded as f64 / g.decode_s,
+                "ttft_ms": g.prefill_s * 1e3,
+                "latency_p50_ms": metrics::percentile(&g.latencies, 50.0),
+                "latency_p95_ms": metrics::percentile(&g.latencies, 95.0),
+            });
+            println!("{line}");
+            pp.push(ids.len() as f64 / g.prefill_s);
+            tg.push(decoded as f64 / g.decode_s);
+            p50.push(metrics::percentile(&g.latencies, 50.0));
+            p95.push(metrics::percentile(&g.latencies, 95.0));
+        }
+    }
+    // Peak RSS before the bandwidth probe allocates its buffer.
+    let rss = metrics::rss_peak_mb();
+    let gbps = bench::read_bandwidth(&pool);
+    let tg_med = metrics::percentile(&tg, 50.0);
+    let fraction = tg_med * info.bytes_per_token as f64 / 1e9 / gbps;
+    let (cpu, flags) = bench::cpu();
+    let isa = crate::kernels::isa().name();
+    let (pp_s, tg_s) = (bench::spread(&pp), bench::spread(&tg));
+    let summary = serde_json::json!({
+        "bench": "summary",
+        "model": info.name,
+        "precision": info.precision,
+        "isa": isa,
+        "threads": threads,
+        "affinity": pool.affinity(),
+        "runs": a.runs,
+        "prompts": prompts.len(),
+        "max_new": a.max_new,
+        "pp_tps": pp_s,
+        "tg_tps": tg_s,
+        "latency_p50_ms": metrics::percentile(&p50, 50.0),
+        "latency_p95_ms": metrics::percentile(&p95, 50.0),
+        "rss_peak_mb": rss,
+        "weights_bytes_per_token": info.bytes_per_token,
+        "read_gbps": gbps,
+        "bandwidth_fraction": fraction,
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "memory_pressure": pressure.as_ref().map(MemPressure::json),
+    });
+    if let Some(path) = &a.merge {
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        let mut model_cell = info.name.to_string();
+        if let Some(p) = &pressure {
+            model_cell += &format!(" (+{} B/token touched)", p.bytes);
+        }
+        let row = format!(
+            "| {} | {cpu} ({}) | {model_cell} | {} | {isa} | {threads} | {:.1} ({:.1}-{:.1}) | {:.1} ({:.1}-{:.1}) | {:.2} / {:.2} | {rss:.0} | {gbps:.1} | {:.0}% |",
+            today(),
+            flags.join(" "),
+            info.precision,
+            f(&pp_s, "median"),
+            f(&pp_s, "min"),
+            f(&pp_s, "max"),
+            f(&tg_s, "median"),
+            f(&tg_s, "min"),
+            f(&tg_s, "max"),
+            metrics::percentile(&p50, 50.0),
+            metrics::percentile(&p95, 50.0),
+            fraction * 100.0,
+        );
+        bench::merge_row(path, &row)?;
+    }
+    Ok(summary.to_string())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    // SAFETY: `time` accepts a null pointer; `gmtime_r` writes only into `tm`.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::gmtime_r(&t, &mut tm).is_null() {
+            return "unknown date".into();
+        }
+        format!(
+            "{:04}-{:02}-{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday
+        )
+    }
 }
 
 /// `ln Σ exp(x)`, in f64 with the maximum factored out.
@@ -264,7 +491,7 @@ pub fn perplexity<M: CausalLm>(
         path: a.file.clone(),
         source,
     })?;
-    let (model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref())?;
+    let (_, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref())?;
     let ids = text::encode(&tok, &text)?;
     let chunks = (ids.len() / a.ctx).min(a.chunks.unwrap_or(usize::MAX));
     if chunks == 0 {

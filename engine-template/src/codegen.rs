@@ -265,6 +265,16 @@ pub fn generate(
     let kv_dim = usize_lit(c.num_key_value_heads * c.head_dim);
     let (name, precision) = (&m.name, m.precision.name());
     let blob_size = Literal::u64_unsuffixed(m.blob.size);
+    // A decoded token reads every tensor but the embedding, of which it reads one row, unless
+    // the embedding is also the head.
+    let table = m.tensor("model.embed_tokens.weight").expect("validated");
+    let embed_unread = if c.tie_word_embeddings {
+        0
+    } else {
+        table.nbytes - table.nbytes / table.shape[0] as u64
+    };
+    let bytes_per_token =
+        Literal::u64_unsuffixed(m.tensors.iter().map(|t| t.nbytes).sum::<u64>() - embed_unread);
     let blob_hash = Literal::u64_unsuffixed(parse_hash(&m.blob.xxh3)?);
     let eps = Literal::f32_suffixed(c.rms_norm_eps as f32);
     let theta = Literal::f32_suffixed(c.rope_theta as f32);
@@ -353,6 +363,7 @@ pub fn generate(
                 precision: #precision,
                 model_dir: #model_dir,
                 blob_size: #blob_size,
+                bytes_per_token: #bytes_per_token,
                 blob_xxh3: #blob_hash,
                 embedded: #embedded,
                 tokenizer_json: TOKENIZER,

@@ -41,6 +41,57 @@ pub struct Pool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     threads: usize,
+    affinity: Option<&'static str>,
+}
+
+/// CPU pinning asked for by `IE_TP_USE_AFFINITY=1` (mode `IE_TP_AFFINITY=compact|scatter`,
+/// default compact; `IE_TP_USE_AFFINITY=compact|scatter` also works): thread `i` of `threads`
+/// gets one CPU of the process's allowed set, `compact` in order (neighbouring threads share
+/// caches), `scatter` spread evenly over the set (each thread gets more of the memory
+/// bandwidth on multi-socket or multi-CCX parts). `None` when off or unavailable.
+pub fn affinity_plan(threads: usize) -> Option<(&'static str, Vec<usize>)> {
+    let on = std::env::var("IE_TP_USE_AFFINITY").ok()?;
+    let mode = match (on.as_str(), std::env::var("IE_TP_AFFINITY").as_deref()) {
+        ("scatter", _) | ("1", Ok("scatter")) => "scatter",
+        ("compact", _) | ("1", _) => "compact",
+        _ => return None,
+    };
+    let cpus = allowed_cpus();
+    if cpus.is_empty() {
+        return None;
+    }
+    let n = cpus.len();
+    let plan = (0..threads)
+        .map(|i| match mode {
+            "scatter" => cpus[(i * n / threads.max(1)) % n],
+            _ => cpus[i % n],
+        })
+        .collect();
+    Some((mode, plan))
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that sched_getaffinity fills in.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`; false if the OS refused.
+fn pin_current(cpu: usize) -> bool {
+    // SAFETY: `set` is a plain bit set; 0 names the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
 }
 
 impl Pool {
@@ -56,12 +107,23 @@ impl Pool {
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
+        let plan = affinity_plan(threads);
+        let cpu_of = |idx: usize| plan.as_ref().map(|(_, p)| p[idx]);
+        if let Some(cpu) = cpu_of(0) {
+            pin_current(cpu);
+        }
         let workers = (1..threads)
             .map(|idx| {
                 let s = Arc::clone(&shared);
+                let cpu = cpu_of(idx);
                 std::thread::Builder::new()
                     .name(format!("clocher-worker-{idx}"))
-                    .spawn(move || worker(s, idx, threads))
+                    .spawn(move || {
+                        if let Some(cpu) = cpu {
+                            pin_current(cpu);
+                        }
+                        worker(s, idx, threads)
+                    })
                     .expect("spawning a worker thread")
             })
             .collect();
@@ -69,11 +131,17 @@ impl Pool {
             shared,
             workers,
             threads,
+            affinity: plan.map(|(mode, _)| mode),
         }
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The pinning mode in force (`compact` / `scatter`), if any.
+    pub fn affinity(&self) -> Option<&'static str> {
+        self.affinity
     }
 
     /// Runs `f(thread_index, threads)` once on every thread of the pool and returns when all

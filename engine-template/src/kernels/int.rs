@@ -545,6 +545,21 @@ pub(crate) fn int4_row_scales(row: &[u8]) -> (f32, f32) {
     (h(0), h(2))
 }
 
+/// `sum_g mins[g] * xs[g]` in four independent partial sums (no serial dependency per group).
+#[inline(always)]
+pub(crate) fn mins_dot(mins: &[u8], xs: &[f32]) -> f32 {
+    let mut p = [0.0f32; 4];
+    let (mc, xc) = (mins.chunks_exact(4), xs.chunks_exact(4));
+    let (mr, xr) = (mc.remainder(), xc.remainder());
+    for (m, x) in mc.zip(xc) {
+        for k in 0..4 {
+            p[k] += m[k] as f32 * x[k];
+        }
+    }
+    let tail: f32 = mr.iter().zip(xr).map(|(m, x)| *m as f32 * x).sum();
+    (p[0] + p[1]) + (p[2] + p[3]) + tail
+}
+
 /// Sums of `x` over each group of `group` (the `dmin * mins` term of int4 rows needs them once
 /// per GEMV, not once per row).
 pub(crate) fn group_sums(x: &[f32], group: usize) -> Vec<f32> {

@@ -1,6 +1,7 @@
 //! What a generated binary needs besides the forward pass: its baked facts, the weights,
 //! tokenizer and chat template, the sampler and the metrics.
 
+pub mod bench;
 pub mod metrics;
 pub mod sampler;
 pub mod text;
@@ -14,6 +15,9 @@ pub struct BakedInfo {
     /// Folder holding `model.ie.bin` at build time; `--model-dir` / `IE_MODEL_DIR` override it.
     pub model_dir: &'static str,
     pub blob_size: u64,
+    /// Weight bytes a decoded token reads: the whole blob but the embedding table, of which a
+    /// token reads one row (unless the table is also the output head).
+    pub bytes_per_token: u64,
     pub blob_xxh3: u64,
     /// The blob itself, when packed with `--embed-weights`.
     pub embedded: Option<&'static [u8]>,

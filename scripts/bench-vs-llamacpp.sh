@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Clocher and llama.cpp side by side, in one run, on the same machine: same GGUF weights, same
+# prompt, same token counts, same threads. Prints each side and the ratio for every pair.
+#
+#   scripts/bench-vs-llamacpp.sh
+#   PAIRS="q4_1:gguf q4_0:int4w" THREADS=2 MAX_NEW=128 RUNS=3 scripts/bench-vs-llamacpp.sh
+#
+# A pair LLAMA:CLOCHER names the GGUF type llama.cpp runs (q4_1 is the shipped SmolLM2 file; the
+# others are re-quantized from it with tests/scripts/make_mixed_gguf.py) and the Clocher
+# precision packed from the same weights (gguf: the very file llama.cpp runs). llama.cpp comes
+# from the llama-cpp-python package, built from source once into models/.cache/bench-venv.
+# Set MERGE=docs/PERFORMANCE.md to also put each Clocher summary into that table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PAIRS=${PAIRS:-"q4_1:gguf q8_0:gguf q8_0:int8w q4_0:int4w f32:fp32 bf16:bf16"}
+THREADS=${THREADS:-2}
+MAX_NEW=${MAX_NEW:-128}
+RUNS=${RUNS:-3}
+PROMPT=${PROMPT:-"The history of computing is a story of people trying to make machines do"}
+CACHE=models/.cache
+VENV=$CACHE/bench-venv
+WORK=$CACHE/bench
+mkdir -p "$WORK"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/e2e}
+
+SRC=$(scripts/fetch-model.sh)
+if ! "$VENV/bin/python" -c "import llama_cpp, gguf, numpy" 2>/dev/null; then
+  echo "installing llama-cpp-python (builds llama.cpp from source; once)..." >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  CMAKE_ARGS="-DGGML_NATIVE=ON" "$VENV/bin/pip" install --quiet "llama-cpp-python==0.3.36" gguf numpy
+fi
+cargo build --release --quiet -p clocher-pack
+PACK=$CARGO_TARGET_DIR/release/clocher-pack
+printf '%s\n' "$PROMPT" > "$WORK/prompts.txt"
+
+gguf_of() { # TYPE -> path of SmolLM2 with every linear weight and the embedding in TYPE
+  local t=$1 out="$WORK/smollm2-$1.gguf"
+  if [ "$t" = q4_1 ]; then echo "$SRC"; return; fi
+  if [ ! -s "$out" ]; then
+    "$VENV/bin/python" tests/scripts/make_mixed_gguf.py "$SRC" "$out.part" "${t^^}" >&2
+    mv "$out.part" "$out"
+  fi
+  echo "$out"
+}
+
+llama_bench() { # GGUF -> one JSON line: median pp and tg tok/s over RUNS
+  "$VENV/bin/python" - "$1" "$PROMPT" "$MAX_NEW" "$THREADS" "$RUNS" <<'PY'
+import json, statistics, sys, time
+import numpy as np
+from llama_cpp import Llama
+path, prompt, n_new, threads, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
+toks = llm.tokenize(prompt.encode(), add_bos=True)
+pp, tg = [], []
+for _ in range(runs):
+    llm.reset()
+    llm._ctx.kv_cache_clear()
+    t0 = time.perf_counter()
+    llm.eval(toks)
+    t1 = time.perf_counter()
+    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t2 = time.perf_counter()
+    for _ in range(n_new - 1):  # greedy, end-of-sequence ignored, as Clocher's bench does
+        llm.eval([tok])
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t3 = time.perf_counter()
+    pp.append(len(toks) / (t1 - t0))
+    tg.append((n_new - 1) / (t3 - t2))
+print(json.dumps({"prompt_tokens": len(toks), "pp_tps": statistics.median(pp), "tg_tps": statistics.median(tg),
+                  "tg_min": min(tg), "tg_max": max(tg)}))
+PY
+}
+
+clocher_bench() { # GGUF PRECISION -> the bench summary JSON line
+  local name="bench-$2-$(basename "$1" .gguf | tr 'A-Z_.' 'a-z--')"
+  local crate
+  crate=$("$PACK" "$1" --precision "$2" --name "$name" --out-dir "$WORK/$name" --crate-dir "$WORK/$name-crate" 2>/dev/null | tail -n 1)
+  cargo build --release --quiet --manifest-path "$crate/Cargo.toml"
+  "$CARGO_TARGET_DIR/release/$name" bench --prompts "$WORK/prompts.txt" --runs "$RUNS" \
+    --max-new "$MAX_NEW" --threads "$THREADS" ${MERGE:+--merge "$MERGE"} | tail -n 1
+}
+
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, prompt of $(wc -w <<< "$PROMPT") words, $MAX_NEW new tokens, median of $RUNS runs"
+printf '%-14s %-10s %10s %10s %10s %10s %8s %8s\n' pair clocher-isa "llama tg" "clocher tg" "llama pp" "clocher pp" "tg ratio" "pp ratio"
+for pair in $PAIRS; do
+  ltype=${pair%%:*}; prec=${pair##*:}
+  file=$(gguf_of "$ltype")
+  # For gguf the Clocher side runs the very file; the other precisions are packed from the
+  # shipped weights, as a user would quantize them.
+  csrc=$file; [ "$prec" != gguf ] && csrc=$SRC
+  l=$(llama_bench "$file")
+  c=$(clocher_bench "$csrc" "$prec")
+  python3 - "$pair" "$l" "$c" <<'PY'
+import json, sys
+pair, l, c = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+ctg, cpp = c["tg_tps"]["median"], c["pp_tps"]["median"]
+print(f'{pair:<14} {c["isa"]:<10} {l["tg_tps"]:10.1f} {ctg:10.1f} {l["pp_tps"]:10.1f} {cpp:10.1f} {ctg / l["tg_tps"]:7.2f}x {cpp / l["pp_tps"]:7.2f}x'
+      f'   (clocher: {c["bandwidth_fraction"] * 100:.0f}% of {c["read_gbps"]:.1f} GB/s, RSS {c["rss_peak_mb"]:.0f} MB)')
+PY
+done
