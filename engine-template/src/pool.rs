@@ -60,14 +60,19 @@ pub fn affinity_plan(threads: usize) -> Option<(&'static str, Vec<usize>)> {
     if cpus.is_empty() {
         return None;
     }
+    Some((mode, place(mode, &cpus, threads)))
+}
+
+/// The CPU of each of `threads` threads: `compact` takes `cpus` in order, `scatter` spreads
+/// the threads evenly over them.
+fn place(mode: &str, cpus: &[usize], threads: usize) -> Vec<usize> {
     let n = cpus.len();
-    let plan = (0..threads)
+    (0..threads)
         .map(|i| match mode {
             "scatter" => cpus[(i * n / threads.max(1)) % n],
             _ => cpus[i % n],
         })
-        .collect();
-    Some((mode, plan))
+        .collect()
 }
 
 /// The CPUs this process may run on.
@@ -294,6 +299,15 @@ impl<'a> SyncSlice<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn placement_compact_and_scatter() {
+        let cpus = [0, 1, 2, 3, 4, 5, 6, 7];
+        assert_eq!(super::place("compact", &cpus, 3), [0, 1, 2]);
+        assert_eq!(super::place("scatter", &cpus, 4), [0, 2, 4, 6]);
+        assert_eq!(super::place("compact", &[4, 9], 3), [4, 9, 4]);
+        assert!(!super::allowed_cpus().is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -487,3 +487,71 @@ fn tiny_ptq_gate_decides_per_tensor() {
     let stored = model.from_iebin(&work.path().join(name));
     check_against_oracle(&stored, &bin, work.path(), |v| v, FP32_LOGIT_TOL);
 }
+
+/// `bench`: one JSON line per prompt and run with exactly --max-new tokens, a summary with
+/// spread and bandwidth, a row merged into a markdown table; memory pressure and pinning are
+/// reported when asked for.
+#[test]
+fn tiny_bench_lines_summary_and_merge() {
+    let (work, _, _, bin) = build_tiny(false, 5, "F32", "tiny-bench", &[]);
+    let prompts = work.path().join("prompts.txt");
+    std::fs::write(&prompts, "t5 t9 t13\n\nt2 t40 t7 t8\n").unwrap();
+    let perf = work.path().join("PERFORMANCE.md");
+    let bench = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(&bin)
+            .args(["bench", "--prompts", prompts.to_str().unwrap(), "--runs", "2"])
+            .args(["--max-new", "6", "--threads", "2", "--merge", perf.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines
+    };
+    let lines = bench(&[]);
+    assert_eq!(lines.len(), 2 * 2 + 1, "{lines:?}");
+    for l in &lines[..4] {
+        assert_eq!(l["bench"], "run");
+        assert_eq!(l["generated_tokens"], 6, "end-of-sequence is ignored: {l}");
+        assert!(l["tg_tps"].as_f64().unwrap() > 0.0 && l["pp_tps"].as_f64().unwrap() > 0.0);
+    }
+    let s = &lines[4];
+    assert_eq!(s["bench"], "summary");
+    assert_eq!((s["runs"].as_u64(), s["prompts"].as_u64()), (Some(2), Some(2)));
+    let tg = &s["tg_tps"];
+    assert!(tg["min"].as_f64() <= tg["median"].as_f64() && tg["median"].as_f64() <= tg["max"].as_f64());
+    assert!(s["read_gbps"].as_f64().unwrap() > 0.1, "{s}");
+    assert!(s["bandwidth_fraction"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["memory_pressure"].is_null() && s["affinity"].is_null(), "{s}");
+    // Untied: every tensor but the embedding table, plus one of its rows (64 f32 values).
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("tiny-bench/model.ie.json")).unwrap(),
+    )
+    .unwrap();
+    let total: u64 = meta["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["nbytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(s["weights_bytes_per_token"].as_u64().unwrap(), total - 63 * 64 * 4);
+
+    let s = bench(&[
+        ("IE_BYTES_PER_TOKEN", "4096"),
+        ("IE_STRIDE_BYTES", "128"),
+        ("IE_TP_USE_AFFINITY", "1"),
+        ("IE_TP_AFFINITY", "scatter"),
+    ])
+    .pop()
+    .unwrap();
+    assert_eq!(s["memory_pressure"]["bytes_per_token"], 4096, "{s}");
+    assert_eq!(s["memory_pressure"]["stride_bytes"], 128, "{s}");
+    assert_eq!(s["affinity"], "scatter", "{s}");
+    let table = std::fs::read_to_string(&perf).unwrap();
+    assert_eq!(table.matches("| tiny-bench | fp32 |").count(), 1, "{table}");
+    assert_eq!(table.matches("| tiny-bench (+4096 B/token touched) | fp32 |").count(), 1, "{table}");
+}
