@@ -1,7 +1,7 @@
 //! The command line of every generated binary. One JSON line on stdout; the rest on stderr.
 
 use crate::error::{EngineError, Result};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, Logits};
 use crate::pool::Pool;
 use crate::runtime::bench::{self, MemPressure};
 use crate::runtime::{metrics, sampler, text, weights, BakedInfo};
@@ -268,7 +268,7 @@ struct Generation {
     decode_s: f64,
 }
 
-/// Prefill (token by token, logits only at the last position), then decoding.
+/// Prefill (batched), then decoding one token at a time.
 fn generate<M: CausalLm>(
     model: &M,
     state: &mut M::State,
@@ -278,15 +278,14 @@ fn generate<M: CausalLm>(
     stop: &mut Stop,
 ) -> Result<Generation> {
     let t0 = Instant::now();
-    let mut next = 0;
-    for (pos, &id) in ids.iter().enumerate() {
-        if let Some(logits) = model.step(state, pool, id, pos, pos + 1 == ids.len()) {
-            if let Some(path) = stop.dump_logits {
-                write_f32_atomic(path, logits)?;
-            }
-            next = sampler.sample(logits);
-        }
+    // Prefill: the whole prompt in batches, logits only at the last position.
+    let logits = model
+        .forward(state, pool, ids, 0, Logits::Last)
+        .expect("the last position's logits were asked for");
+    if let Some(path) = stop.dump_logits {
+        write_f32_atomic(path, logits)?;
     }
+    let mut next = sampler.sample(logits);
     let prefill_s = t0.elapsed().as_secs_f64();
     let mut out = Vec::new();
     let mut latencies = Vec::new();
@@ -509,15 +508,17 @@ pub fn perplexity<M: CausalLm>(
     let t0 = Instant::now();
     for c in 0..chunks {
         let chunk = &ids[c * a.ctx..(c + 1) * a.ctx];
-        for j in 0..a.ctx - 1 {
-            let input = match info.bos_token_id {
-                Some(bos) if j == 0 && info.add_bos => bos,
-                _ => chunk[j],
-            };
-            if let Some(logits) = model.step(&mut state, &pool, input, j, j >= first) {
-                nll += log_sum_exp(logits) - logits[chunk[j + 1] as usize] as f64;
-                scored += 1;
-            }
+        let mut input = chunk[..a.ctx - 1].to_vec();
+        if let (Some(bos), true) = (info.bos_token_id, info.add_bos) {
+            input[0] = bos;
+        }
+        // The whole chunk in batches; logits of positions first..ctx-1 predict the next token.
+        let logits = model
+            .forward(&mut state, &pool, &input, 0, Logits::From(first))
+            .unwrap_or(&[]);
+        for (j, row) in (first..a.ctx - 1).zip(logits.chunks_exact(M::VOCAB)) {
+            nll += log_sum_exp(row) - row[chunk[j + 1] as usize] as f64;
+            scored += 1;
         }
         eprintln!(
             "perplexity: chunk {}/{chunks}: {:.4}",

@@ -221,9 +221,10 @@ pub fn generate(
                         s: &mut ::clocher_engine::model::llama::LlamaState,
                         pool: &::clocher_engine::pool::Pool,
                         pos: usize,
+                        n: usize,
                         eps: f32,
                     ) {
-                        #(self.#fields.forward(#idx2, s, pool, pos, eps);)*
+                        #(self.#fields.forward(#idx2, s, pool, pos, n, eps);)*
                     }
                 }
             },

@@ -124,7 +124,7 @@ impl<const K: usize> WeightType for Int8<K> {
         int::gemv_int8(isa, bytemuck::cast_slice(w), x, y)
     }
     fn to_f32(w: &[RowI8<K>], out: &mut [f32]) {
-        int::dequant_int8_ref(K, bytemuck::cast_slice(w), out)
+        int::dequant_int8(kernels::isa(), K, bytemuck::cast_slice(w), out)
     }
 }
 
@@ -157,7 +157,7 @@ impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG,
         int::gemv_int4(isa, G, bytemuck::cast_slice(w), x, y)
     }
     fn to_f32(w: &[RowI4<NG, H>], out: &mut [f32]) {
-        int::dequant_int4_ref(G, 2 * H, bytemuck::cast_slice(w), out)
+        int::dequant_int4(kernels::isa(), G, 2 * H, bytemuck::cast_slice(w), out)
     }
 }
 

@@ -330,3 +330,44 @@ fn gemv_int4_every_isa_matches_f64_oracle() {
     }
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
+
+#[test]
+fn dequant_int8_every_isa_matches_reference() {
+    for cols in [1usize, 7, 8, 9, 64, 100] {
+        let w = values(cols * 3, cols as u32);
+        let q = int::quantize_int8(&w, cols, false, Scheme::Asym, Clip::None).unwrap();
+        let want = dequant(8, 0, cols, &q);
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; want.len()];
+            int::dequant_int8(isa, cols, &q, &mut got);
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    (a - b).abs() <= tol::ELEMENTWISE_REL * a.abs().max(1e-3),
+                    "dequant_int8 cols={cols} isa={} index {i}: expected {a}, actual {b}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dequant_int4_every_isa_matches_reference() {
+    for group in [32usize, 64, 128] {
+        let cols = group * 3;
+        let w = values(cols * 5, group as u32);
+        let q = int::quantize_int4(&w, cols, group, Scheme::Asym, Clip::None).unwrap();
+        let want = dequant(4, group, cols, &q);
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; want.len()];
+            int::dequant_int4(isa, group, cols, &q, &mut got);
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    (a - b).abs() <= tol::ELEMENTWISE_REL * a.abs().max(1e-3),
+                    "dequant_int4 g{group} isa={} index {i}: expected {a}, actual {b}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}

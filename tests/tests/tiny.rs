@@ -499,12 +499,29 @@ fn tiny_bench_lines_summary_and_merge() {
     let perf = work.path().join("PERFORMANCE.md");
     let bench = |env: &[(&str, &str)]| {
         let out = std::process::Command::new(&bin)
-            .args(["bench", "--prompts", prompts.to_str().unwrap(), "--runs", "2"])
-            .args(["--max-new", "6", "--threads", "2", "--merge", perf.to_str().unwrap()])
+            .args([
+                "bench",
+                "--prompts",
+                prompts.to_str().unwrap(),
+                "--runs",
+                "2",
+            ])
+            .args([
+                "--max-new",
+                "6",
+                "--threads",
+                "2",
+                "--merge",
+                perf.to_str().unwrap(),
+            ])
             .envs(env.iter().copied())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
             .unwrap()
             .lines()
@@ -521,12 +538,20 @@ fn tiny_bench_lines_summary_and_merge() {
     }
     let s = &lines[4];
     assert_eq!(s["bench"], "summary");
-    assert_eq!((s["runs"].as_u64(), s["prompts"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (s["runs"].as_u64(), s["prompts"].as_u64()),
+        (Some(2), Some(2))
+    );
     let tg = &s["tg_tps"];
-    assert!(tg["min"].as_f64() <= tg["median"].as_f64() && tg["median"].as_f64() <= tg["max"].as_f64());
+    assert!(
+        tg["min"].as_f64() <= tg["median"].as_f64() && tg["median"].as_f64() <= tg["max"].as_f64()
+    );
     assert!(s["read_gbps"].as_f64().unwrap() > 0.1, "{s}");
     assert!(s["bandwidth_fraction"].as_f64().unwrap() > 0.0, "{s}");
-    assert!(s["memory_pressure"].is_null() && s["affinity"].is_null(), "{s}");
+    assert!(
+        s["memory_pressure"].is_null() && s["affinity"].is_null(),
+        "{s}"
+    );
     // Untied: every tensor but the embedding table, plus one of its rows (64 f32 values).
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(work.path().join("tiny-bench/model.ie.json")).unwrap(),
@@ -538,7 +563,10 @@ fn tiny_bench_lines_summary_and_merge() {
         .iter()
         .map(|t| t["nbytes"].as_u64().unwrap())
         .sum();
-    assert_eq!(s["weights_bytes_per_token"].as_u64().unwrap(), total - 63 * 64 * 4);
+    assert_eq!(
+        s["weights_bytes_per_token"].as_u64().unwrap(),
+        total - 63 * 64 * 4
+    );
 
     let s = bench(&[
         ("IE_BYTES_PER_TOKEN", "4096"),
@@ -553,5 +581,11 @@ fn tiny_bench_lines_summary_and_merge() {
     assert_eq!(s["affinity"], "scatter", "{s}");
     let table = std::fs::read_to_string(&perf).unwrap();
     assert_eq!(table.matches("| tiny-bench | fp32 |").count(), 1, "{table}");
-    assert_eq!(table.matches("| tiny-bench (+4096 B/token touched) | fp32 |").count(), 1, "{table}");
+    assert_eq!(
+        table
+            .matches("| tiny-bench (+4096 B/token touched) | fp32 |")
+            .count(),
+        1,
+        "{table}"
+    );
 }

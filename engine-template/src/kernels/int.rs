@@ -475,6 +475,32 @@ pub fn gemv_int4_ref(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
     )
 }
 
+/// Int8 rows widened to f32 on `isa` (AVX2 where available).
+#[inline]
+pub fn dequant_int8(isa: Isa, cols: usize, w: &[u8], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2::dequant_int8_avx2(cols, w, out) },
+        _ => dequant_int8_ref(cols, w, out),
+    }
+}
+
+/// Int4 rows widened to f32 on `isa` (AVX2 where available).
+#[inline]
+pub fn dequant_int4(isa: Isa, group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::avx2::dequant_int4_avx2(group, cols, w, out)
+        },
+        _ => dequant_int4_ref(group, cols, w, out),
+    }
+}
+
 /// INT8 GEMV on `isa`.
 #[inline]
 pub fn gemv_int8(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {

@@ -120,6 +120,18 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// `[dot(w, x[0]), .., dot(w, x[3])]` (the batched-prefill GEMM's microkernel).
+#[inline]
+pub fn dot4_f32(isa: Isa, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4_f32_avx2(w, x) },
+        _ => reference::dot4_f32_ref(w, x),
+    }
+}
+
 /// `y += a * x` (attention's weighted sum of values).
 #[inline]
 pub fn axpy_f32(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {

@@ -8,6 +8,12 @@ pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `[dot(w, x[0]), .., dot(w, x[3])]`: one weight row against four tokens (the GEMM
+/// microkernel of batched prefill).
+pub fn dot4_f32_ref(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    x.map(|x| dot_f32_ref(w, x))
+}
+
 pub fn dot_bf16_ref(w: &[bf16], x: &[f32]) -> f32 {
     assert_eq!(w.len(), x.len(), "dot_bf16_ref: lengths differ");
     w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()

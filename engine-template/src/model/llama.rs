@@ -1,10 +1,12 @@
-//! The Llama forward pass (transformers' `LlamaForCausalLM`), one token at a time.
+//! The Llama forward pass (transformers' `LlamaForCausalLM`), on batches of up to [`BATCH`]
+//! tokens: one token (decode) runs fused GEMVs, a batch (prefill, perplexity) runs GEMMs that
+//! read each weight once for the whole batch.
 //!
 //! Every dimension is a const parameter, and each weight tensor's format a type parameter. Derived sizes travel as their own parameters
 //! (`Q_DIM = HEADS * HEAD_DIM`, `KV_DIM = KV_HEADS * HEAD_DIM`, stable Rust can't compute them)
 //! and [`Layer::bind`] checks the relations at compile time with `const { assert!(..) }`.
 
-use super::{bind_vec, CausalLm, Mat};
+use super::{bind_vec, CausalLm, Logits, Mat};
 use crate::dtype::WeightType;
 use crate::error::Result;
 use crate::kernels::{self, reference as r};
@@ -66,8 +68,8 @@ pub struct Layer<
 /// types; a generated crate implements it for a struct with one field per block otherwise.
 pub trait Layers<const LAYERS: usize>: Sized + Send + Sync {
     fn bind(blob: &'static [u8], offsets: &[LayerOffsets; LAYERS]) -> Result<Self>;
-    /// Runs every block at position `pos` on the residual stream in `s`.
-    fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, eps: f32);
+    /// Runs every block on the `n` tokens in `s` (at positions `pos..pos + n`).
+    fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32);
 }
 
 /// `LAYERS` blocks of one type.
@@ -96,36 +98,28 @@ pub struct Llama<
     pub theta: f32,
 }
 
-/// Activations, KV cache and scratch of one sequence.
+/// Tokens a forward call processes together (prefill and perplexity run in batches of this).
+pub const BATCH: usize = 32;
+
+/// Activations, KV cache and scratch of one sequence; the per-token buffers hold [`BATCH`]
+/// tokens, row after row.
 pub struct LlamaState {
-    x: Vec<f32>,       // [DIM] residual stream
-    xb: Vec<f32>,      // [DIM] normed input
-    xb2: Vec<f32>,     // [DIM] projection output
-    q: Vec<f32>,       // [Q_DIM]
-    att_out: Vec<f32>, // [Q_DIM]
-    k: Vec<f32>,       // [KV_DIM]
-    v: Vec<f32>,       // [KV_DIM]
-    hb: Vec<f32>,      // [INTER]
-    hb2: Vec<f32>,     // [INTER]
+    x: Vec<f32>,       // [BATCH, DIM] residual stream
+    xb: Vec<f32>,      // [BATCH, DIM] normed input
+    xb2: Vec<f32>,     // [BATCH, DIM] projection output
+    q: Vec<f32>,       // [BATCH, Q_DIM]
+    att_out: Vec<f32>, // [BATCH, Q_DIM]
+    k: Vec<f32>,       // [BATCH, KV_DIM]
+    v: Vec<f32>,       // [BATCH, KV_DIM]
+    hb: Vec<f32>,      // [BATCH, INTER]
+    hb2: Vec<f32>,     // [BATCH, INTER]
     scores: Vec<f32>,  // [HEADS, ctx]
-    cos: Vec<f32>,     // [HEAD_DIM / 2]
-    sin: Vec<f32>,     // [HEAD_DIM / 2]
+    cos: Vec<f32>,     // [BATCH, HEAD_DIM / 2]
+    sin: Vec<f32>,     // [BATCH, HEAD_DIM / 2]
     k_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
     v_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
-    logits: Vec<f32>,  // [VOCAB]
+    logits: Vec<f32>,  // [tokens asked for, VOCAB]
     ctx: usize,
-}
-
-/// `&mut v[..N]` as an array reference (the buffers are sized for it by `new_state`).
-fn arr<const N: usize>(v: &mut [f32]) -> &mut [f32; N] {
-    (&mut v[..N])
-        .try_into()
-        .expect("state buffer sized by new_state")
-}
-fn arr_ref<const N: usize>(v: &[f32]) -> &[f32; N] {
-    (&v[..N])
-        .try_into()
-        .expect("state buffer sized by new_state")
 }
 
 macro_rules! impl_for_layer_types {
@@ -174,59 +168,73 @@ impl_for_layer_types! {
             })
         }
 
-        /// Block `l` at position `pos`: `x += attn(norm(x)); x += mlp(norm(x))`.
-        pub fn forward(&self, l: usize, s: &mut LlamaState, pool: &Pool, pos: usize, eps: f32) {
+        /// Block `l` on the `n` tokens in `s` at positions `pos..pos + n`:
+        /// `x += attn(norm(x)); x += mlp(norm(x))`.
+        pub fn forward(&self, l: usize, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32) {
             let isa = kernels::isa();
             let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+            let half = HEAD_DIM / 2;
 
             // Attention: rmsnorm, q/k/v projections, rope, cache, scaled-dot-product, output.
-            r::rmsnorm_ref(&s.x, self.attn_norm, eps, &mut s.xb);
-            let xb = arr_ref::<DIM>(&s.xb);
-            self.wq.gemv(pool, xb, arr::<Q_DIM>(&mut s.q));
-            self.wk.gemv(pool, xb, arr::<KV_DIM>(&mut s.k));
-            self.wv.gemv(pool, xb, arr::<KV_DIM>(&mut s.v));
-            r::rope_ref(&mut s.q, &s.cos, &s.sin);
-            r::rope_ref(&mut s.k, &s.cos, &s.sin);
+            rmsnorm_rows(&s.x[..n * DIM], self.attn_norm, eps, &mut s.xb[..n * DIM]);
+            self.wq.matmul(pool, n, &s.xb, &mut s.q);
+            self.wk.matmul(pool, n, &s.xb, &mut s.k);
+            self.wv.matmul(pool, n, &s.xb, &mut s.v);
+            for i in 0..n {
+                let (cos, sin) = (&s.cos[i * half..(i + 1) * half], &s.sin[i * half..(i + 1) * half]);
+                r::rope_ref(&mut s.q[i * Q_DIM..(i + 1) * Q_DIM], cos, sin);
+                r::rope_ref(&mut s.k[i * KV_DIM..(i + 1) * KV_DIM], cos, sin);
+            }
             let base = (l * s.ctx + pos) * KV_DIM;
-            s.k_cache[base..base + KV_DIM].copy_from_slice(&s.k);
-            s.v_cache[base..base + KV_DIM].copy_from_slice(&s.v);
+            s.k_cache[base..base + n * KV_DIM].copy_from_slice(&s.k[..n * KV_DIM]);
+            s.v_cache[base..base + n * KV_DIM].copy_from_slice(&s.v[..n * KV_DIM]);
 
             let layer_k = &s.k_cache[l * s.ctx * KV_DIM..(l + 1) * s.ctx * KV_DIM];
             let layer_v = &s.v_cache[l * s.ctx * KV_DIM..(l + 1) * s.ctx * KV_DIM];
-            let (q, ctx) = (&s.q, s.ctx);
-            let scores = SyncSlice::new(&mut s.scores);
-            // Sharded by whole heads (grain HEAD_DIM): each thread owns its heads' output and scores.
-            pool.par_rows(&mut s.att_out, HEAD_DIM, &|start, out| {
-                for (i, out_h) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
-                    let h = start / HEAD_DIM + i;
-                    let kvh = h / (HEADS / KV_HEADS);
-                    let q_h = &q[h * HEAD_DIM..(h + 1) * HEAD_DIM];
-                    // SAFETY: head `h` belongs to this thread alone.
-                    let sc = unsafe { scores.range(h * ctx, pos + 1) };
-                    for (t, sc) in sc.iter_mut().enumerate() {
-                        let k_t = &layer_k[t * KV_DIM + kvh * HEAD_DIM..][..HEAD_DIM];
-                        *sc = kernels::dot_f32(isa, q_h, k_t) * scale;
+            let ctx = s.ctx;
+            for i in 0..n {
+                // Token i sees positions 0..=pos + i (causal).
+                let (seen, q) = (pos + i + 1, &s.q[i * Q_DIM..(i + 1) * Q_DIM]);
+                let scores = SyncSlice::new(&mut s.scores);
+                // Sharded by whole heads (grain HEAD_DIM): each thread owns its heads' output and scores.
+                pool.par_rows(&mut s.att_out[i * Q_DIM..(i + 1) * Q_DIM], HEAD_DIM, &|start, out| {
+                    for (j, out_h) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
+                        let h = start / HEAD_DIM + j;
+                        let kvh = h / (HEADS / KV_HEADS);
+                        let q_h = &q[h * HEAD_DIM..(h + 1) * HEAD_DIM];
+                        // SAFETY: head `h` belongs to this thread alone.
+                        let sc = unsafe { scores.range(h * ctx, seen) };
+                        for (t, sc) in sc.iter_mut().enumerate() {
+                            let k_t = &layer_k[t * KV_DIM + kvh * HEAD_DIM..][..HEAD_DIM];
+                            *sc = kernels::dot_f32(isa, q_h, k_t) * scale;
+                        }
+                        r::softmax_ref(sc);
+                        out_h.fill(0.0);
+                        for (t, &p) in sc.iter().enumerate() {
+                            let v_t = &layer_v[t * KV_DIM + kvh * HEAD_DIM..][..HEAD_DIM];
+                            kernels::axpy_f32(isa, p, v_t, out_h);
+                        }
                     }
-                    r::softmax_ref(sc);
-                    out_h.fill(0.0);
-                    for (t, &p) in sc.iter().enumerate() {
-                        let v_t = &layer_v[t * KV_DIM + kvh * HEAD_DIM..][..HEAD_DIM];
-                        kernels::axpy_f32(isa, p, v_t, out_h);
-                    }
-                }
-            });
-            self.wo.gemv(pool, arr_ref::<Q_DIM>(&s.att_out), arr::<DIM>(&mut s.xb2));
-            add(&mut s.x, &s.xb2);
+                });
+            }
+            self.wo.matmul(pool, n, &s.att_out, &mut s.xb2);
+            add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
 
             // MLP: rmsnorm, SwiGLU, down projection, residual.
-            r::rmsnorm_ref(&s.x, self.ffn_norm, eps, &mut s.xb);
-            let xb = arr_ref::<DIM>(&s.xb);
-            self.w_gate.gemv(pool, xb, arr::<INTER>(&mut s.hb));
-            self.w_up.gemv(pool, xb, arr::<INTER>(&mut s.hb2));
-            r::silu_mul_ref(&mut s.hb, &s.hb2);
-            self.w_down.gemv(pool, arr_ref::<INTER>(&s.hb), arr::<DIM>(&mut s.xb2));
-            add(&mut s.x, &s.xb2);
+            rmsnorm_rows(&s.x[..n * DIM], self.ffn_norm, eps, &mut s.xb[..n * DIM]);
+            self.w_gate.matmul(pool, n, &s.xb, &mut s.hb);
+            self.w_up.matmul(pool, n, &s.xb, &mut s.hb2);
+            r::silu_mul_ref(&mut s.hb[..n * INTER], &s.hb2[..n * INTER]);
+            self.w_down.matmul(pool, n, &s.hb, &mut s.xb2);
+            add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
         }
+    }
+}
+
+/// RMSNorm of each `w.len()`-long row of `x` into `out`.
+fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (x, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        r::rmsnorm_ref(x, w, eps, o);
     }
 }
 
@@ -237,9 +245,9 @@ impl_for_layer_types! {
             let layers = offsets.iter().enumerate().map(|(l, o)| Layer::bind(blob, o, l));
             Ok(Uniform(layers.collect::<Result<Vec<_>>>()?))
         }
-        fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, eps: f32) {
+        fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32) {
             for (l, layer) in self.0.iter().enumerate() {
-                layer.forward(l, s, pool, pos, eps);
+                layer.forward(l, s, pool, pos, n, eps);
             }
         }
     }
@@ -281,18 +289,18 @@ impl<
     fn new_state(&self, ctx: usize) -> LlamaState {
         let z = |n: usize| vec![0.0f32; n];
         LlamaState {
-            x: z(DIM),
-            xb: z(DIM),
-            xb2: z(DIM),
-            q: z(Q_DIM),
-            att_out: z(Q_DIM),
-            k: z(KV_DIM),
-            v: z(KV_DIM),
-            hb: z(INTER),
-            hb2: z(INTER),
+            x: z(BATCH * DIM),
+            xb: z(BATCH * DIM),
+            xb2: z(BATCH * DIM),
+            q: z(BATCH * Q_DIM),
+            att_out: z(BATCH * Q_DIM),
+            k: z(BATCH * KV_DIM),
+            v: z(BATCH * KV_DIM),
+            hb: z(BATCH * INTER),
+            hb2: z(BATCH * INTER),
             scores: z(HEADS * ctx),
-            cos: z(HEAD_DIM / 2),
-            sin: z(HEAD_DIM / 2),
+            cos: z(BATCH * HEAD_DIM / 2),
+            sin: z(BATCH * HEAD_DIM / 2),
             // Zeroed allocations are mapped lazily, so an unused context costs no memory.
             k_cache: z(LAYERS * ctx * KV_DIM),
             v_cache: z(LAYERS * ctx * KV_DIM),
@@ -301,29 +309,65 @@ impl<
         }
     }
 
-    fn step<'s>(
+    fn forward<'s>(
         &self,
         s: &'s mut LlamaState,
         pool: &Pool,
-        token: u32,
+        tokens: &[u32],
         pos: usize,
-        want_logits: bool,
+        want: Logits,
     ) -> Option<&'s [f32]> {
         assert!(
-            pos < s.ctx,
-            "llama step: position {pos} past the context of {}",
+            pos + tokens.len() <= s.ctx,
+            "llama forward: positions {pos}..{} past the context of {}",
+            pos + tokens.len(),
             s.ctx
         );
-        E::to_f32(self.embed.row(token as usize), arr::<DIM>(&mut s.x));
-        r::rope_cos_sin(pos, self.theta, HEAD_DIM, &mut s.cos, &mut s.sin);
-        self.layers.forward(s, pool, pos, self.eps);
-        if !want_logits {
-            return None;
+        let (first_row, rows) = match want {
+            Logits::None => (tokens.len(), 0),
+            Logits::Last => (tokens.len().saturating_sub(1), tokens.len().min(1)),
+            Logits::From(k) => (k.min(tokens.len()), tokens.len().saturating_sub(k)),
+        };
+        if s.logits.len() < rows * VOCAB {
+            s.logits.resize(rows * VOCAB, 0.0);
         }
-        r::rmsnorm_ref(&s.x, self.norm, self.eps, &mut s.xb);
-        self.lm_head
-            .gemv(pool, arr_ref::<DIM>(&s.xb), arr::<VOCAB>(&mut s.logits));
-        Some(&s.logits)
+        let half = HEAD_DIM / 2;
+        for (c, chunk) in tokens.chunks(BATCH).enumerate() {
+            let (p0, n) = (pos + c * BATCH, chunk.len());
+            for (i, &tok) in chunk.iter().enumerate() {
+                E::to_f32(
+                    self.embed.row(tok as usize),
+                    &mut s.x[i * DIM..(i + 1) * DIM],
+                );
+                let (cos, sin) = (
+                    &mut s.cos[i * half..(i + 1) * half],
+                    &mut s.sin[i * half..(i + 1) * half],
+                );
+                r::rope_cos_sin(p0 + i, self.theta, HEAD_DIM, cos, sin);
+            }
+            self.layers.forward(s, pool, p0, n, self.eps);
+            // Logits of this chunk's tokens at or after `first_row`.
+            let lo = first_row.max(c * BATCH);
+            let hi = c * BATCH + n;
+            if lo < hi {
+                let m = hi - lo;
+                let skip = lo - c * BATCH;
+                rmsnorm_rows(
+                    &s.x[skip * DIM..n * DIM],
+                    self.norm,
+                    self.eps,
+                    &mut s.xb[..m * DIM],
+                );
+                let out = (lo - first_row) * VOCAB;
+                self.lm_head.matmul(
+                    pool,
+                    m,
+                    &s.xb[..m * DIM],
+                    &mut s.logits[out..out + m * VOCAB],
+                );
+            }
+        }
+        (rows > 0).then(|| &s.logits[..rows * VOCAB])
     }
 }
 

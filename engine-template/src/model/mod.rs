@@ -5,7 +5,7 @@ pub mod llama;
 
 use crate::dtype::WeightType;
 use crate::error::{EngineError, Result};
-use crate::pool::Pool;
+use crate::pool::{shard, Pool, SyncSlice};
 
 /// A `[ROWS, COLS]` row-major weight matrix viewed in place in the weights blob; each row is
 /// `COLS / W::BLOCK` stored elements (floats, or blocks of a GGUF format).
@@ -42,6 +42,43 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
                 x,
                 ys,
             );
+        });
+    }
+
+    /// `y[i] = W x[i]` for `n` tokens (`x` is `[n, COLS]`, `y` is `[n, ROWS]`). One token runs
+    /// the fused GEMV; more run as a GEMM that widens each weight row once into an f32 scratch
+    /// row (L1-resident) and dots it with every token, so the weights cross the memory bus once
+    /// per batch instead of once per token.
+    pub fn matmul(&self, pool: &Pool, n: usize, x: &[f32], y: &mut [f32]) {
+        if n == 1 {
+            let x: &[f32; COLS] = x[..COLS].try_into().expect("one token's activations");
+            let y: &mut [f32; ROWS] = (&mut y[..ROWS]).try_into().expect("one token's outputs");
+            return self.gemv(pool, x, y);
+        }
+        let isa = crate::kernels::isa();
+        let (x, ys) = (&x[..n * COLS], SyncSlice::new(&mut y[..n * ROWS]));
+        pool.broadcast(&|t, nt| {
+            let (a, b) = shard(ROWS, t, nt, 16);
+            let mut wrow = vec![0.0f32; COLS];
+            for r in a..b {
+                W::to_f32(self.row(r), &mut wrow);
+                // SAFETY: element (i, r) belongs to the thread owning row r alone.
+                let put = |i: usize, v: f32| unsafe { ys.range(i * ROWS + r, 1)[0] = v };
+                let quads = x.chunks_exact(4 * COLS);
+                let rest = quads.remainder();
+                for (q, x4) in quads.enumerate() {
+                    let xs = std::array::from_fn(|t| &x4[t * COLS..(t + 1) * COLS]);
+                    for (t, v) in crate::kernels::dot4_f32(isa, &wrow, xs)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        put(4 * q + t, v);
+                    }
+                }
+                for (j, xi) in rest.chunks_exact(COLS).enumerate() {
+                    put(n / 4 * 4 + j, crate::kernels::dot_f32(isa, &wrow, xi));
+                }
+            }
         });
     }
 
@@ -83,7 +120,17 @@ fn bind_slice<T: bytemuck::Pod>(
     })
 }
 
-/// What the CLI needs from a model: load, a per-sequence state, and one decoding step.
+/// Which logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    /// The last token's (`[VOCAB]`).
+    Last,
+    /// Those of tokens `k..` of the call (`[n - k, VOCAB]`), for perplexity.
+    From(usize),
+}
+
+/// What the CLI needs from a model: load, a per-sequence state, and forward passes.
 pub trait CausalLm: Sized + Send + Sync {
     type Offsets: 'static;
     type State;
@@ -97,7 +144,17 @@ pub trait CausalLm: Sized + Send + Sync {
     ) -> Result<Self>;
     /// A fresh KV cache and scratch buffers for up to `ctx` positions.
     fn new_state(&self, ctx: usize) -> Self::State;
-    /// Runs `token` at position `pos` and, if `want_logits`, returns the next-token logits.
+    /// Runs `tokens` at positions `pos..pos + tokens.len()` (in batches), and returns the
+    /// logits `want` asks for.
+    fn forward<'s>(
+        &self,
+        st: &'s mut Self::State,
+        pool: &Pool,
+        tokens: &[u32],
+        pos: usize,
+        want: Logits,
+    ) -> Option<&'s [f32]>;
+    /// Runs one token at position `pos` and, if `want_logits`, returns the next-token logits.
     fn step<'s>(
         &self,
         st: &'s mut Self::State,
@@ -105,5 +162,12 @@ pub trait CausalLm: Sized + Send + Sync {
         token: u32,
         pos: usize,
         want_logits: bool,
-    ) -> Option<&'s [f32]>;
+    ) -> Option<&'s [f32]> {
+        let want = if want_logits {
+            Logits::Last
+        } else {
+            Logits::None
+        };
+        self.forward(st, pool, &[token], pos, want)
+    }
 }

@@ -76,6 +76,37 @@ gemv_avx2!(gemv_f32_avx2, f32, dot_f32_avx2);
 gemv_avx2!(gemv_bf16_avx2, bf16, dot_bf16_avx2);
 gemv_avx2!(gemv_f16_avx2, f16, dot_f16_avx2);
 
+/// One weight row against four tokens: each 8 weights are loaded once for four FMAs (a plain
+/// dot loads a weight per FMA, and loads are what a GEMM on two ports runs out of first); two
+/// accumulators a token hide the FMA latency.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_f32_avx2(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    assert!(
+        x.iter().all(|x| x.len() == n),
+        "dot4_f32_avx2: lengths differ"
+    );
+    let (wp, xp) = (w.as_ptr(), x.map(|x| x.as_ptr()));
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (h, a) in acc.iter_mut().enumerate() {
+            let o = i + 8 * h;
+            let wv = _mm256_loadu_ps(wp.add(o));
+            for (t, a) in a.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[t].add(o)), *a);
+            }
+        }
+        i += 16;
+    }
+    std::array::from_fn(|t| {
+        hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t])) + reference::dot_f32_ref(&w[i..], &x[t][i..])
+    })
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
@@ -390,5 +421,66 @@ pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
             *a = _mm256_fmadd_ps(step, _mm256_add_ps(v0, v1), *a);
         }
         *yr = hsum_ps(_mm256_add_ps(acc[0], acc[1])) - dmin * int::mins_dot(mins, &xs);
+    }
+}
+
+/// Widens int4 rows to f32 (the batched GEMM's row scratch): `q * step - off` per group, 32
+/// weights per 16 bytes, as [`int::dequant_int4_ref`] up to the FMA's single rounding.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_int4_avx2(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
+    let rb = int::int4_row_bytes(cols, group);
+    assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4_avx2: shape");
+    let (ng, half) = (cols / group, group / 2);
+    for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+        let (d, dmin) = int::int4_row_scales(row);
+        let (scales, rest) = row[int::INT4_HEADER..].split_at(ng);
+        let (mins, qs) = rest.split_at(ng);
+        for g in 0..ng {
+            let step = _mm256_set1_ps(d * scales[g] as f32);
+            let off = _mm256_set1_ps(-dmin * mins[g] as f32);
+            let (qg, og) = (qs.as_ptr().add(g * half), o.as_mut_ptr().add(g * group));
+            let mut c = 0;
+            while c < half {
+                let (lo, hi) = unpack_nibbles(qg.add(c));
+                let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
+                _mm256_storeu_ps(og.add(c), _mm256_fmadd_ps(q0, step, off));
+                _mm256_storeu_ps(og.add(c + 8), _mm256_fmadd_ps(q1, step, off));
+                _mm256_storeu_ps(og.add(half + c), _mm256_fmadd_ps(q2, step, off));
+                _mm256_storeu_ps(og.add(half + c + 8), _mm256_fmadd_ps(q3, step, off));
+                c += 16;
+            }
+        }
+    }
+}
+
+/// Widens int8 rows to f32: `q * d + m`, 8 codes a step.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequant_int8_avx2(cols: usize, w: &[u8], out: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
+    let rb = int::int8_row_bytes(cols);
+    assert_eq!(w.len() / rb * cols, out.len(), "dequant_int8_avx2: shape");
+    for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+        let (d, m) = int::row_scales_f32(row);
+        let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+        let qp = row.as_ptr().add(int::INT8_HEADER);
+        let mut i = 0;
+        while i + 8 <= cols {
+            let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                qp.add(i) as *const __m128i
+            )));
+            _mm256_storeu_ps(o.as_mut_ptr().add(i), _mm256_fmadd_ps(q, dv, mv));
+            i += 8;
+        }
+        for (j, o) in o.iter_mut().enumerate().skip(i) {
+            *o = d * *qp.add(j) as f32 + m;
+        }
     }
 }
