@@ -80,6 +80,9 @@ pub struct PerplexityArgs {
     /// Score at most this many chunks (default: every whole chunk of the text).
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// Tokens per forward pass (1 runs the decode path, token by token, as generation does).
+    #[arg(long, default_value_t = crate::model::llama::BATCH)]
+    pub batch: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,6 +216,7 @@ pub fn run<M: CausalLm>(
         "model": info.name,
         "precision": info.precision,
         "isa": crate::kernels::isa().name(),
+        "activations": activations(info),
         "threads": threads,
         "affinity": pool.affinity(),
         "prompt_tokens": ids.len(),
@@ -403,6 +407,7 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         "model": info.name,
         "precision": info.precision,
         "isa": isa,
+        "activations": activations(info),
         "threads": threads,
         "affinity": pool.affinity(),
         "runs": a.runs,
@@ -426,8 +431,12 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         if let Some(p) = &pressure {
             model_cell += &format!(" (+{} B/token touched)", p.bytes);
         }
+        let isa_cell = match activations(info) {
+            "i8" => format!("{isa}, i8 activations"),
+            _ => isa.to_string(),
+        };
         let row = format!(
-            "| {} | {cpu} ({}) | {model_cell} | {} | {isa} | {threads} | {:.1} ({:.1}-{:.1}) | {:.1} ({:.1}-{:.1}) | {:.2} / {:.2} | {rss:.0} | {gbps:.1} | {:.0}% |",
+            "| {} | {cpu} ({}) | {model_cell} | {} | {isa_cell} | {threads} | {:.1} ({:.1}-{:.1}) | {:.1} ({:.1}-{:.1}) | {:.2} / {:.2} | {rss:.0} | {gbps:.1} | {:.0}% |",
             today(),
             flags.join(" "),
             info.precision,
@@ -444,6 +453,17 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         bench::merge_row(path, &row)?;
     }
     Ok(summary.to_string())
+}
+
+/// How the decode GEMVs take activations: `"i8"` where quantized weights run the 8-bit
+/// activation kernels (int8, int4, Q8_0 and Q4_1 have them), `"f32"` otherwise.
+fn activations(info: &BakedInfo) -> &'static str {
+    let quantized = matches!(info.precision, "int8w" | "int4w" | "gguf");
+    if quantized && crate::kernels::act8() {
+        "i8"
+    } else {
+        "f32"
+    }
 }
 
 /// Today's date (UTC) as YYYY-MM-DD.
@@ -480,6 +500,9 @@ pub fn perplexity<M: CausalLm>(
     start: Instant,
 ) -> Result<String> {
     let threads = threads(a.common.threads)?;
+    if a.batch == 0 {
+        return Err(EngineError::Usage("--batch must be at least 1".into()));
+    }
     if a.ctx < 2 || a.ctx > M::CONTEXT {
         return Err(EngineError::Usage(format!(
             "--ctx must be between 2 and {}",
@@ -512,13 +535,22 @@ pub fn perplexity<M: CausalLm>(
         if let (Some(bos), true) = (info.bos_token_id, info.add_bos) {
             input[0] = bos;
         }
-        // The whole chunk in batches; logits of positions first..ctx-1 predict the next token.
-        let logits = model
-            .forward(&mut state, &pool, &input, 0, Logits::From(first))
-            .unwrap_or(&[]);
-        for (j, row) in (first..a.ctx - 1).zip(logits.chunks_exact(M::VOCAB)) {
-            nll += log_sum_exp(row) - row[chunk[j + 1] as usize] as f64;
-            scored += 1;
+        // The chunk in pieces of --batch tokens; logits of positions first..ctx-1 predict the
+        // next token.
+        for start in (0..input.len()).step_by(a.batch) {
+            let end = (start + a.batch).min(input.len());
+            let want = if end <= first {
+                Logits::None
+            } else {
+                Logits::From(first.saturating_sub(start))
+            };
+            let logits = model
+                .forward(&mut state, &pool, &input[start..end], start, want)
+                .unwrap_or(&[]);
+            for (j, row) in (first.max(start)..end).zip(logits.chunks_exact(M::VOCAB)) {
+                nll += log_sum_exp(row) - row[chunk[j + 1] as usize] as f64;
+                scored += 1;
+            }
         }
         eprintln!(
             "perplexity: chunk {}/{chunks}: {:.4}",
@@ -534,6 +566,9 @@ pub fn perplexity<M: CausalLm>(
         "scored_tokens": scored,
         "ctx": a.ctx,
         "chunks": chunks,
+        "batch": a.batch,
+        // Batches run the f32 GEMM; only one token at a time takes the decode kernels.
+        "activations": if a.batch == 1 { activations(info) } else { "f32" },
         "threads": threads,
         "seconds": t0.elapsed().as_secs_f64(),
         "load_time_ms": (t0 - start).as_secs_f64() * 1e3,

@@ -88,13 +88,13 @@ macro_rules! block_weight {
 block_weight!(/// GGUF Q4_0.
     Q4_0, b::BlockQ4_0, Dtype::Ggml(Gt::Q4_0), QK, b::dequant_q4_0_ref, quant::gemv_q4_0);
 block_weight!(/// GGUF Q4_1.
-    Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, b::dequant_q4_1_ref, quant::gemv_q4_1);
+    Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, b::dequant_q4_1_ref, quant::gemv_q4_1_model);
 block_weight!(/// GGUF Q5_0.
     Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, b::dequant_q5_0_ref, quant::gemv_q5_0);
 block_weight!(/// GGUF Q5_1.
     Q5_1, b::BlockQ5_1, Dtype::Ggml(Gt::Q5_1), QK, b::dequant_q5_1_ref, quant::gemv_q5_1);
 block_weight!(/// GGUF Q8_0.
-    Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, b::dequant_q8_0_ref, quant::gemv_q8_0);
+    Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, b::dequant_q8_0_ref, quant::gemv_q8_0_model);
 block_weight!(/// GGUF Q3_K.
     Q3K, b::BlockQ3K, Dtype::Ggml(Gt::Q3K), QK_K, b::dequant_q3_k_ref, quant::gemv_q3_k);
 block_weight!(/// GGUF Q4_K.
@@ -121,7 +121,7 @@ impl<const K: usize> WeightType for Int8<K> {
     const BLOCK: usize = K;
     #[inline]
     fn gemv(isa: Isa, w: &[RowI8<K>], x: &[f32], y: &mut [f32]) {
-        int::gemv_int8(isa, bytemuck::cast_slice(w), x, y)
+        int::gemv_int8_model(isa, bytemuck::cast_slice(w), x, y)
     }
     fn to_f32(w: &[RowI8<K>], out: &mut [f32]) {
         int::dequant_int8(kernels::isa(), K, bytemuck::cast_slice(w), out)
@@ -154,7 +154,7 @@ impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG,
     };
     #[inline]
     fn gemv(isa: Isa, w: &[RowI4<NG, H>], x: &[f32], y: &mut [f32]) {
-        int::gemv_int4(isa, G, bytemuck::cast_slice(w), x, y)
+        int::gemv_int4_model(isa, G, bytemuck::cast_slice(w), x, y)
     }
     fn to_f32(w: &[RowI4<NG, H>], out: &mut [f32]) {
         int::dequant_int4(kernels::isa(), G, 2 * H, bytemuck::cast_slice(w), out)

@@ -6,6 +6,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use clocher_engine::kernels::int::{self, Clip, Scheme};
+use clocher_engine::kernels::{blocks, quant};
 use clocher_engine::kernels::{tol, Isa};
 use half::bf16;
 
@@ -370,4 +371,137 @@ fn dequant_int4_every_isa_matches_reference() {
             }
         }
     }
+}
+
+/// An 8-bit activation GEMV over raw bytes; false where the CPU lacks VNNI.
+type Act8Kernel<'a> = dyn Fn(&[u8], &[f32], &mut [f32]) -> bool + 'a;
+
+/// The 8-bit activation kernels against the f64 dot of the dequantized weights with the exact
+/// activations. Quantizing an activation to 8 bits against its 16-block's max moves it by at
+/// most `max / 254`, so the bound is `sum |w_i| * max_block(i) / 254` plus the float bound.
+#[test]
+fn act8_gemvs_match_f64_oracle_within_activation_rounding() {
+    if !clocher_engine::kernels::vnni_available() {
+        eprintln!("skipped: this CPU lacks AVX-512 VNNI");
+        return;
+    }
+    let bound = |deq: &[f32], off: &[f32], x: &[f32]| {
+        let (_, mag) = oracle(deq, off, x);
+        let act: f64 = deq
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let b = i / 16 * 16;
+                let m = x[b..(b + 16).min(x.len())]
+                    .iter()
+                    .fold(0.0f32, |a, v| a.max(v.abs()));
+                w.abs() as f64 * m as f64 / 254.0
+            })
+            .sum();
+        act * 1.01
+            + tol::QUANT_DOT_REL as f64 * (x.len().max(1) as f64).sqrt() * mag
+            + tol::DOT_ABS as f64
+    };
+    let mut fails = vec![];
+    let mut check = |label: String,
+                     cols: usize,
+                     rows: usize,
+                     q: &[u8],
+                     deq: &[f32],
+                     off: &[f32],
+                     run: &Act8Kernel<'_>| {
+        for mis in 0..3 {
+            let mut wbuf = vec![0u8; mis];
+            wbuf.extend_from_slice(q);
+            let xbuf = values(cols + mis, (cols + rows) as u32 + 3);
+            let x = &xbuf[mis..];
+            let mut y = vec![f32::NAN; rows];
+            assert!(run(&wbuf[mis..], x, &mut y));
+            for (r, &got) in y.iter().enumerate() {
+                let row = r * cols..(r + 1) * cols;
+                let (exp, _) = oracle(&deq[row.clone()], &off[row.clone()], x);
+                let b = bound(&deq[row.clone()], &off[row], x);
+                if !((got as f64 - exp).abs() <= b) {
+                    fails.push(format!("{label} act8 cols={cols} rows={rows} misalign={mis} index={r}: expected {exp}, actual {got} (bound {b:e})"));
+                }
+            }
+        }
+    };
+    for cols in [0usize, 1, 17, 32, 33, 64, 100, 576] {
+        for rows in [0usize, 1, 5] {
+            let w = values(rows * cols, (cols * 3 + rows) as u32);
+            let q = if cols == 0 {
+                vec![0u8; rows * int::INT8_HEADER]
+            } else {
+                int::quantize_int8(&w, cols, false, Scheme::Asym, Clip::None).unwrap()
+            };
+            let (deq, off) = (dequant(8, 0, cols, &q), offsets(8, 0, cols, &q));
+            check(
+                "gemv_int8".into(),
+                cols,
+                rows,
+                &q,
+                &deq,
+                &off,
+                &|w, x, y| int::gemv_int8_act8(w, x, y),
+            );
+        }
+    }
+    // GGUF Q8_0 (signed codes) and Q4_1 blocks, 0 to 3 blocks a row.
+    for nb in 0..=3usize {
+        let cols = nb * 32;
+        let w = values(5 * cols, nb as u32 + 40);
+        let q8 = blocks::quantize_q8_0_ref(&w);
+        let mut deq = vec![0.0f32; w.len()];
+        blocks::dequant_q8_0_ref(&q8, &mut deq);
+        let zeros = vec![0.0f32; w.len()];
+        check(
+            format!("gemv_q8_0 blocks={nb}"),
+            cols,
+            5,
+            bytemuck::cast_slice(&q8),
+            &deq,
+            &zeros,
+            &|w, x, y| quant::gemv_q8_0_act8(&bytemuck::pod_collect_to_vec(w), x, y),
+        );
+        let q41: Vec<blocks::BlockQ4_1> = (0..5 * nb)
+            .map(|i| blocks::BlockQ4_1 {
+                d: half::f16::from_f32(0.01 + i as f32 * 1e-3),
+                m: half::f16::from_f32(-0.08 + i as f32 * 2e-3),
+                qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+            })
+            .collect();
+        let mut deq = vec![0.0f32; w.len()];
+        blocks::dequant_q4_1_ref(&q41, &mut deq);
+        let off: Vec<f32> = q41.iter().flat_map(|b| [b.m.to_f32(); 32]).collect();
+        check(
+            format!("gemv_q4_1 blocks={nb}"),
+            cols,
+            5,
+            bytemuck::cast_slice(&q41),
+            &deq,
+            &off,
+            &|w, x, y| quant::gemv_q4_1_act8(&bytemuck::pod_collect_to_vec(w), x, y),
+        );
+    }
+    for group in [32usize, 64, 128] {
+        for ng in [1usize, 3] {
+            let cols = group * ng;
+            for scheme in [Scheme::Asym, Scheme::Sym] {
+                let w = values(5 * cols, (cols + group) as u32);
+                let q = int::quantize_int4(&w, cols, group, scheme, Clip::None).unwrap();
+                let (deq, off) = (dequant(4, group, cols, &q), offsets(4, group, cols, &q));
+                check(
+                    format!("gemv_int4_g{group} {scheme:?}"),
+                    cols,
+                    5,
+                    &q,
+                    &deq,
+                    &off,
+                    &|w, x, y| int::gemv_int4_act8(group, w, x, y),
+                );
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
 }

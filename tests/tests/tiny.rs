@@ -589,3 +589,62 @@ fn tiny_bench_lines_summary_and_merge() {
         "{table}"
     );
 }
+
+/// Perplexity through the batched GEMM (`--batch 32`) and through the decode GEMVs
+/// (`--batch 1`) agree; with `IE_ACT8=1` the decode path takes 8-bit activations (where the CPU
+/// has VNNI), which moves perplexity by little, and says so.
+#[test]
+fn tiny_int4w_perplexity_paths_agree() {
+    let (work, _, _, bin) = build_tiny(
+        false,
+        12,
+        "F32",
+        "tiny-int4w-ppl",
+        &["--precision", "int4w"],
+    );
+    let ids: Vec<u32> = (0..70u32).map(|i| 2 + (i * 5 + i * i) % 62).collect();
+    let text: Vec<String> = ids.iter().map(|i| format!("t{i}")).collect();
+    let file = work.path().join("text.txt");
+    std::fs::write(&file, text.join(" ")).unwrap();
+    let ppl = |batch: &str, act8: &str| {
+        let out = std::process::Command::new(&bin)
+            .args([
+                "perplexity",
+                "--file",
+                file.to_str().unwrap(),
+                "--ctx",
+                "16",
+            ])
+            .args(["--batch", batch, "--threads", "2"])
+            .env("IE_ACT8", act8)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["ppl"].as_f64().unwrap(),
+            v["activations"].as_str().unwrap().to_string(),
+        )
+    };
+    let (gemm, a) = ppl("32", "1");
+    assert_eq!(a, "f32");
+    let (gemv, a) = ppl("1", "0");
+    assert_eq!(a, "f32");
+    assert!(
+        (gemm - gemv).abs() <= 1e-4 * gemm,
+        "GEMM {gemm} vs GEMV {gemv}"
+    );
+    let (act8, a) = ppl("1", "1");
+    if clocher_engine::kernels::vnni_available() {
+        assert_eq!(a, "i8");
+        assert!(
+            (act8 - gemv).abs() <= 0.01 * gemv,
+            "8-bit activations {act8} vs f32 {gemv}"
+        );
+        assert_ne!(act8, gemv, "the 8-bit path did not run");
+    }
+}

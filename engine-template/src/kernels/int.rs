@@ -501,7 +501,47 @@ pub fn dequant_int4(isa: Isa, group: usize, cols: usize, w: &[u8], out: &mut [f3
     }
 }
 
-/// INT8 GEMV on `isa`.
+/// INT8 GEMV with 8-bit activations (`vpdpbusd`); false, with `y` untouched, where the CPU
+/// lacks AVX-512 VNNI.
+pub fn gemv_int8_act8(w: &[u8], x: &[f32], y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::vnni_available() {
+        // SAFETY: the features the kernel needs were detected just above.
+        unsafe { super::x86::vnni::gemv_int8_vnni(w, x, y) };
+        return true;
+    }
+    false
+}
+
+/// INT4 GEMV with 8-bit activations (`vpdpbusd`); false, with `y` untouched, where the CPU
+/// lacks AVX-512 VNNI.
+pub fn gemv_int4_act8(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::vnni_available() {
+        // SAFETY: the features the kernel needs were detected just above.
+        unsafe { super::x86::vnni::gemv_int4_vnni(group, w, x, y) };
+        return true;
+    }
+    false
+}
+
+/// The GEMV a model runs: 8-bit activations when [`super::act8`], else [`gemv_int8`].
+#[inline]
+pub fn gemv_int8_model(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
+    if !(isa != Isa::Scalar && super::act8() && gemv_int8_act8(w, x, y)) {
+        gemv_int8(isa, w, x, y)
+    }
+}
+
+/// The GEMV a model runs: 8-bit activations when [`super::act8`], else [`gemv_int4`].
+#[inline]
+pub fn gemv_int4_model(isa: Isa, group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
+    if !(isa != Isa::Scalar && super::act8() && gemv_int4_act8(group, w, x, y)) {
+        gemv_int4(isa, group, w, x, y)
+    }
+}
+
+/// INT8 GEMV on `isa`, f32 activations.
 #[inline]
 pub fn gemv_int8(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
     match isa {
@@ -515,7 +555,7 @@ pub fn gemv_int8(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// INT4 GEMV on `isa`.
+/// INT4 GEMV on `isa`, f32 activations.
 #[inline]
 pub fn gemv_int4(isa: Isa, group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
     match isa {

@@ -74,6 +74,30 @@ pub fn isa() -> Isa {
     })
 }
 
+/// Whether the int8 / int4 decode GEMVs quantize activations to 8 bits and use `vpdpbusd`:
+/// opted in with `IE_ACT8=1`, where the CPU has AVX-512 VNNI + VL and the process runs SIMD
+/// kernels. Off by default: f32 activations keep decoding exact against the stored weights
+/// (ADR 15). Detected once; generated binaries report it as `activations` in their JSON line.
+pub fn act8() -> bool {
+    static ACT8: OnceLock<bool> = OnceLock::new();
+    *ACT8.get_or_init(|| {
+        vnni_available() && isa() != Isa::Scalar && std::env::var("IE_ACT8").as_deref() == Ok("1")
+    })
+}
+
+/// True when this CPU has what the 8-bit activation kernels need.
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::detect() != Isa::Scalar
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Tolerances of the kernel tests, in one place. SIMD and scalar kernels sum in different
 /// orders, so they agree to a relative error that grows with the length.
 pub mod tol {

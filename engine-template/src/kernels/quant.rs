@@ -167,3 +167,43 @@ quant_gemv!(
     QK,
     b::dequant_mxfp4_ref
 );
+
+/// Q8_0 GEMV with 8-bit activations (`vpdpbusd`); false, with `y` untouched, where the CPU
+/// lacks AVX-512 VNNI.
+pub fn gemv_q8_0_act8(w: &[b::BlockQ8_0], x: &[f32], y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::vnni_available() {
+        // SAFETY: the features the kernel needs were detected just above.
+        unsafe { super::x86::vnni::gemv_q8_0_vnni(w, x, y) };
+        return true;
+    }
+    false
+}
+
+/// Q4_1 GEMV with 8-bit activations (`vpdpbusd`); false, with `y` untouched, where the CPU
+/// lacks AVX-512 VNNI.
+pub fn gemv_q4_1_act8(w: &[b::BlockQ4_1], x: &[f32], y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::vnni_available() {
+        // SAFETY: the features the kernel needs were detected just above.
+        unsafe { super::x86::vnni::gemv_q4_1_vnni(w, x, y) };
+        return true;
+    }
+    false
+}
+
+/// The Q8_0 GEMV a model runs: 8-bit activations when [`super::act8`], else [`gemv_q8_0`].
+#[inline]
+pub fn gemv_q8_0_model(isa: Isa, w: &[b::BlockQ8_0], x: &[f32], y: &mut [f32]) {
+    if !(isa != Isa::Scalar && super::act8() && gemv_q8_0_act8(w, x, y)) {
+        gemv_q8_0(isa, w, x, y)
+    }
+}
+
+/// The Q4_1 GEMV a model runs: 8-bit activations when [`super::act8`], else [`gemv_q4_1`].
+#[inline]
+pub fn gemv_q4_1_model(isa: Isa, w: &[b::BlockQ4_1], x: &[f32], y: &mut [f32]) {
+    if !(isa != Isa::Scalar && super::act8() && gemv_q4_1_act8(w, x, y)) {
+        gemv_q4_1(isa, w, x, y)
+    }
+}

@@ -160,7 +160,7 @@ via_dequant_avx2!(gemv_tq2_0_avx2, b::BlockTQ2_0, QK_K, b::dequant_tq2_0_ref);
 via_dequant_avx2!(gemv_mxfp4_avx2, b::BlockMXFP4, QK, b::dequant_mxfp4_ref);
 
 /// Checks a block GEMV's shape; returns blocks per row (0 means every `y` is 0).
-fn blocks_per_row(name: &str, w_len: usize, cols: usize, rows: usize) -> usize {
+pub(crate) fn blocks_per_row(name: &str, w_len: usize, cols: usize, rows: usize) -> usize {
     assert!(
         cols.is_multiple_of(QK),
         "{name}: {cols} columns are not whole {QK}-blocks"

@@ -2,6 +2,7 @@
 
 pub mod avx2;
 pub mod avx512;
+pub mod vnni;
 
 use std::arch::x86_64::*;
 
