@@ -9,7 +9,9 @@
 # others are re-quantized from it with tests/scripts/make_mixed_gguf.py) and the Clocher
 # precision packed from the same weights (gguf: the very file llama.cpp runs). llama.cpp comes
 # from the llama-cpp-python package, built from source once into models/.cache/bench-venv.
-# Set MERGE=docs/PERFORMANCE.md to also put each Clocher summary into that table.
+# Set MERGE=docs/PERFORMANCE.md to also put each Clocher summary into that table. Quantized
+# precisions are also run with IE_ACT8=1 (8-bit activations through VNNI, where the CPU has it),
+# on a line of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-"q4_1:gguf q8_0:gguf q8_0:int8w q4_0:int4w f32:fp32 bf16:bf16"}
@@ -72,30 +74,39 @@ print(json.dumps({"prompt_tokens": len(toks), "pp_tps": statistics.median(pp), "
 PY
 }
 
-clocher_bench() { # GGUF PRECISION -> the bench summary JSON line
+clocher_build() { # GGUF PRECISION -> the binary
   local name="bench-$2-$(basename "$1" .gguf | tr 'A-Z_.' 'a-z--')"
   local crate
   crate=$("$PACK" "$1" --precision "$2" --name "$name" --out-dir "$WORK/$name" --crate-dir "$WORK/$name-crate" 2>/dev/null | tail -n 1)
   cargo build --release --quiet --manifest-path "$crate/Cargo.toml"
-  "$CARGO_TARGET_DIR/release/$name" bench --prompts "$WORK/prompts.txt" --runs "$RUNS" \
+  echo "$CARGO_TARGET_DIR/release/$name"
+}
+
+clocher_bench() { # BINARY IE_ACT8 -> the bench summary JSON line
+  IE_ACT8=$2 "$1" bench --prompts "$WORK/prompts.txt" --runs "$RUNS" \
     --max-new "$MAX_NEW" --threads "$THREADS" ${MERGE:+--merge "$MERGE"} | tail -n 1
 }
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, prompt of $(wc -w <<< "$PROMPT") words, $MAX_NEW new tokens, median of $RUNS runs"
-printf '%-14s %-10s %10s %10s %10s %10s %8s %8s\n' pair clocher-isa "llama tg" "clocher tg" "llama pp" "clocher pp" "tg ratio" "pp ratio"
+printf '%-14s %-15s %10s %10s %10s %10s %8s %8s\n' pair clocher-kernels "llama tg" "clocher tg" "llama pp" "clocher pp" "tg ratio" "pp ratio"
 for pair in $PAIRS; do
   ltype=${pair%%:*}; prec=${pair##*:}
   file=$(gguf_of "$ltype")
   # For gguf the Clocher side runs the very file; the other precisions are packed from the
   # shipped weights, as a user would quantize them.
   csrc=$file; [ "$prec" != gguf ] && csrc=$SRC
+  bin=$(clocher_build "$csrc" "$prec")
   l=$(llama_bench "$file")
-  c=$(clocher_bench "$csrc" "$prec")
-  python3 - "$pair" "$l" "$c" <<'PY'
+  acts="0"; case $prec in int8w|int4w|gguf) acts="0 1" ;; esac
+  for act8 in $acts; do
+    c=$(clocher_bench "$bin" "$act8")
+    python3 - "$pair" "$l" "$c" <<'PY'
 import json, sys
 pair, l, c = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 ctg, cpp = c["tg_tps"]["median"], c["pp_tps"]["median"]
-print(f'{pair:<14} {c["isa"]:<10} {l["tg_tps"]:10.1f} {ctg:10.1f} {l["pp_tps"]:10.1f} {cpp:10.1f} {ctg / l["tg_tps"]:7.2f}x {cpp / l["pp_tps"]:7.2f}x'
+kern = f'{c["isa"]}, {c["activations"]}'
+print(f'{pair:<14} {kern:<15} {l["tg_tps"]:10.1f} {ctg:10.1f} {l["pp_tps"]:10.1f} {cpp:10.1f} {ctg / l["tg_tps"]:7.2f}x {cpp / l["pp_tps"]:7.2f}x'
       f'   (clocher: {c["bandwidth_fraction"] * 100:.0f}% of {c["read_gbps"]:.1f} GB/s, RSS {c["rss_peak_mb"]:.0f} MB)')
 PY
+  done
 done
