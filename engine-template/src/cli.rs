@@ -567,13 +567,25 @@ pub fn perplexity<M: CausalLm>(
         "ctx": a.ctx,
         "chunks": chunks,
         "batch": a.batch,
-        // Batches run the f32 GEMM; only one token at a time takes the decode kernels.
-        "activations": if a.batch == 1 { activations(info) } else { "f32" },
+        // Batches run the f32 GEMM; a forward call of one token takes the decode kernels.
+        "activations": match (activations(info), single_token_calls(a.ctx - 1, a.batch)) {
+            ("i8", true) if a.batch > 1 => "mixed",
+            ("i8", true) => "i8",
+            _ => "f32",
+        },
         "threads": threads,
         "seconds": t0.elapsed().as_secs_f64(),
         "load_time_ms": (t0 - start).as_secs_f64() * 1e3,
     });
     Ok(line.to_string())
+}
+
+/// Whether scoring `len` tokens in pieces of `batch` makes any one-token forward call (a piece,
+/// or the tail of a piece split into `llama::BATCH`-token chunks).
+fn single_token_calls(len: usize, batch: usize) -> bool {
+    let b = crate::model::llama::BATCH;
+    let piece_has_single = |p: usize| p == 1 || p % b == 1;
+    (len >= batch && piece_has_single(batch)) || piece_has_single(len % batch)
 }
 
 /// Writes `values` as little-endian f32 to a temporary name, then renames it into place.

@@ -179,9 +179,14 @@ pub fn run(a: &PtqArgs) -> Result<String> {
             decision: None,
         };
         let mut chosen = None;
+        // A group size that doesn't divide this tensor's rows falls back like a failed gate.
+        let unfit = first.dtype(cols).err();
         for spec in [first, int8] {
             if spec.bits == 8 && chosen.is_some() {
                 break;
+            }
+            if spec == first && unfit.is_some() {
+                continue;
             }
             let cos = cosine(&pool, &ck, &acts, &name, w, cols, &spec)?;
             if spec.bits == 4 {
@@ -200,6 +205,9 @@ pub fn run(a: &PtqArgs) -> Result<String> {
                     "source precision (int8 cosine {cos:.6} < gate {})",
                     req.gate
                 ));
+            }
+            if let (Some(e), Some(d)) = (&unfit, line.decision.as_mut()) {
+                *d = format!("{d}; requested layout: {e}");
             }
             if spec.bits == 8 {
                 break;

@@ -443,8 +443,8 @@ fn tiny_ptq_gate_decides_per_tensor() {
         .map(|i| format!("t{}", 2 + i * 11 % 62))
         .collect();
     std::fs::write(&calib, words.join(" ")).unwrap();
-    let ptq = |gate: &str, out: &Path| {
-        let o = pack(&[
+    let ptq = |gate: &str, out: &Path, extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "ptq".as_ref(),
             hf.as_os_str(),
             "--out".as_ref(),
@@ -453,7 +453,9 @@ fn tiny_ptq_gate_decides_per_tensor() {
             calib.as_os_str(),
             "--gate-cosine".as_ref(),
             gate.as_ref(),
-        ]);
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let o = pack(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let m: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
@@ -462,12 +464,12 @@ fn tiny_ptq_gate_decides_per_tensor() {
         m
     };
     let loose = work.path().join("q/loose.json");
-    let m = ptq("0.5", &loose);
+    let m = ptq("0.5", &loose, &[]);
     for (n, t) in m["tensors"].as_object().unwrap() {
         assert_eq!(t["bits"], 4, "{n}: {t}");
         assert!(t["cosine_int4"].as_f64().unwrap() > 0.9, "{n}: {t}");
     }
-    let m = ptq("1", &work.path().join("q/strict.json"));
+    let m = ptq("1", &work.path().join("q/strict.json"), &[]);
     for (n, t) in m["tensors"].as_object().unwrap() {
         assert!(t["bits"].is_null(), "{n}: {t}");
         assert!(t["cosine_int8"].as_f64().unwrap() < 1.0, "{n}: {t}");
@@ -475,6 +477,27 @@ fn tiny_ptq_gate_decides_per_tensor() {
             t["decision"].as_str().unwrap().contains("source"),
             "{n}: {t}"
         );
+    }
+    // Groups of 64 fit the 64-wide rows but not down_proj's 96: it falls back to int8.
+    let m = ptq(
+        "0.5",
+        &work.path().join("q/g64.json"),
+        &["--group-size", "64"],
+    );
+    for (n, t) in m["tensors"].as_object().unwrap() {
+        if n.ends_with("down_proj.weight") {
+            assert_eq!(t["bits"], 8, "{n}: {t}");
+            assert!(
+                t["decision"].as_str().unwrap().contains("does not divide"),
+                "{n}: {t}"
+            );
+        } else {
+            assert_eq!(
+                (t["bits"].as_u64(), t["group_size"].as_u64()),
+                (Some(4), Some(64)),
+                "{n}: {t}"
+            );
+        }
     }
     let name = "tiny-ptq";
     let crate_dir = pack_ok(

@@ -406,6 +406,12 @@ pub fn dequant_int8_ref(cols: usize, w: &[u8], out: &mut [f32]) {
 
 /// Widens int4 rows of `cols` weights in groups of `group` to f32.
 pub fn dequant_int4_ref(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
+    if let Some(e) = int4_group_error(cols, group) {
+        panic!("dequant_int4: {e}");
+    }
     let rb = int4_row_bytes(cols, group);
     let ng = cols / group;
     assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4: shape");
@@ -490,6 +496,13 @@ pub fn dequant_int8(isa: Isa, cols: usize, w: &[u8], out: &mut [f32]) {
 /// Int4 rows widened to f32 on `isa` (AVX2 where available).
 #[inline]
 pub fn dequant_int4(isa: Isa, group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
+    // The SIMD body takes 16 bytes of a group at a time: check the group before it runs.
+    if let Some(e) = int4_group_error(cols, group) {
+        panic!("dequant_int4: {e}");
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature

@@ -428,7 +428,8 @@ pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
 /// weights per 16 bytes, as [`int::dequant_int4_ref`] up to the FMA's single rounding.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C, and `group` must be a positive multiple of 32
+/// dividing `cols` (`int::dequant_int4` checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequant_int4_avx2(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
     let rb = int::int4_row_bytes(cols, group);
