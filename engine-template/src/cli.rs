@@ -591,11 +591,8 @@ fn single_token_calls(len: usize, batch: usize) -> bool {
 /// Writes `values` as little-endian f32 to a temporary name, then renames it into place.
 fn write_f32_atomic(path: &std::path::Path, values: &[f32]) -> Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let tmp = path.with_extension("tmp");
-    let err = |source| EngineError::Output {
+    crate::runtime::write_atomic(path, &bytes).map_err(|source| EngineError::Output {
         path: path.to_path_buf(),
         source,
-    };
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }

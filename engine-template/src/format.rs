@@ -105,18 +105,19 @@ impl From<Dtype> for String {
     }
 }
 
-/// Weight precision of a whole model, as the user names it (`--precision`).
+/// Weight precision of a whole model, as the user names it (`clocher-pack --precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "runtime", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
     Bf16,
     Fp16,
-    /// Every tensor keeps the format it has in the GGUF file (blocks byte for byte).
+    /// Keep every tensor's stored format (GGUF blocks byte for byte).
     Gguf,
-    /// Weight-only INT8 (per tensor in `TensorEntry::quant`).
+    /// Weight-only INT8, per-row min-max scales (or as a --q4-map manifest says).
     Int8w,
-    /// Weight-only INT4 for the tensors a `q4_manifest.json` or the default rules pick.
+    /// Weight-only INT4 linear layers, groups of 32 (or as a --q4-map manifest says).
     Int4w,
 }
 

@@ -2,25 +2,12 @@
 //! `clocher-pack inspect FILE`
 //! `clocher-pack ptq SRC --out quant/q4_manifest.json [--bits 4|8] [--group-size 32|64|128|row] [--scheme sym|asym] [--clip none|percentile:P|mse] [--calib FILE] [--gate-cosine C]`
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use clocher_engine::format::Precision;
 use clocher_pack::{pack, PackOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum PrecisionArg {
-    Fp32,
-    Bf16,
-    Fp16,
-    /// Keep every tensor's stored format (GGUF blocks byte for byte).
-    Gguf,
-    /// Weight-only INT8, per-row min-max scales (or as a --q4-map manifest says).
-    Int8w,
-    /// Weight-only INT4 linear layers, groups of 32 (or as a --q4-map manifest says).
-    Int4w,
-}
 
 /// Pack a Llama checkpoint (Hugging Face folder or GGUF file) into IEBIN v1 and emit a crate
 /// that builds one binary for exactly that model. Prints the crate's path as the last line.
@@ -39,7 +26,7 @@ struct Cli {
     /// Weight precision (default: the source's float type; for GGUF block formats, gguf: each
     /// tensor keeps its stored format).
     #[arg(long, value_enum)]
-    precision: Option<PrecisionArg>,
+    precision: Option<Precision>,
     /// Where to write model.ie.json, model.ie.bin, vocab.json, tokenizer.json [default: models/NAME].
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -90,14 +77,7 @@ fn main() -> ExitCode {
         out_dir: cli.out_dir,
         crate_dir: cli.crate_dir,
         name: cli.name,
-        precision: cli.precision.map(|p| match p {
-            PrecisionArg::Fp32 => Precision::Fp32,
-            PrecisionArg::Bf16 => Precision::Bf16,
-            PrecisionArg::Fp16 => Precision::Fp16,
-            PrecisionArg::Gguf => Precision::Gguf,
-            PrecisionArg::Int8w => Precision::Int8w,
-            PrecisionArg::Int4w => Precision::Int4w,
-        }),
+        precision: cli.precision,
         embed_weights: cli.embed_weights,
         q4_map: cli.q4_map,
     };

@@ -6,7 +6,7 @@
 //! output). A tensor under the gate falls back to int8, then to the source precision. The
 //! manifest records the decision and the cosines for each tensor.
 
-use crate::error::{input, io, write_err, Result};
+use crate::error::{input, write_err, Result};
 use crate::quant::{self, Manifest, ManifestTensor};
 use crate::source::Checkpoint;
 use clocher_engine::format::{self, Dtype, GroupSize, QuantSpec};
@@ -353,7 +353,5 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).map_err(write_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    clocher_engine::runtime::write_atomic(path, bytes).map_err(write_err(path))
 }

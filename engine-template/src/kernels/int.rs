@@ -416,10 +416,7 @@ pub fn dequant_int4_ref(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
     let ng = cols / group;
     assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4: shape");
     for (o, row) in out.chunks_exact_mut(cols).zip(w.chunks_exact(rb)) {
-        let (d, dmin) = int4_row_scales(row);
-        let scales = &row[INT4_HEADER..INT4_HEADER + ng];
-        let mins = &row[INT4_HEADER + ng..INT4_HEADER + 2 * ng];
-        let qs = &row[INT4_HEADER + 2 * ng..];
+        let (d, dmin, scales, mins, qs) = int4_row(row, ng);
         for (g, o) in o.chunks_exact_mut(group).enumerate() {
             let (step, off) = (d * scales[g] as f32, dmin * mins[g] as f32);
             let q = &qs[g * group / 2..(g + 1) * group / 2];
@@ -617,11 +614,14 @@ pub(crate) fn row_scales_f32(row: &[u8]) -> (f32, f32) {
     (f32_at(row, 0), f32_at(row, 4))
 }
 
-/// `(d, dmin)` of an int4 row (bf16 widened: the upper half of an f32).
+/// An int4 row's parts: `d`, `dmin` (bf16 widened: the upper half of an f32), then the `ng`
+/// group scales, the `ng` group mins and the nibbles.
 #[inline(always)]
-pub(crate) fn int4_row_scales(row: &[u8]) -> (f32, f32) {
+pub(crate) fn int4_row(row: &[u8], ng: usize) -> (f32, f32, &[u8], &[u8], &[u8]) {
     let h = |i: usize| f32::from_bits((u16::from_le_bytes([row[i], row[i + 1]]) as u32) << 16);
-    (h(0), h(2))
+    let (scales, rest) = row[INT4_HEADER..].split_at(ng);
+    let (mins, qs) = rest.split_at(ng);
+    (h(0), h(2), scales, mins, qs)
 }
 
 /// `sum_g mins[g] * xs[g]` in four independent partial sums (no serial dependency per group).

@@ -3,7 +3,7 @@
 //! as the baked model, picked by [`kernels::isa`]; inference itself always uses the
 //! const-generic [`super::llama::Llama`].
 
-use super::llama::add;
+use super::llama::{add, attend_head};
 use crate::format::{layer_tensor_name, LlamaConfig};
 use crate::kernels::{self, reference as r, Isa};
 use crate::pool::Pool;
@@ -101,17 +101,15 @@ pub fn capture<'w>(
             let scale = 1.0 / (hd as f32).sqrt();
             for h in 0..heads {
                 let g = h / (heads / kvh);
-                let sc = &mut scores[..pos + 1];
-                for (t, s) in sc.iter_mut().enumerate() {
-                    let kt = &kc[l][t * kvd + g * hd..][..hd];
-                    *s = kernels::dot_f32(isa, &q[h * hd..(h + 1) * hd], kt) * scale;
-                }
-                r::softmax_ref(sc);
-                let out = &mut att[h * hd..(h + 1) * hd];
-                out.fill(0.0);
-                for (t, &p) in sc.iter().enumerate() {
-                    kernels::axpy_f32(isa, p, &vc[l][t * kvd + g * hd..][..hd], out);
-                }
+                attend_head(
+                    isa,
+                    &q[h * hd..(h + 1) * hd],
+                    (&kc[l], &vc[l]),
+                    (kvd, g * hd),
+                    scale,
+                    &mut scores[..pos + 1],
+                    &mut att[h * hd..(h + 1) * hd],
+                );
             }
             rec.attn_out[pos * qd..(pos + 1) * qd].copy_from_slice(&att);
             par_gemv_f32(pool, isa, lw(l, "self_attn.o_proj"), &att, &mut xb2);

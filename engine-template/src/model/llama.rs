@@ -204,16 +204,8 @@ impl_for_layer_types! {
                         let q_h = &q[h * HEAD_DIM..(h + 1) * HEAD_DIM];
                         // SAFETY: head `h` belongs to this thread alone.
                         let sc = unsafe { scores.range(h * ctx, seen) };
-                        for (t, sc) in sc.iter_mut().enumerate() {
-                            let k_t = &layer_k[t * KV_DIM + kvh * HEAD_DIM..][..HEAD_DIM];
-                            *sc = kernels::dot_f32(isa, q_h, k_t) * scale;
-                        }
-                        r::softmax_ref(sc);
-                        out_h.fill(0.0);
-                        for (t, &p) in sc.iter().enumerate() {
-                            let v_t = &layer_v[t * KV_DIM + kvh * HEAD_DIM..][..HEAD_DIM];
-                            kernels::axpy_f32(isa, p, v_t, out_h);
-                        }
+                        let at = kvh * HEAD_DIM;
+                        attend_head(isa, q_h, (layer_k, layer_v), (KV_DIM, at), scale, sc, out_h);
                     }
                 });
             }
@@ -228,6 +220,29 @@ impl_for_layer_types! {
             self.w_down.matmul(pool, n, &s.hb, &mut s.xb2);
             add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
         }
+    }
+}
+
+/// One head's attention over the first `sc.len()` cached positions: scaled scores against the
+/// keys, softmax, then the weighted sum of the values into `out`. `kv` are the layer's key and
+/// value caches, rows of `stride` floats with this head's vector at `at` in each.
+pub(crate) fn attend_head(
+    isa: kernels::Isa,
+    q: &[f32],
+    kv: (&[f32], &[f32]),
+    (stride, at): (usize, usize),
+    scale: f32,
+    sc: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    for (t, s) in sc.iter_mut().enumerate() {
+        *s = kernels::dot_f32(isa, q, &kv.0[t * stride + at..][..hd]) * scale;
+    }
+    r::softmax_ref(sc);
+    out.fill(0.0);
+    for (t, &p) in sc.iter().enumerate() {
+        kernels::axpy_f32(isa, p, &kv.1[t * stride + at..][..hd], out);
     }
 }
 

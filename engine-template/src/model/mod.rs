@@ -59,7 +59,8 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
         let (x, ys) = (&x[..n * COLS], SyncSlice::new(&mut y[..n * ROWS]));
         pool.broadcast(&|t, nt| {
             let (a, b) = shard(ROWS, t, nt, 16);
-            let mut wrow = vec![0.0f32; COLS];
+            // One widened row on the stack: no allocation per call.
+            let mut wrow = [0.0f32; COLS];
             for r in a..b {
                 W::to_f32(self.row(r), &mut wrow);
                 // SAFETY: element (i, r) belongs to the thread owning row r alone.

@@ -13,9 +13,8 @@ pub const BANDWIDTH_BYTES: usize = 512 << 20;
 /// a plain sum over [`BANDWIDTH_BYTES`], each thread summing its own contiguous shard, as a
 /// decode GEMV streams its rows.
 pub fn read_bandwidth(pool: &Pool) -> f64 {
-    let mut buf = vec![1.0f32; BANDWIDTH_BYTES / 4];
-    // Fault every page in before timing.
-    buf.iter_mut().step_by(1024).for_each(|v| *v = 1.0);
+    // Filled with ones, so every page is faulted in before timing.
+    let buf = vec![1.0f32; BANDWIDTH_BYTES / 4];
     let mut sums = vec![0.0f32; pool.threads()];
     let mut best = 0.0f64;
     for _ in 0..3 {
@@ -141,7 +140,7 @@ const HEADER: &str = "| date | machine | model | precision | isa | threads | pp 
 
 /// Puts `row` (a markdown table row whose cells 2..=6 identify it) into the bench table of
 /// `path`, replacing the row with the same identity; creates the file or table if missing.
-/// Written to a temporary name, then renamed.
+/// Written atomically.
 pub fn merge_row(path: &Path, row: &str) -> Result<()> {
     let err = |source| EngineError::Output {
         path: path.to_path_buf(),
@@ -184,9 +183,7 @@ pub fn merge_row(path: &Path, row: &str) -> Result<()> {
         "{before}{BEGIN}\n{HEADER}\n{}\n{END}{after}",
         rows.join("\n")
     );
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, text).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    super::write_atomic(path, text.as_bytes()).map_err(err)
 }
 
 #[cfg(test)]

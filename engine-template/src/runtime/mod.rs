@@ -33,6 +33,15 @@ pub struct BakedInfo {
     pub rope_theta: f32,
 }
 
+/// Writes `bytes` to `path` through a temporary sibling (`path` + `.tmp`) renamed into place, so
+/// a reader never sees a half-written file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// 64-byte aligned wrapper for `include_bytes!`, so embedded tensors are as aligned as mapped ones.
 #[repr(C, align(64))]
 pub struct Aligned<T: ?Sized>(pub T);

@@ -398,9 +398,7 @@ pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
     let half = group / 2;
     let xs = int::group_sums(x, group);
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
-        let (d, dmin) = int::int4_row_scales(row);
-        let (scales, rest) = row[int::INT4_HEADER..].split_at(ng);
-        let (mins, qs) = rest.split_at(ng);
+        let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         let mut acc = [_mm256_setzero_ps(); 2];
         for g in 0..ng {
             let xg = x.as_ptr().add(g * group);
@@ -436,9 +434,7 @@ pub unsafe fn dequant_int4_avx2(group: usize, cols: usize, w: &[u8], out: &mut [
     assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4_avx2: shape");
     let (ng, half) = (cols / group, group / 2);
     for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
-        let (d, dmin) = int::int4_row_scales(row);
-        let (scales, rest) = row[int::INT4_HEADER..].split_at(ng);
-        let (mins, qs) = rest.split_at(ng);
+        let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         for g in 0..ng {
             let step = _mm256_set1_ps(d * scales[g] as f32);
             let off = _mm256_set1_ps(-dmin * mins[g] as f32);

@@ -87,9 +87,7 @@ pub unsafe fn gemv_int4_vnni(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
         g * group + h * half + c
     });
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
-        let (d, dmin) = int::int4_row_scales(row);
-        let (scales, rest) = row[int::INT4_HEADER..].split_at(ng);
-        let (mins, qs) = rest.split_at(ng);
+        let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         let mut acc = [_mm256_setzero_ps(); 2];
         for g in 0..ng {
             let mut v = _mm256_setzero_ps();
