@@ -2,6 +2,7 @@
 //! forward pass is monomorphized for it and no format dispatch is left at run time.
 
 use crate::format::Dtype;
+use crate::kernels::act8::{self, ActQ8};
 use crate::kernels::blocks::{self as b, GgmlType as Gt, QK, QK_K};
 use crate::kernels::int::{self, RowI4, RowI8};
 use crate::kernels::{self, quant, Isa};
@@ -18,6 +19,13 @@ pub trait WeightType: 'static + Send + Sync {
     fn gemv(isa: Isa, w: &[Self::Elem], x: &[f32], y: &mut [f32]);
     /// Widen one row to f32 (embedding lookup).
     fn to_f32(w: &[Self::Elem], out: &mut [f32]);
+    /// Whether the type has [`WeightType::gemv_q8`]: decode then quantizes a token's
+    /// activations to 8 bits once per op and runs integer dots (ADR 16).
+    const ACT8: bool = false;
+    /// `y[r] = dot(row r, x)` against 8-bit activations; called only where `ACT8` holds.
+    fn gemv_q8(_isa: Isa, _w: &[Self::Elem], _x: &ActQ8, _y: &mut [f32]) {
+        unreachable!("{:?} has no 8-bit activation GEMV", Self::DTYPE)
+    }
 }
 
 /// 32-bit IEEE floats.
@@ -68,7 +76,19 @@ float_weight!(
 );
 
 macro_rules! block_weight {
+    ($(#[$doc:meta])* $name:ident, $block:ty, $dtype:expr, $elems:expr, $dequant:path, $gemv:path, act8: $q8:path) => {
+        block_weight!($(#[$doc])* $name, $block, $dtype, $elems, $dequant, $gemv, {
+            const ACT8: bool = true;
+            #[inline]
+            fn gemv_q8(isa: Isa, w: &[$block], x: &ActQ8, y: &mut [f32]) {
+                $q8(isa, w, x, y)
+            }
+        });
+    };
     ($(#[$doc:meta])* $name:ident, $block:ty, $dtype:expr, $elems:expr, $dequant:path, $gemv:path) => {
+        block_weight!($(#[$doc])* $name, $block, $dtype, $elems, $dequant, $gemv, {});
+    };
+    ($(#[$doc:meta])* $name:ident, $block:ty, $dtype:expr, $elems:expr, $dequant:path, $gemv:path, {$($q8:tt)*}) => {
         $(#[$doc])*
         pub struct $name;
         impl WeightType for $name {
@@ -82,19 +102,23 @@ macro_rules! block_weight {
             fn to_f32(w: &[$block], out: &mut [f32]) {
                 $dequant(w, out)
             }
+            $($q8)*
         }
     };
 }
 block_weight!(/// GGUF Q4_0.
-    Q4_0, b::BlockQ4_0, Dtype::Ggml(Gt::Q4_0), QK, b::dequant_q4_0_ref, quant::gemv_q4_0);
+    Q4_0, b::BlockQ4_0, Dtype::Ggml(Gt::Q4_0), QK, b::dequant_q4_0_ref, quant::gemv_q4_0,
+    act8: act8::gemv_q4_0_q8);
 block_weight!(/// GGUF Q4_1.
-    Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, b::dequant_q4_1_ref, quant::gemv_q4_1_model);
+    Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, b::dequant_q4_1_ref, quant::gemv_q4_1,
+    act8: act8::gemv_q4_1_q8);
 block_weight!(/// GGUF Q5_0.
     Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, b::dequant_q5_0_ref, quant::gemv_q5_0);
 block_weight!(/// GGUF Q5_1.
     Q5_1, b::BlockQ5_1, Dtype::Ggml(Gt::Q5_1), QK, b::dequant_q5_1_ref, quant::gemv_q5_1);
 block_weight!(/// GGUF Q8_0.
-    Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, b::dequant_q8_0_ref, quant::gemv_q8_0_model);
+    Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, b::dequant_q8_0_ref, quant::gemv_q8_0,
+    act8: act8::gemv_q8_0_q8);
 block_weight!(/// GGUF Q3_K.
     Q3K, b::BlockQ3K, Dtype::Ggml(Gt::Q3K), QK_K, b::dequant_q3_k_ref, quant::gemv_q3_k);
 block_weight!(/// GGUF Q4_K.
@@ -121,7 +145,13 @@ impl<const K: usize> WeightType for Int8<K> {
     const BLOCK: usize = K;
     #[inline]
     fn gemv(isa: Isa, w: &[RowI8<K>], x: &[f32], y: &mut [f32]) {
-        int::gemv_int8_model(isa, bytemuck::cast_slice(w), x, y)
+        int::gemv_int8(isa, bytemuck::cast_slice(w), x, y)
+    }
+    /// Rows that are whole activation blocks.
+    const ACT8: bool = K.is_multiple_of(act8::QK8);
+    #[inline]
+    fn gemv_q8(isa: Isa, w: &[RowI8<K>], x: &ActQ8, y: &mut [f32]) {
+        act8::gemv_int8_q8(isa, bytemuck::cast_slice(w), x, y)
     }
     fn to_f32(w: &[RowI8<K>], out: &mut [f32]) {
         int::dequant_int8(kernels::isa(), K, bytemuck::cast_slice(w), out)
@@ -154,7 +184,12 @@ impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG,
     };
     #[inline]
     fn gemv(isa: Isa, w: &[RowI4<NG, H>], x: &[f32], y: &mut [f32]) {
-        int::gemv_int4_model(isa, G, bytemuck::cast_slice(w), x, y)
+        int::gemv_int4(isa, G, bytemuck::cast_slice(w), x, y)
+    }
+    const ACT8: bool = true;
+    #[inline]
+    fn gemv_q8(isa: Isa, w: &[RowI4<NG, H>], x: &ActQ8, y: &mut [f32]) {
+        act8::gemv_int4_q8(isa, G, bytemuck::cast_slice(w), x, y)
     }
     fn to_f32(w: &[RowI4<NG, H>], out: &mut [f32]) {
         int::dequant_int4(kernels::isa(), G, 2 * H, bytemuck::cast_slice(w), out)

@@ -173,16 +173,19 @@ fn dot_and_axpy_match_reference() {
                         isa.name()
                     ));
                 }
-                // dot4: the same row against four tokens, one of them `b`.
-                let others: Vec<Vec<f32>> = (1..4).map(|k| values(n, (n * 7 + k) as u32)).collect();
-                let xs = [b, &others[0][..], &others[1][..], &others[2][..]];
-                for (t, got) in kernels::dot4_f32(isa, a, xs).into_iter().enumerate() {
-                    let (exp, mag) = dot_f64(a, xs[t]);
-                    if !((got as f64 - exp).abs() <= bound(n, mag)) {
-                        fails.push(format!(
-                            "dot4_f32 isa={} n={n} misalign={mis} token={t}: expected {exp}, actual {got}",
-                            isa.name()
-                        ));
+                // dot4x2: four rows (one of them `a`) against two tokens (one of them `b`).
+                let others: Vec<Vec<f32>> = (1..5).map(|k| values(n, (n * 7 + k) as u32)).collect();
+                let ws = [a, &others[0][..], &others[1][..], &others[2][..]];
+                let xs = [&others[3][..], b];
+                for (r, row) in kernels::dot4x2_f32(isa, ws, xs).into_iter().enumerate() {
+                    for (t, got) in row.into_iter().enumerate() {
+                        let (exp, mag) = dot_f64(ws[r], xs[t]);
+                        if !((got as f64 - exp).abs() <= bound(n, mag)) {
+                            fails.push(format!(
+                                "dot4x2_f32 isa={} n={n} misalign={mis} row={r} token={t}: expected {exp}, actual {got}",
+                                isa.name()
+                            ));
+                        }
                     }
                 }
                 let mut y = b.to_vec();

@@ -148,20 +148,34 @@ pub fn build_crate(crate_dir: &Path, name: &str) -> PathBuf {
     e2e_target().join("release").join(name)
 }
 
-/// Runs a model binary; returns its output. Runs are serialized within a test process so
-/// concurrent tests don't oversubscribe the cores.
+/// Runs a model binary with f32 activations (`IE_ACT8=0`), so its results are exact against
+/// the stored weights, which is what the oracle and reference comparisons check; tests of the
+/// 8-bit activation path use [`run_env`]. Returns its output.
 pub fn run(bin: &Path, args: &[&str]) -> Output {
+    run_env(bin, args, &[("IE_ACT8", "0")])
+}
+
+/// Runs a model binary with `env` set; returns its output. Runs are serialized within a test
+/// process so concurrent tests don't oversubscribe the cores.
+pub fn run_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     Command::new(bin)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("running the model binary")
 }
 
-/// Runs a model binary that must succeed; returns its one JSON line.
+/// Runs a model binary that must succeed (f32 activations, as [`run`]); returns its one JSON
+/// line.
 pub fn run_json(bin: &Path, args: &[&str]) -> Value {
-    let out = run(bin, args);
+    run_json_env(bin, args, &[("IE_ACT8", "0")])
+}
+
+/// [`run_json`] with `env` set.
+pub fn run_json_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let out = run_env(bin, args, env);
     check(&out, &format!("{} {args:?}", bin.display()));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(

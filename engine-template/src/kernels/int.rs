@@ -511,46 +511,6 @@ pub fn dequant_int4(isa: Isa, group: usize, cols: usize, w: &[u8], out: &mut [f3
     }
 }
 
-/// INT8 GEMV with 8-bit activations (`vpdpbusd`); false, with `y` untouched, where the CPU
-/// lacks AVX-512 VNNI.
-pub fn gemv_int8_act8(w: &[u8], x: &[f32], y: &mut [f32]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if super::vnni_available() {
-        // SAFETY: the features the kernel needs were detected just above.
-        unsafe { super::x86::vnni::gemv_int8_vnni(w, x, y) };
-        return true;
-    }
-    false
-}
-
-/// INT4 GEMV with 8-bit activations (`vpdpbusd`); false, with `y` untouched, where the CPU
-/// lacks AVX-512 VNNI.
-pub fn gemv_int4_act8(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if super::vnni_available() {
-        // SAFETY: the features the kernel needs were detected just above.
-        unsafe { super::x86::vnni::gemv_int4_vnni(group, w, x, y) };
-        return true;
-    }
-    false
-}
-
-/// The GEMV a model runs: 8-bit activations when [`super::act8`], else [`gemv_int8`].
-#[inline]
-pub fn gemv_int8_model(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
-    if !(isa != Isa::Scalar && super::act8() && gemv_int8_act8(w, x, y)) {
-        gemv_int8(isa, w, x, y)
-    }
-}
-
-/// The GEMV a model runs: 8-bit activations when [`super::act8`], else [`gemv_int4`].
-#[inline]
-pub fn gemv_int4_model(isa: Isa, group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
-    if !(isa != Isa::Scalar && super::act8() && gemv_int4_act8(group, w, x, y)) {
-        gemv_int4(isa, group, w, x, y)
-    }
-}
-
 /// INT8 GEMV on `isa`, f32 activations.
 #[inline]
 pub fn gemv_int8(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
@@ -581,30 +541,35 @@ pub fn gemv_int4(isa: Isa, group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
 
 /// Checks a fused kernel's arguments; returns the row's byte length.
 pub(crate) fn check_int4(name: &str, group: usize, w: &[u8], x: &[f32], y: &[f32]) -> usize {
-    if let Some(e) = int4_group_error(x.len(), group) {
+    check_int4_rows(name, group, x.len(), w.len(), y.len())
+}
+
+/// Checks that `w_len` bytes are `rows` int4 rows of `cols` weights in groups of `group`;
+/// returns the row's byte length.
+pub(crate) fn check_int4_rows(
+    name: &str,
+    group: usize,
+    cols: usize,
+    w_len: usize,
+    rows: usize,
+) -> usize {
+    if let Some(e) = int4_group_error(cols, group) {
         panic!("{name}: {e}");
     }
-    let rb = int4_row_bytes(x.len(), group);
-    assert_eq!(
-        w.len(),
-        rb * y.len(),
-        "{name}: {} bytes for {} rows",
-        w.len(),
-        y.len()
-    );
+    let rb = int4_row_bytes(cols, group);
+    assert_eq!(w_len, rb * rows, "{name}: {w_len} bytes for {rows} rows");
     rb
 }
 
 /// Checks a fused kernel's arguments; returns the row's byte length.
 pub(crate) fn check_int8(name: &str, w: &[u8], x: &[f32], y: &[f32]) -> usize {
-    let rb = int8_row_bytes(x.len());
-    assert_eq!(
-        w.len(),
-        rb * y.len(),
-        "{name}: {} bytes for {} rows",
-        w.len(),
-        y.len()
-    );
+    check_int8_rows(name, x.len(), w.len(), y.len())
+}
+
+/// Checks that `w_len` bytes are `rows` int8 rows of `cols` weights; returns the row's bytes.
+pub(crate) fn check_int8_rows(name: &str, cols: usize, w_len: usize, rows: usize) -> usize {
+    let rb = int8_row_bytes(cols);
+    assert_eq!(w_len, rb * rows, "{name}: {w_len} bytes for {rows} rows");
     rb
 }
 

@@ -3,6 +3,7 @@
 //! The ISA is detected once per process ([`isa`]); a SIMD body is only entered after that check,
 //! so a binary never executes an instruction its CPU lacks.
 
+pub mod act8;
 pub mod blocks;
 pub mod int;
 pub mod quant;
@@ -74,28 +75,15 @@ pub fn isa() -> Isa {
     })
 }
 
-/// Whether the int8 / int4 decode GEMVs quantize activations to 8 bits and use `vpdpbusd`:
-/// opted in with `IE_ACT8=1`, where the CPU has AVX-512 VNNI + VL and the process runs SIMD
-/// kernels. Off by default: f32 activations keep decoding exact against the stored weights
-/// (ADR 15). Detected once; generated binaries report it as `activations` in their JSON line.
+/// Whether decode GEMVs over the formats that have one (Q4_0, Q4_1, Q8_0, int8, int4) quantize
+/// a token's activations to 8 bits and run integer dots ([`act8`]): on by default wherever the
+/// process runs SIMD kernels, as llama.cpp does for its quantized types; `IE_ACT8=0` keeps f32
+/// activations (exact against the stored weights). The perplexity cost is measured in
+/// `docs/PRECISIONS.md` and held to the quantization gates (ADR 16). Read once per process;
+/// generated binaries report it as `activations` in their JSON line.
 pub fn act8() -> bool {
     static ACT8: OnceLock<bool> = OnceLock::new();
-    *ACT8.get_or_init(|| {
-        vnni_available() && isa() != Isa::Scalar && std::env::var("IE_ACT8").as_deref() == Ok("1")
-    })
-}
-
-/// True when this CPU has what the 8-bit activation kernels need.
-pub fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        Isa::detect() != Isa::Scalar
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    *ACT8.get_or_init(|| isa() != Isa::Scalar && std::env::var("IE_ACT8").as_deref() != Ok("0"))
 }
 
 /// Tolerances of the kernel tests, in one place. SIMD and scalar kernels sum in different
@@ -144,15 +132,15 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// `[dot(w, x[0]), .., dot(w, x[3])]` (the batched-prefill GEMM's microkernel).
+/// `out[r][t] = dot(w[r], x[t])` for 4 rows and 2 tokens (the batched-prefill GEMM's tile).
 #[inline]
-pub fn dot4_f32(isa: Isa, w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+pub fn dot4x2_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
         // detection, and both imply AVX2.
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4_f32_avx2(w, x) },
-        _ => reference::dot4_f32_ref(w, x),
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4x2_f32_avx2(w, x) },
+        _ => reference::dot4x2_f32_ref(w, x),
     }
 }
 

@@ -8,10 +8,10 @@ pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `[dot(w, x[0]), .., dot(w, x[3])]`: one weight row against four tokens (the GEMM
-/// microkernel of batched prefill).
-pub fn dot4_f32_ref(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    x.map(|x| dot_f32_ref(w, x))
+/// `out[r][t] = dot(w[r], x[t])`: four weight rows against two tokens (the GEMM tile of
+/// batched prefill).
+pub fn dot4x2_f32_ref(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    w.map(|w| x.map(|x| dot_f32_ref(w, x)))
 }
 
 pub fn dot_bf16_ref(w: &[bf16], x: &[f32]) -> f32 {

@@ -6,11 +6,12 @@
 //! (`Q_DIM = HEADS * HEAD_DIM`, `KV_DIM = KV_HEADS * HEAD_DIM`, stable Rust can't compute them)
 //! and [`Layer::bind`] checks the relations at compile time with `const { assert!(..) }`.
 
-use super::{bind_vec, CausalLm, Logits, Mat};
+use super::{bind_vec, Acts, CausalLm, Logits, Mat, GEMV_GRAIN};
 use crate::dtype::WeightType;
 use crate::error::Result;
+use crate::kernels::act8::ActQ8;
 use crate::kernels::{self, reference as r};
-use crate::pool::{Pool, SyncSlice};
+use crate::pool::{shard, Pool, SyncSlice};
 
 /// Byte offsets of one block's tensors in the blob.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +120,7 @@ pub struct LlamaState {
     k_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
     v_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
     logits: Vec<f32>,  // [tokens asked for, VOCAB]
+    xq: ActQ8,         // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
     ctx: usize,
 }
 
@@ -177,9 +179,20 @@ impl_for_layer_types! {
 
             // Attention: rmsnorm, q/k/v projections, rope, cache, scaled-dot-product, output.
             rmsnorm_rows(&s.x[..n * DIM], self.attn_norm, eps, &mut s.xb[..n * DIM]);
-            self.wq.matmul(pool, n, &s.xb, &mut s.q);
-            self.wk.matmul(pool, n, &s.xb, &mut s.k);
-            self.wv.matmul(pool, n, &s.xb, &mut s.v);
+            if n == 1 {
+                // Decode: q, k and v in one pool dispatch, on activations quantized once.
+                let a = Acts::new(isa, &s.xb[..DIM], Q::ACT8 || K::ACT8 || V::ACT8, &mut s.xq);
+                let (q, k, v) = (SyncSlice::new(&mut s.q), SyncSlice::new(&mut s.k), SyncSlice::new(&mut s.v));
+                pool.broadcast(&|t, nt| {
+                    self.wq.gemv_part(isa, a, t, nt, &q);
+                    self.wk.gemv_part(isa, a, t, nt, &k);
+                    self.wv.gemv_part(isa, a, t, nt, &v);
+                });
+            } else {
+                self.wq.matmul(pool, n, &s.xb, &mut s.q);
+                self.wk.matmul(pool, n, &s.xb, &mut s.k);
+                self.wv.matmul(pool, n, &s.xb, &mut s.v);
+            }
             for i in 0..n {
                 let (cos, sin) = (&s.cos[i * half..(i + 1) * half], &s.sin[i * half..(i + 1) * half]);
                 r::rope_ref(&mut s.q[i * Q_DIM..(i + 1) * Q_DIM], cos, sin);
@@ -209,15 +222,36 @@ impl_for_layer_types! {
                     }
                 });
             }
-            self.wo.matmul(pool, n, &s.att_out, &mut s.xb2);
+            if n == 1 {
+                let a = Acts::new(isa, &s.att_out[..Q_DIM], O::ACT8, &mut s.xq);
+                self.wo.gemv(pool, a, &mut s.xb2);
+            } else {
+                self.wo.matmul(pool, n, &s.att_out, &mut s.xb2);
+            }
             add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
 
             // MLP: rmsnorm, SwiGLU, down projection, residual.
             rmsnorm_rows(&s.x[..n * DIM], self.ffn_norm, eps, &mut s.xb[..n * DIM]);
-            self.w_gate.matmul(pool, n, &s.xb, &mut s.hb);
-            self.w_up.matmul(pool, n, &s.xb, &mut s.hb2);
-            r::silu_mul_ref(&mut s.hb[..n * INTER], &s.hb2[..n * INTER]);
-            self.w_down.matmul(pool, n, &s.hb, &mut s.xb2);
+            if n == 1 {
+                // Decode: gate, up and the SwiGLU of each thread's rows in one pool dispatch
+                // (gate and up have the same rows, so a thread's shares line up).
+                let a = Acts::new(isa, &s.xb[..DIM], G::ACT8 || U::ACT8, &mut s.xq);
+                let (g, u) = (SyncSlice::new(&mut s.hb), SyncSlice::new(&mut s.hb2));
+                pool.broadcast(&|t, nt| {
+                    self.w_gate.gemv_part(isa, a, t, nt, &g);
+                    self.w_up.gemv_part(isa, a, t, nt, &u);
+                    let (r0, r1) = shard(INTER, t, nt, GEMV_GRAIN);
+                    // SAFETY: rows r0..r1 of both are this thread's alone.
+                    unsafe { r::silu_mul_ref(g.range(r0, r1 - r0), u.range(r0, r1 - r0)) };
+                });
+                let a = Acts::new(isa, &s.hb[..INTER], D::ACT8, &mut s.xq);
+                self.w_down.gemv(pool, a, &mut s.xb2);
+            } else {
+                self.w_gate.matmul(pool, n, &s.xb, &mut s.hb);
+                self.w_up.matmul(pool, n, &s.xb, &mut s.hb2);
+                r::silu_mul_ref(&mut s.hb[..n * INTER], &s.hb2[..n * INTER]);
+                self.w_down.matmul(pool, n, &s.hb, &mut s.xb2);
+            }
             add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
         }
     }
@@ -320,6 +354,7 @@ impl<
             k_cache: z(LAYERS * ctx * KV_DIM),
             v_cache: z(LAYERS * ctx * KV_DIM),
             logits: z(VOCAB),
+            xq: ActQ8::default(),
             ctx,
         }
     }
@@ -374,12 +409,13 @@ impl<
                     &mut s.xb[..m * DIM],
                 );
                 let out = (lo - first_row) * VOCAB;
-                self.lm_head.matmul(
-                    pool,
-                    m,
-                    &s.xb[..m * DIM],
-                    &mut s.logits[out..out + m * VOCAB],
-                );
+                let logits = &mut s.logits[out..out + m * VOCAB];
+                if m == 1 {
+                    let a = Acts::new(kernels::isa(), &s.xb[..DIM], H::ACT8, &mut s.xq);
+                    self.lm_head.gemv(pool, a, logits);
+                } else {
+                    self.lm_head.matmul(pool, m, &s.xb[..m * DIM], logits);
+                }
             }
         }
         (rows > 0).then(|| &s.logits[..rows * VOCAB])

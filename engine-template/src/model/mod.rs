@@ -5,7 +5,37 @@ pub mod llama;
 
 use crate::dtype::WeightType;
 use crate::error::{EngineError, Result};
+use crate::kernels::act8::ActQ8;
+use crate::kernels::Isa;
 use crate::pool::{shard, Pool, SyncSlice};
+
+/// Rows a thread's share of a GEMV is rounded to (16 f32 outputs: a whole cache line).
+pub const GEMV_GRAIN: usize = 16;
+
+/// One token's activations as a decode GEMV takes them: f32, and their 8-bit quantization
+/// where some weight type of the op runs the 8-bit path ([`crate::kernels::act8()`]).
+#[derive(Clone, Copy)]
+pub struct Acts<'a> {
+    pub x: &'a [f32],
+    pub q: Option<&'a ActQ8>,
+}
+
+impl<'a> Acts<'a> {
+    /// `x` as it is.
+    pub fn f32(x: &'a [f32]) -> Acts<'a> {
+        Acts { x, q: None }
+    }
+
+    /// `x`, quantized once into `buf` when `want_q8` (a weight type of the op has
+    /// [`WeightType::gemv_q8`]) and the process runs the 8-bit path.
+    pub fn new(isa: Isa, x: &'a [f32], want_q8: bool, buf: &'a mut ActQ8) -> Acts<'a> {
+        let q = (want_q8 && crate::kernels::act8()).then(|| {
+            buf.quantize(isa, x);
+            &*buf
+        });
+        Acts { x, q }
+    }
+}
 
 /// A `[ROWS, COLS]` row-major weight matrix viewed in place in the weights blob; each row is
 /// `COLS / W::BLOCK` stored elements (floats, or blocks of a GGUF format).
@@ -30,54 +60,71 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
         })
     }
 
-    /// `y = W x`, rows sharded over the pool. Every bound is a constant after monomorphization.
+    /// Thread `t` of `nt`'s share of `y = W x`: its rows, in grains of [`GEMV_GRAIN`] so no
+    /// two threads share a cache line of `y`. Several matrices' shares can run in one pool
+    /// dispatch (decode runs q, k and v together). Every bound is a constant after
+    /// monomorphization.
     #[inline]
-    pub fn gemv(&self, pool: &Pool, x: &[f32; COLS], y: &mut [f32; ROWS]) {
+    pub fn gemv_part(&self, isa: Isa, a: Acts<'_>, t: usize, nt: usize, y: &SyncSlice<'_>) {
+        let (r0, r1) = shard(ROWS, t, nt, GEMV_GRAIN);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: `shard` gives every thread rows of its own.
+        let ys = unsafe { y.range(r0, r1 - r0) };
+        let w = &self.data[r0 * Self::ROW_ELEMS..r1 * Self::ROW_ELEMS];
+        match a.q {
+            Some(q) if W::ACT8 => W::gemv_q8(isa, w, q, ys),
+            _ => W::gemv(isa, w, &a.x[..COLS], ys),
+        }
+    }
+
+    /// `y = W x` (`y` is `[ROWS]`), rows sharded over the pool.
+    pub fn gemv(&self, pool: &Pool, a: Acts<'_>, y: &mut [f32]) {
         let isa = crate::kernels::isa();
-        // Rows are sharded in grains of 16 so no two threads share a cache line of `y`.
-        pool.par_rows(y, 16, &|row, ys| {
-            W::gemv(
-                isa,
-                &self.data[row * Self::ROW_ELEMS..(row + ys.len()) * Self::ROW_ELEMS],
-                x,
-                ys,
-            );
-        });
+        let ys = SyncSlice::new(&mut y[..ROWS]);
+        pool.broadcast(&|t, nt| self.gemv_part(isa, a, t, nt, &ys));
     }
 
     /// `y[i] = W x[i]` for `n` tokens (`x` is `[n, COLS]`, `y` is `[n, ROWS]`). One token runs
-    /// the fused GEMV; more run as a GEMM that widens each weight row once into an f32 scratch
-    /// row (L1-resident) and dots it with every token, so the weights cross the memory bus once
-    /// per batch instead of once per token.
+    /// the fused GEMV on f32 activations; more run as a GEMM: each thread widens four of its
+    /// weight rows at a time into f32 scratch on its stack (L1/L2-resident), then runs 4-row by
+    /// 2-token tiles over every token, so the weights cross the memory bus once per batch and
+    /// each token's activations are read once per four rows.
     pub fn matmul(&self, pool: &Pool, n: usize, x: &[f32], y: &mut [f32]) {
         if n == 1 {
-            let x: &[f32; COLS] = x[..COLS].try_into().expect("one token's activations");
-            let y: &mut [f32; ROWS] = (&mut y[..ROWS]).try_into().expect("one token's outputs");
-            return self.gemv(pool, x, y);
+            return self.gemv(pool, Acts::f32(&x[..COLS]), y);
         }
         let isa = crate::kernels::isa();
         let (x, ys) = (&x[..n * COLS], SyncSlice::new(&mut y[..n * ROWS]));
         pool.broadcast(&|t, nt| {
-            let (a, b) = shard(ROWS, t, nt, 16);
-            // One widened row on the stack: no allocation per call.
-            let mut wrow = [0.0f32; COLS];
-            for r in a..b {
-                W::to_f32(self.row(r), &mut wrow);
+            let (a, b) = shard(ROWS, t, nt, GEMV_GRAIN);
+            let mut wbuf = [[0.0f32; COLS]; 4];
+            let tok = |i: usize| &x[i * COLS..(i + 1) * COLS];
+            for r0 in (a..b).step_by(4) {
+                let rows = (b - r0).min(4);
+                for (i, w) in wbuf.iter_mut().enumerate().take(rows) {
+                    W::to_f32(self.row(r0 + i), w);
+                }
                 // SAFETY: element (i, r) belongs to the thread owning row r alone.
-                let put = |i: usize, v: f32| unsafe { ys.range(i * ROWS + r, 1)[0] = v };
-                let quads = x.chunks_exact(4 * COLS);
-                let rest = quads.remainder();
-                for (q, x4) in quads.enumerate() {
-                    let xs = std::array::from_fn(|t| &x4[t * COLS..(t + 1) * COLS]);
-                    for (t, v) in crate::kernels::dot4_f32(isa, &wrow, xs)
-                        .into_iter()
-                        .enumerate()
-                    {
-                        put(4 * q + t, v);
+                let put =
+                    |i: usize, r: usize, v: f32| unsafe { ys.range(i * ROWS + r0 + r, 1)[0] = v };
+                let mut i = 0;
+                if rows == 4 {
+                    let ws = std::array::from_fn(|r| &wbuf[r][..]);
+                    while i + 2 <= n {
+                        let out = crate::kernels::dot4x2_f32(isa, ws, [tok(i), tok(i + 1)]);
+                        for (r, pair) in out.iter().enumerate() {
+                            put(i, r, pair[0]);
+                            put(i + 1, r, pair[1]);
+                        }
+                        i += 2;
                     }
                 }
-                for (j, xi) in rest.chunks_exact(COLS).enumerate() {
-                    put(n / 4 * 4 + j, crate::kernels::dot_f32(isa, &wrow, xi));
+                for i in i..n {
+                    for (r, w) in wbuf.iter().enumerate().take(rows) {
+                        put(i, r, crate::kernels::dot_f32(isa, w, tok(i)));
+                    }
                 }
             }
         });

@@ -76,35 +76,51 @@ gemv_avx2!(gemv_f32_avx2, f32, dot_f32_avx2);
 gemv_avx2!(gemv_bf16_avx2, bf16, dot_bf16_avx2);
 gemv_avx2!(gemv_f16_avx2, f16, dot_f16_avx2);
 
-/// One weight row against four tokens: each 8 weights are loaded once for four FMAs (a plain
-/// dot loads a weight per FMA, and loads are what a GEMM on two ports runs out of first); two
-/// accumulators a token hide the FMA latency.
+/// Four weight rows against two tokens. Each step loads 8 floats of both tokens once and of
+/// each row once, for eight FMAs into eight independent accumulators: enough chains to cover
+/// the FMA latency on two ports, and each token's activations are read once per four rows
+/// (a 1 x 4 tile re-read them for every row and ran out of loads before FMAs).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_f32_avx2(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    let n = w.len();
+pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    let n = x[0].len();
     assert!(
-        x.iter().all(|x| x.len() == n),
-        "dot4_f32_avx2: lengths differ"
+        x[1].len() == n && w.iter().all(|w| w.len() == n),
+        "dot4x2_f32_avx2: lengths differ"
     );
-    let (wp, xp) = (w.as_ptr(), x.map(|x| x.as_ptr()));
-    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let (wp, xp) = (w.map(|w| w.as_ptr()), x.map(|x| x.as_ptr()));
+    // Eight named accumulators: an array of them, read after the loop, stayed on the stack and
+    // cost a store per FMA.
+    let z = _mm256_setzero_ps();
+    let (mut a00, mut a01, mut a10, mut a11) = (z, z, z, z);
+    let (mut a20, mut a21, mut a30, mut a31) = (z, z, z, z);
     let mut i = 0;
-    while i + 16 <= n {
-        for (h, a) in acc.iter_mut().enumerate() {
-            let o = i + 8 * h;
-            let wv = _mm256_loadu_ps(wp.add(o));
-            for (t, a) in a.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp[t].add(o)), *a);
-            }
-        }
-        i += 16;
+    while i + 8 <= n {
+        let (x0, x1) = (_mm256_loadu_ps(xp[0].add(i)), _mm256_loadu_ps(xp[1].add(i)));
+        let w0 = _mm256_loadu_ps(wp[0].add(i));
+        a00 = _mm256_fmadd_ps(w0, x0, a00);
+        a01 = _mm256_fmadd_ps(w0, x1, a01);
+        let w1 = _mm256_loadu_ps(wp[1].add(i));
+        a10 = _mm256_fmadd_ps(w1, x0, a10);
+        a11 = _mm256_fmadd_ps(w1, x1, a11);
+        let w2 = _mm256_loadu_ps(wp[2].add(i));
+        a20 = _mm256_fmadd_ps(w2, x0, a20);
+        a21 = _mm256_fmadd_ps(w2, x1, a21);
+        let w3 = _mm256_loadu_ps(wp[3].add(i));
+        a30 = _mm256_fmadd_ps(w3, x0, a30);
+        a31 = _mm256_fmadd_ps(w3, x1, a31);
+        i += 8;
     }
-    std::array::from_fn(|t| {
-        hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t])) + reference::dot_f32_ref(&w[i..], &x[t][i..])
-    })
+    let sums = [[a00, a01], [a10, a11], [a20, a21], [a30, a31]];
+    let mut out = [[0.0f32; 2]; 4];
+    for (r, (o, s)) in out.iter_mut().zip(sums).enumerate() {
+        for (t, (o, s)) in o.iter_mut().zip(s).enumerate() {
+            *o = hsum_ps(s) + reference::dot_f32_ref(&w[r][i..], &x[t][i..]);
+        }
+    }
+    out
 }
 
 /// # Safety

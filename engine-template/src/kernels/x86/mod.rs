@@ -1,8 +1,8 @@
 //! x86-64 SIMD kernels and the small intrinsic helpers they share.
 
 pub mod avx2;
+pub mod avx2_q8;
 pub mod avx512;
-pub mod vnni;
 
 use std::arch::x86_64::*;
 

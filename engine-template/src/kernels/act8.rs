@@ -1,0 +1,197 @@
+//! The 8-bit activation path of the decode GEMVs (ADR 16): a token's activations are quantized
+//! once per op to ggml's `block_q8_1` (32 codes, a scale `d` and `s = d * sum(qs)`, here in
+//! f32), and each weight format dots its codes with them in integers: `vpmaddubsw` multiplies
+//! 32 unsigned by 32 signed bytes into 16 pair sums, `vpmaddwd` folds those to 8 i32 lanes.
+//! That replaces widening every weight to f32 and four FMAs per 32 weights, which is what the
+//! f32 path spends its time on (llama.cpp runs its quantized formats the same way).
+//!
+//! Each result is the exact dot of the stored weights with the *quantized* activations, up to
+//! float rounding: offset terms (`m`, `-8 d`, `-dmin * mins`) use `s`, the sum of the quantized
+//! activations, not of the f32 ones, so the activation rounding error enters as `sum(w e)` and
+//! never as `offset * sum(e)` (with int8's offset of about 128 steps that term dominated).
+//!
+//! Every kernel has a scalar `*_ref` (dequantize the weights exactly, dequantize the
+//! activations, plain dot): the oracle and the fallback. The AVX2 bodies live in
+//! `x86::avx2_q8`.
+
+use super::blocks::{self as b, QK};
+use super::int;
+use super::{reference, Isa};
+
+/// Activations per block.
+pub const QK8: usize = QK;
+
+/// One token's activations quantized in blocks of [`QK8`] (structure of arrays, so a kernel
+/// that needs only the sums reads them contiguously). Block `k`: codes `qs[32k..32k+32]` in
+/// element order, value `d[k] * qs[i]`, `s[k] = d[k] * sum(qs[32k..32k+32])`. 8 bits an
+/// activation plus 64 bits a block. `d = max|x| / 127` and codes round to nearest, ties to
+/// even, as `vcvtps2dq` does, so the scalar and SIMD quantizers agree bit for bit.
+#[derive(Debug, Clone, Default)]
+pub struct ActQ8 {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+}
+
+impl ActQ8 {
+    /// Quantizes `x` (a whole number of blocks) into `self`, reusing its buffers.
+    pub fn quantize(&mut self, isa: Isa, x: &[f32]) {
+        assert!(
+            x.len().is_multiple_of(QK8),
+            "quantizing activations: {} is not a whole number of {QK8}-blocks",
+            x.len()
+        );
+        let nb = x.len() / QK8;
+        self.qs.resize(x.len(), 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+            // detection, and both imply AVX2.
+            Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::quantize_q8_avx2(x, self) },
+            _ => quantize_q8_ref(x, self),
+        }
+    }
+
+    /// Activations, the number of values.
+    pub fn len(&self) -> usize {
+        self.qs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.qs.is_empty()
+    }
+
+    /// The values the codes stand for (`d * q`).
+    pub fn dequant(&self) -> Vec<f32> {
+        self.qs
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| self.d[i / QK8] * q as f32)
+            .collect()
+    }
+}
+
+/// Scalar reference of [`ActQ8::quantize`]; `out`'s buffers must already have the sizes.
+pub fn quantize_q8_ref(x: &[f32], out: &mut ActQ8) {
+    for (k, xb) in x.chunks_exact(QK8).enumerate() {
+        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in out.qs[k * QK8..(k + 1) * QK8].iter_mut().zip(xb) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        out.d[k] = d;
+        out.s[k] = d * sum as f32;
+    }
+}
+
+/// The oracle of every 8-bit activation GEMV: each row widened by `dequant_row` (exact), then
+/// dotted with the dequantized activations.
+fn gemv_q8_ref_with(
+    rows: usize,
+    dequant_row: impl Fn(usize, &mut [f32]),
+    x: &ActQ8,
+    y: &mut [f32],
+) {
+    assert_eq!(y.len(), rows, "gemv_q8_ref: shape mismatch");
+    let xd = x.dequant();
+    let mut tmp = vec![0.0f32; xd.len()];
+    for (r, yr) in y.iter_mut().enumerate() {
+        dequant_row(r, &mut tmp);
+        *yr = reference::dot_f32_ref(&tmp, &xd);
+    }
+}
+
+/// Blocks per row of a 32-weight block format against `x`; panics on a shape mismatch.
+fn blocks_per_row(name: &str, w_len: usize, x: &ActQ8, rows: usize) -> usize {
+    let nb = x.len() / QK8;
+    assert_eq!(
+        w_len,
+        nb * rows,
+        "{name}: {w_len} blocks for {rows} rows of {nb}"
+    );
+    nb
+}
+
+macro_rules! q8_gemv {
+    ($(#[$doc:meta])* $name:ident, $ref_name:ident, $avx2:ident, $block:ty, $dequant:path) => {
+        /// Scalar reference: the exact weights against the dequantized activations.
+        pub fn $ref_name(w: &[$block], x: &ActQ8, y: &mut [f32]) {
+            let nb = blocks_per_row(stringify!($ref_name), w.len(), x, y.len());
+            gemv_q8_ref_with(y.len(), |r, o| $dequant(&w[r * nb..(r + 1) * nb], o), x, y)
+        }
+
+        $(#[$doc])*
+        #[inline]
+        pub fn $name(isa: Isa, w: &[$block], x: &ActQ8, y: &mut [f32]) {
+            blocks_per_row(stringify!($name), w.len(), x, y.len());
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
+                // feature detection, and both imply AVX2.
+                Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::$avx2(w, x, y) },
+                _ => $ref_name(w, x, y),
+            }
+        }
+    };
+}
+q8_gemv!(/// GGUF Q4_0 weights · 8-bit activations.
+    gemv_q4_0_q8, gemv_q4_0_q8_ref, gemv_q4_0_q8_avx2, b::BlockQ4_0, b::dequant_q4_0_ref);
+q8_gemv!(/// GGUF Q4_1 weights · 8-bit activations.
+    gemv_q4_1_q8, gemv_q4_1_q8_ref, gemv_q4_1_q8_avx2, b::BlockQ4_1, b::dequant_q4_1_ref);
+q8_gemv!(/// GGUF Q8_0 weights · 8-bit activations.
+    gemv_q8_0_q8, gemv_q8_0_q8_ref, gemv_q8_0_q8_avx2, b::BlockQ8_0, b::dequant_q8_0_ref);
+
+/// Scalar reference: int8 rows against the dequantized activations.
+pub fn gemv_int8_q8_ref(w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    let (cols, rb) = (x.len(), int::int8_row_bytes(x.len()));
+    assert_eq!(w.len(), rb * y.len(), "gemv_int8_q8_ref: shape mismatch");
+    gemv_q8_ref_with(
+        y.len(),
+        |r, o| int::dequant_int8_ref(cols, &w[r * rb..(r + 1) * rb], o),
+        x,
+        y,
+    )
+}
+
+/// Int8 rows · 8-bit activations.
+#[inline]
+pub fn gemv_int8_q8(isa: Isa, w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::gemv_int8_q8_avx2(w, x, y) },
+        _ => gemv_int8_q8_ref(w, x, y),
+    }
+}
+
+/// Scalar reference: int4 rows (groups of `group`) against the dequantized activations.
+pub fn gemv_int4_q8_ref(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    let cols = x.len();
+    let rb = int::check_int4_rows("gemv_int4_q8_ref", group, cols, w.len(), y.len());
+    gemv_q8_ref_with(
+        y.len(),
+        |r, o| int::dequant_int4_ref(group, cols, &w[r * rb..(r + 1) * rb], o),
+        x,
+        y,
+    )
+}
+
+/// Int4 rows (groups of `group`) · 8-bit activations.
+#[inline]
+pub fn gemv_int4_q8(isa: Isa, group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::avx2_q8::gemv_int4_q8_avx2(group, w, x, y)
+        },
+        _ => gemv_int4_q8_ref(group, w, x, y),
+    }
+}

@@ -1,0 +1,255 @@
+//! AVX2 bodies of the 8-bit activation GEMVs (`kernels::act8`; same signatures as the `*_ref`
+//! twins there) and the activation quantizer.
+//!
+//! Per 32 weights a block costs one `vpmaddubsw` (unsigned × signed bytes, pairs summed to
+//! i16), one `vpmaddwd` (pairs of i16 to 8 i32 lanes), one convert and one FMA by the block's
+//! combined scale. Pair sums can't saturate: 4-bit codes give at most 2·15·127, and signed
+//! 8-bit codes go in as `|w|` (≤ 128) against the activations carrying `w`'s sign (≤ 127),
+//! 2·128·127 < 2^15 (llama.cpp's trick). Even and odd blocks use separate accumulators
+//! ([`pairs`]) so the FMA chain is not the loop's critical path.
+
+use super::{f16_to_f32, hsum_ps};
+use crate::kernels::act8::{ActQ8, QK8};
+use crate::kernels::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::kernels::int;
+use std::arch::x86_64::*;
+
+/// Sum of the 8 i32 lanes.
+#[inline(always)]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Quantizes `x` into `out` (buffers already sized), bit-identical to `quantize_q8_ref`: the
+/// same `max|x| / 127`, the same `x * (1 / d)` product, and `vcvtps2dq`'s round-to-nearest-even.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_q8_avx2(x: &[f32], out: &mut ActQ8) {
+    let sign = _mm256_set1_ps(-0.0);
+    // `packs` interleaves 4-lane groups across the two 128-bit halves; this puts them back.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for k in 0..x.len() / QK8 {
+        let p = x.as_ptr().add(k * QK8);
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+        let a: [__m256; 4] = std::array::from_fn(|i| _mm256_andnot_ps(sign, v[i]));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let q: [__m256i; 4] = std::array::from_fn(|i| _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id)));
+        let sum = hsum_epi32(_mm256_add_epi32(
+            _mm256_add_epi32(q[0], q[1]),
+            _mm256_add_epi32(q[2], q[3]),
+        ));
+        let w = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let w = _mm256_permutevar8x32_epi32(w, order);
+        _mm256_storeu_si256(out.qs.as_mut_ptr().add(k * QK8) as *mut __m256i, w);
+        *out.d.get_unchecked_mut(k) = d;
+        *out.s.get_unchecked_mut(k) = d * sum as f32;
+    }
+}
+
+/// 8 i32 lanes, each the sum of 4 products of unsigned bytes `u` with signed bytes `s`.
+#[inline(always)]
+unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// As [`dot_u8_i8`] for two signed operands: `|a|` against `b` with `a`'s sign.
+#[inline(always)]
+unsafe fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+}
+
+/// 16 bytes of nibbles at `p` as 32 bytes in ggml's element order (low nibbles, then high).
+#[inline(always)]
+unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let b = _mm_loadu_si128(p as *const __m128i);
+    let v = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+}
+
+#[inline(always)]
+unsafe fn load_codes(x: &ActQ8, k: usize) -> __m256i {
+    _mm256_loadu_si256(x.qs.as_ptr().add(k * QK8) as *const __m256i)
+}
+
+/// A 32-weight GGUF block against one activation block: the 8-lane integer dot, the weight
+/// scale `d`, and `c`, the block's offset per unit of activation sum (value = `d * q + c`).
+trait Q8Block {
+    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32);
+}
+
+impl Q8Block for BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+        let d = f16_to_f32(self.d);
+        (dot_u8_i8(nibbles32(self.qs.as_ptr()), xq), d, -8.0 * d)
+    }
+}
+
+impl Q8Block for BlockQ4_1 {
+    #[inline(always)]
+    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+        let p = dot_u8_i8(nibbles32(self.qs.as_ptr()), xq);
+        (p, f16_to_f32(self.d), f16_to_f32(self.m))
+    }
+}
+
+impl Q8Block for BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+        let w = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
+        (dot_i8_i8(w, xq), f16_to_f32(self.d), 0.0)
+    }
+}
+
+/// Runs `step(k, acc)` for `k in 0..n`, even `k` into `acc[0]` and odd into `acc[1]`, unrolled
+/// by two with the pair in named locals: indexing `acc[k & 1]` made LLVM keep the accumulators
+/// on the stack, a store-to-load chain that cost a quarter of the kernel's time.
+#[inline(always)]
+unsafe fn pairs<A: Copy>(n: usize, zero: A, mut step: impl FnMut(usize, A) -> A) -> (A, A) {
+    let (mut a0, mut a1) = (zero, zero);
+    let mut k = 0;
+    while k + 2 <= n {
+        a0 = step(k, a0);
+        a1 = step(k + 1, a1);
+        k += 2;
+    }
+    if k < n {
+        a0 = step(k, a0);
+    }
+    (a0, a1)
+}
+
+/// The row loop of the 32-weight block formats: `sum_k d_k dx_k dot_k + c_k s_k`.
+#[inline(always)]
+unsafe fn gemv_blocks_q8<B: Q8Block>(w: &[B], x: &ActQ8, y: &mut [f32]) {
+    let nb = x.len() / QK8;
+    for (r, yr) in y.iter_mut().enumerate() {
+        let row = w.get_unchecked(r * nb..(r + 1) * nb);
+        let zero = (_mm256_setzero_ps(), 0.0f32);
+        let (a, b) = pairs(nb, zero, |k, (acc, off)| {
+            let (p, d, c) = row.get_unchecked(k).dot(load_codes(x, k));
+            let (dx, s) = (*x.d.get_unchecked(k), *x.s.get_unchecked(k));
+            (
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * dx), acc),
+                c * s + off,
+            )
+        });
+        *yr = hsum_ps(_mm256_add_ps(a.0, b.0)) + (a.1 + b.1);
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` must hold `y.len()` rows of `x.len() / 32`
+/// blocks (the `act8` dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q4_0_q8_avx2(w: &[BlockQ4_0], x: &ActQ8, y: &mut [f32]) {
+    gemv_blocks_q8(w, x, y)
+}
+
+/// # Safety
+/// As [`gemv_q4_0_q8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q4_1_q8_avx2(w: &[BlockQ4_1], x: &ActQ8, y: &mut [f32]) {
+    gemv_blocks_q8(w, x, y)
+}
+
+/// # Safety
+/// As [`gemv_q4_0_q8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q8_0_q8_avx2(w: &[BlockQ8_0], x: &ActQ8, y: &mut [f32]) {
+    gemv_blocks_q8(w, x, y)
+}
+
+/// Int8 rows: the unsigned codes flip their top bit to become `q - 128` (signed), so a weight
+/// is `d * (q - 128) + (m + 128 d)`; the second term needs only the total activation sum.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gemv_int8_q8_avx2(w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    let rb = int::check_int8_rows("gemv_int8_q8_avx2", x.len(), w.len(), y.len());
+    let nb = x.len() / QK8;
+    let total: f32 = x.s.iter().sum();
+    let flip = _mm256_set1_epi8(i8::MIN);
+    for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
+        let (d, m) = int::row_scales_f32(row);
+        let qp = row.as_ptr().add(int::INT8_HEADER);
+        let (a, b) = pairs(nb, _mm256_setzero_ps(), |k, acc| {
+            let q = _mm256_xor_si256(_mm256_loadu_si256(qp.add(k * QK8) as *const __m256i), flip);
+            let p = dot_i8_i8(q, load_codes(x, k));
+            let dx = _mm256_set1_ps(*x.d.get_unchecked(k));
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dx, acc)
+        });
+        *yr = d * hsum_ps(_mm256_add_ps(a, b)) + (m + 128.0 * d) * total;
+    }
+}
+
+/// Int4 rows with groups of `group`: per group `d * scales[g] * sum_k dx_k dot_k`, minus
+/// `dmin * mins[g]` times the group's activation sum. Groups of 32 are one activation block
+/// (16 bytes of nibbles, low then high half); larger groups take 32 bytes at a time, whose low
+/// nibbles are one activation block of the group's first half and high nibbles one of its
+/// second half.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    let rb = int::check_int4_rows("gemv_int4_q8_avx2", group, x.len(), w.len(), y.len());
+    let (ng, half) = (x.len() / group, group / 2);
+    let per = group / QK8;
+    let group_sums: Vec<f32>;
+    let gs = if per == 1 {
+        &x.s[..]
+    } else {
+        group_sums = x.s.chunks_exact(per).map(|c| c.iter().sum()).collect();
+        &group_sums[..]
+    };
+    let mask = _mm256_set1_epi8(0x0f);
+    for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
+        let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
+        let (a, b) = if per == 1 {
+            pairs(ng, _mm256_setzero_ps(), |g, acc| {
+                let p = dot_u8_i8(nibbles32(qs.as_ptr().add(g * 16)), load_codes(x, g));
+                let step = d * *scales.get_unchecked(g) as f32 * *x.d.get_unchecked(g);
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(step), acc)
+            })
+        } else {
+            pairs(ng, _mm256_setzero_ps(), |g, acc| {
+                let qg = qs.as_ptr().add(g * half);
+                let mut v = _mm256_setzero_ps();
+                for c in (0..half).step_by(QK8) {
+                    let bytes = _mm256_loadu_si256(qg.add(c) as *const __m256i);
+                    let lo = _mm256_and_si256(bytes, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+                    for (codes, k) in [
+                        (lo, (g * group + c) / QK8),
+                        (hi, (g * group + half + c) / QK8),
+                    ] {
+                        let p = dot_u8_i8(codes, load_codes(x, k));
+                        v = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(p),
+                            _mm256_set1_ps(*x.d.get_unchecked(k)),
+                            v,
+                        );
+                    }
+                }
+                let step = _mm256_set1_ps(d * *scales.get_unchecked(g) as f32);
+                _mm256_fmadd_ps(step, v, acc)
+            })
+        };
+        *yr = hsum_ps(_mm256_add_ps(a, b)) - dmin * int::mins_dot(mins, gs);
+    }
+}

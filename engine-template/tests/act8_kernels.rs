@@ -1,0 +1,258 @@
+//! The 8-bit activation path (`kernels::act8`): the quantizer is bit-identical on every ISA and
+//! within half a step of its input; every GEMV agrees with its scalar reference on every ISA
+//! (lengths of 0 to 5 blocks, 0 to 17 rows, misaligned rows, all 16 nibble and 256 byte codes,
+//! the codes that come closest to saturating `vpmaddubsw`); and the reference itself stays
+//! within the activation-rounding bound of an f64 dot with the unquantized activations.
+
+// `!(err <= bound)` on purpose: a NaN result must count as a failure.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+use clocher_engine::kernels::act8::{self, ActQ8, QK8};
+use clocher_engine::kernels::blocks::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use clocher_engine::kernels::int::{self, Clip, Scheme};
+use clocher_engine::kernels::{tol, Isa};
+use half::f16;
+
+#[allow(dead_code)]
+mod common;
+use common::{dot_f64, values};
+
+/// Activations with a zero block, a block of ties (odd multiples of half a step) and a block
+/// that reaches +-max exactly, then sign-mixed values.
+fn activations(cols: usize, seed: u32) -> Vec<f32> {
+    let mut x = values(cols, seed);
+    for (i, v) in x.iter_mut().enumerate() {
+        match i / QK8 {
+            1 => *v = 0.0,
+            2 => *v = (i % QK8) as f32 - 15.5,
+            3 => *v = if i % 2 == 0 { 127.0 } else { -127.0 },
+            _ => {}
+        }
+    }
+    x
+}
+
+fn quantized(isa: Isa, x: &[f32]) -> ActQ8 {
+    let mut q = ActQ8::default();
+    q.quantize(isa, x);
+    q
+}
+
+#[test]
+fn quantizer_is_bit_identical_on_every_isa_and_within_half_a_step() {
+    for cols in [0usize, 32, 64, 128, 160, 576] {
+        for mis in 0..3 {
+            let xbuf = activations(cols + mis, cols as u32 + 1);
+            let x = &xbuf[mis..];
+            let want = quantized(Isa::Scalar, x);
+            for (i, (&q, &v)) in want.qs.iter().zip(x).enumerate() {
+                let d = want.d[i / QK8];
+                assert!((-127..=127).contains(&q), "cols={cols} index={i}: code {q}");
+                assert!(
+                    (d * q as f32 - v).abs() <= d * 0.5 * (1.0 + 1e-6),
+                    "cols={cols} index={i}: {v} quantized to {q} * {d}"
+                );
+            }
+            for isa in Isa::available() {
+                let got = quantized(isa, x);
+                for k in 0..cols / QK8 {
+                    assert_eq!(
+                        (&got.qs[k * QK8..(k + 1) * QK8], got.d[k], got.s[k]),
+                        (&want.qs[k * QK8..(k + 1) * QK8], want.d[k], want.s[k]),
+                        "quantize_q8 {} cols={cols} misalign={mis} block={k}: actual vs expected",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One format's weights: raw bytes for `rows` rows of `cols`, a kernel over them on `isa`,
+/// and its reference.
+type Run<'a> = dyn Fn(Isa, &[u8], &ActQ8, &mut [f32]) + 'a;
+
+/// SIMD against the reference on every ISA; rows may start misaligned in memory.
+fn check_every_isa(label: &str, cols: usize, rows: usize, w: &[u8], deq: &[f32], run: &Run<'_>) {
+    let mut fails = vec![];
+    for mis in 0..3 {
+        let mut wbuf = vec![0u8; mis];
+        wbuf.extend_from_slice(w);
+        let x = quantized(Isa::Scalar, &activations(cols, (cols + rows + mis) as u32));
+        let xd = x.dequant();
+        let mut want = vec![f32::NAN; rows];
+        run(Isa::Scalar, &wbuf[mis..], &x, &mut want);
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; rows];
+            run(isa, &wbuf[mis..], &x, &mut got);
+            for r in 0..rows {
+                let (exp, mag) = dot_f64(&deq[r * cols..(r + 1) * cols], &xd);
+                let bound = tol::QUANT_DOT_REL as f64 * (cols.max(1) as f64).sqrt() * mag
+                    + tol::DOT_ABS as f64;
+                for (what, v) in [("reference", want[r]), ("kernel", got[r])] {
+                    if !((v as f64 - exp).abs() <= bound) {
+                        fails.push(format!(
+                            "{label} {} ({what}) cols={cols} rows={rows} misalign={mis} index={r}: expected {exp}, actual {v} (bound {bound:e})",
+                            isa.name()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+fn blocks_of<T: bytemuck::Pod>(w: &[u8]) -> Vec<T> {
+    bytemuck::pod_collect_to_vec(w)
+}
+
+#[test]
+fn block_gemvs_every_isa_match_reference() {
+    for nb in 0..=5usize {
+        for rows in [0usize, 1, 3, 17] {
+            let (cols, n) = (nb * QK8, nb * rows);
+            let scale = |i: usize| f16::from_f32(0.01 + (i % 7) as f32 * 1e-3);
+            // Every nibble code in every position, and every byte code.
+            let q40: Vec<BlockQ4_0> = (0..n)
+                .map(|i| BlockQ4_0 {
+                    d: scale(i),
+                    qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+                })
+                .collect();
+            let q41: Vec<BlockQ4_1> = (0..n)
+                .map(|i| BlockQ4_1 {
+                    d: scale(i),
+                    m: f16::from_f32(-0.08 + (i % 5) as f32 * 2e-2),
+                    qs: std::array::from_fn(|j| (i * 53 + j * 17) as u8),
+                })
+                .collect();
+            // Block 0 of each row is all -128 (the largest |w| that `vpmaddubsw` sees).
+            let q80: Vec<BlockQ8_0> = (0..n)
+                .map(|i| BlockQ8_0 {
+                    d: scale(i),
+                    qs: std::array::from_fn(|j| {
+                        if i % nb.max(1) == 0 {
+                            -128
+                        } else {
+                            (i * 31 + j * 7) as u8 as i8
+                        }
+                    }),
+                })
+                .collect();
+            let mut deq = vec![0.0f32; n * QK8];
+            blocks::dequant_q4_0_ref(&q40, &mut deq);
+            check_every_isa(
+                "gemv_q4_0_q8",
+                cols,
+                rows,
+                &as_bytes(&q40),
+                &deq,
+                &|isa, w, x, y| act8::gemv_q4_0_q8(isa, &blocks_of(w), x, y),
+            );
+            blocks::dequant_q4_1_ref(&q41, &mut deq);
+            check_every_isa(
+                "gemv_q4_1_q8",
+                cols,
+                rows,
+                &as_bytes(&q41),
+                &deq,
+                &|isa, w, x, y| act8::gemv_q4_1_q8(isa, &blocks_of(w), x, y),
+            );
+            blocks::dequant_q8_0_ref(&q80, &mut deq);
+            check_every_isa(
+                "gemv_q8_0_q8",
+                cols,
+                rows,
+                &as_bytes(&q80),
+                &deq,
+                &|isa, w, x, y| act8::gemv_q8_0_q8(isa, &blocks_of(w), x, y),
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_gemv_every_isa_matches_reference() {
+    for nb in 0..=5usize {
+        for rows in [0usize, 1, 3, 17] {
+            let cols = nb * QK8;
+            // Rows of every byte code, with row scales of either sign of offset.
+            let mut w = vec![];
+            for r in 0..rows {
+                w.extend_from_slice(&(0.01f32 + r as f32 * 1e-3).to_le_bytes());
+                w.extend_from_slice(&(-1.3f32 + r as f32 * 0.2).to_le_bytes());
+                w.extend((0..cols).map(|j| (r * 101 + j * 13) as u8));
+            }
+            let mut deq = vec![0.0f32; rows * cols];
+            int::dequant_int8_ref(cols, &w, &mut deq);
+            check_every_isa("gemv_int8_q8", cols, rows, &w, &deq, &|isa, w, x, y| {
+                act8::gemv_int8_q8(isa, w, x, y)
+            });
+        }
+    }
+}
+
+#[test]
+fn int4_gemv_every_isa_matches_reference() {
+    for group in [32usize, 64, 128] {
+        for ng in [0usize, 1, 3] {
+            for scheme in [Scheme::Asym, Scheme::Sym] {
+                let rows = 5;
+                let cols = group * ng;
+                let w = values(rows * cols, (cols + group) as u32);
+                let q = if cols == 0 {
+                    vec![]
+                } else {
+                    int::quantize_int4(&w, cols, group, scheme, Clip::None).unwrap()
+                };
+                let mut deq = vec![0.0f32; rows * cols];
+                if cols > 0 {
+                    int::dequant_int4_ref(group, cols, &q, &mut deq);
+                }
+                let label = format!("gemv_int4_q8 g{group} {scheme:?}");
+                check_every_isa(
+                    &label,
+                    cols,
+                    if cols == 0 { 0 } else { rows },
+                    &q,
+                    &deq,
+                    &|isa, w, x, y| act8::gemv_int4_q8(isa, group, w, x, y),
+                );
+            }
+        }
+    }
+}
+
+/// The 8-bit path against f32 activations: quantizing moves each activation by at most half
+/// its block's step `d`, so a dot moves by at most `sum |w_i| * d(i) / 2`.
+#[test]
+fn reference_stays_within_activation_rounding_of_f32() {
+    let (rows, cols) = (7, 576);
+    let w = values(rows * cols, 5);
+    let q = int::quantize_int4(&w, cols, 32, Scheme::Asym, Clip::None).unwrap();
+    let mut deq = vec![0.0f32; rows * cols];
+    int::dequant_int4_ref(32, cols, &q, &mut deq);
+    let x = activations(cols, 9);
+    let xq = quantized(Isa::Scalar, &x);
+    let mut y = vec![0.0f32; rows];
+    act8::gemv_int4_q8_ref(32, &q, &xq, &mut y);
+    for (r, &got) in y.iter().enumerate() {
+        let row = &deq[r * cols..(r + 1) * cols];
+        let (exp, mag) = dot_f64(row, &x);
+        let act: f64 = row
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.abs() as f64 * xq.d[i / QK8] as f64 / 2.0)
+            .sum();
+        let bound = act + tol::QUANT_DOT_REL as f64 * (cols as f64).sqrt() * mag;
+        assert!(
+            (got as f64 - exp).abs() <= bound,
+            "int4 q8 index={r}: expected {exp}, actual {got} (bound {bound:e})"
+        );
+    }
+}
