@@ -243,15 +243,20 @@ fn threads(arg: Option<usize>) -> Result<usize> {
     }
 }
 
-/// Maps and checks the weights, binds the model, and loads the tokenizer.
+/// Maps and checks the weights and binds the model while another thread builds the
+/// tokenizer (the two take about as long as each other).
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
     model_dir: Option<&std::path::Path>,
 ) -> Result<(&'static [u8], M, tokenizers::Tokenizer)> {
-    let blob = weights::load(info, model_dir)?;
-    let model = M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?;
-    Ok((blob, model, text::load_tokenizer(info.tokenizer_json)?))
+    std::thread::scope(|s| {
+        let tok = s.spawn(|| text::load_tokenizer(info.tokenizer_json));
+        let blob = weights::load(info, model_dir)?;
+        let model = M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?;
+        let tok = tok.join().expect("the tokenizer thread panicked")?;
+        Ok((blob, model, tok))
+    })
 }
 
 /// When a generation stops, and what it does on the way.

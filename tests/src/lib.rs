@@ -186,6 +186,26 @@ pub fn run_json_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
     serde_json::from_str(&stdout).expect("stdout is JSON")
 }
 
+/// The model binaries' tokenizer loader (`runtime::text::load_tokenizer`) must give the same
+/// tokenizer as `tokenizers`' own: the same serialization (vocabulary, merges, added tokens,
+/// every component), and the same ids for `texts`. Returns the fast-loaded tokenizer.
+pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokenizer {
+    let fast = clocher_engine::runtime::text::load_tokenizer(json).expect("fast load");
+    let slow = tokenizers::Tokenizer::from_bytes(json).expect("tokenizers load");
+    let ser = |t: &tokenizers::Tokenizer| -> Value {
+        serde_json::from_str(&t.to_string(false).unwrap()).unwrap()
+    };
+    assert!(
+        ser(&fast) == ser(&slow),
+        "the fast-loaded tokenizer serializes differently"
+    );
+    for text in texts {
+        let ids = |t: &tokenizers::Tokenizer| t.encode(*text, true).unwrap().get_ids().to_vec();
+        assert_eq!(ids(&fast), ids(&slow), "{text:?}: fast vs tokenizers ids");
+    }
+    fast
+}
+
 pub fn token_ids(v: &Value) -> Vec<u32> {
     v["token_ids"]
         .as_array()

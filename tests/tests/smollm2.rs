@@ -111,6 +111,22 @@ fn run_cases_with(src: &Path, flags: &[&str], name: &str, reference: &str) -> Ve
     results
 }
 
+/// The binaries' fast tokenizer loader against `tokenizers` on SmolLM2's own `tokenizer.json`
+/// and on the one the packer derives from the GGUF's metadata.
+#[test]
+fn fast_tokenizer_load_matches_tokenizers() {
+    let (gguf, hf) = smollm2();
+    let texts = [
+        "Hello, world!",
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+        "  spaces\tand\nnewlines, ünïcödé, 数字 12345",
+    ];
+    let hf_json = std::fs::read(hf.join("tokenizer.json")).unwrap();
+    assert_same_tokenizer(&hf_json, &texts);
+    let ck = clocher_pack::open(gguf).expect("the GGUF opens");
+    assert_same_tokenizer(ck.tokenizer_json.as_bytes(), &texts);
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
