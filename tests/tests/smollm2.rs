@@ -46,13 +46,24 @@ impl CaseResult {
     }
 }
 
-/// Packs `src` at `precision`, builds it, and runs every reference case with greedy decoding.
-fn run_cases(src: &Path, precision: &str, name: &str, reference: &str) -> Vec<CaseResult> {
+/// Packs `src` at `precision`, builds it, and runs every reference case with greedy decoding
+/// on f32 activations; returns the results and the binary.
+fn run_cases(
+    src: &Path,
+    precision: &str,
+    name: &str,
+    reference: &str,
+) -> (Vec<CaseResult>, PathBuf) {
     run_cases_with(src, &["--precision", precision], name, reference)
 }
 
 /// [`run_cases`] with any packing flags.
-fn run_cases_with(src: &Path, flags: &[&str], name: &str, reference: &str) -> Vec<CaseResult> {
+fn run_cases_with(
+    src: &Path,
+    flags: &[&str],
+    name: &str,
+    reference: &str,
+) -> (Vec<CaseResult>, PathBuf) {
     let work = work_dir(name);
     let crate_dir = pack_ok(src, &work, name, flags);
     let bin = build_crate(&crate_dir, name);
@@ -108,7 +119,51 @@ fn run_cases_with(src: &Path, flags: &[&str], name: &str, reference: &str) -> Ve
         results.push(r);
     }
     assert_eq!(results.len(), 5);
-    results
+    (results, bin)
+}
+
+/// The 8-bit activation decode path (the default) holds the quantization gate: perplexity on
+/// gpl-3 (ctx 128, 4 chunks) run token by token through it is at most `gate` (relative) above
+/// the same text through the f32-activation GEMM, and it did run (the JSON line says `i8`, and
+/// the figure differs). Measured: native Q4_1 -0.3%, int4w -1.5%, int8w -1.4%.
+fn assert_act8_perplexity(bin: &Path, gate: f64) {
+    let text = shared().join("fixtures/text/gpl-3.txt");
+    let ppl = |batch: &str, act8: &str| {
+        let args = [
+            "perplexity",
+            "--file",
+            text.to_str().unwrap(),
+            "--ctx",
+            "128",
+            "--chunks",
+            "4",
+        ];
+        let v = run_json_env(
+            bin,
+            &[&args[..], &["--batch", batch, "--threads", "2"]].concat(),
+            &[("IE_ACT8", act8)],
+        );
+        (
+            v["ppl"].as_f64().unwrap(),
+            v["activations"].as_str().unwrap().to_string(),
+        )
+    };
+    let (f32_ppl, a) = ppl("32", "0");
+    assert_eq!(a, "f32");
+    let (i8_ppl, a) = ppl("1", "1");
+    assert_eq!(
+        a, "i8",
+        "the 8-bit path is the default for quantized weights"
+    );
+    eprintln!(
+        "{}: perplexity {i8_ppl:.4} with 8-bit activations, {f32_ppl:.4} with f32",
+        bin.display()
+    );
+    assert_ne!(i8_ppl, f32_ppl, "the 8-bit path did not run");
+    assert!(
+        i8_ppl <= f32_ppl * (1.0 + gate) && i8_ppl >= f32_ppl * 0.95,
+        "8-bit activations: perplexity {i8_ppl} against {f32_ppl} with f32 (gate +{gate})"
+    );
 }
 
 /// The binaries' fast tokenizer loader against `tokenizers` on SmolLM2's own `tokenizer.json`
@@ -154,53 +209,42 @@ fn assert_close(results: &[CaseResult]) {
 
 #[test]
 fn hf_fp32_reproduces_transformers() {
-    assert_exact(&run_cases(
-        &smollm2().1,
-        "fp32",
-        "smollm2-hf-fp32",
-        "reference",
-    ));
+    assert_exact(&run_cases(&smollm2().1, "fp32", "smollm2-hf-fp32", "reference").0);
 }
 
 #[test]
 fn hf_bf16_agrees_with_transformers() {
-    assert_close(&run_cases(
-        &smollm2().1,
-        "bf16",
-        "smollm2-hf-bf16",
-        "reference",
-    ));
+    assert_close(&run_cases(&smollm2().1, "bf16", "smollm2-hf-bf16", "reference").0);
 }
 
 #[test]
 fn hf_fp16_agrees_with_transformers() {
-    assert_close(&run_cases(
-        &smollm2().1,
-        "fp16",
-        "smollm2-hf-fp16",
-        "reference",
-    ));
+    assert_close(&run_cases(&smollm2().1, "fp16", "smollm2-hf-fp16", "reference").0);
 }
 
 #[test]
 fn gguf_fp32_reproduces_transformers_on_the_same_weights() {
-    assert_exact(&run_cases(
-        &smollm2().0,
-        "fp32",
-        "smollm2-gguf-fp32",
-        "reference-q4_1-gguf",
-    ));
+    assert_exact(
+        &run_cases(
+            &smollm2().0,
+            "fp32",
+            "smollm2-gguf-fp32",
+            "reference-q4_1-gguf",
+        )
+        .0,
+    );
 }
 
 #[test]
 fn gguf_native_blocks_agree_with_transformers() {
-    let r = run_cases(
+    let (r, bin) = run_cases(
         &smollm2().0,
         "gguf",
         "smollm2-gguf-native",
         "reference-q4_1-gguf",
     );
     assert_agrees(&r, NATIVE_MIN_COSINE, NATIVE_MIN_PREFIX);
+    assert_act8_perplexity(&bin, 0.02);
 }
 
 /// A GGUF mixing Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, TQ1_0 and TQ2_0 per tensor and per layer, written
@@ -221,8 +265,8 @@ fn mixed_format_gguf_native_matches_dequantized() {
         "make_mixed_gguf.py: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let native = run_cases(&mixed, "gguf", "mixed-native", "reference-q4_1-gguf");
-    let dequant = run_cases(&mixed, "fp32", "mixed-fp32", "reference-q4_1-gguf");
+    let (native, _) = run_cases(&mixed, "gguf", "mixed-native", "reference-q4_1-gguf");
+    let (dequant, _) = run_cases(&mixed, "fp32", "mixed-fp32", "reference-q4_1-gguf");
     let meta = std::fs::read_to_string(work_dir("mixed-native").join("mixed-native/model.ie.json"))
         .unwrap();
     for f in [
@@ -277,8 +321,9 @@ fn assert_agrees(results: &[CaseResult], min_cosine: f64, min_prefix: usize) {
 
 #[test]
 fn hf_int8w_agrees_with_transformers() {
-    let r = run_cases(&smollm2().1, "int8w", "smollm2-hf-int8w", "reference");
+    let (r, bin) = run_cases(&smollm2().1, "int8w", "smollm2-hf-int8w", "reference");
     assert_agrees(&r, INT8W_MIN_COSINE, INT8W_MIN_PREFIX);
+    assert_act8_perplexity(&bin, 0.005);
 }
 
 /// `ptq` on the real model writes a manifest covering every linear layer with its measured
@@ -318,7 +363,7 @@ fn ptq_manifest_int4w_agrees_with_transformers() {
     }
     let bpw = m["ptq"]["linear_bits_per_weight"].as_f64().unwrap();
     assert!(bpw <= 4.6, "{bpw} bits per linear weight");
-    let r = run_cases_with(
+    let (r, bin) = run_cases_with(
         hf,
         &[
             "--precision",
@@ -330,4 +375,5 @@ fn ptq_manifest_int4w_agrees_with_transformers() {
         "reference",
     );
     assert_agrees(&r, INT4W_MIN_COSINE, INT4W_MIN_PREFIX);
+    assert_act8_perplexity(&bin, 0.02);
 }
