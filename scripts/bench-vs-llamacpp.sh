@@ -5,16 +5,16 @@
 #   scripts/bench-vs-llamacpp.sh
 #   PAIRS="q4_1:gguf q4_0:int4w" THREADS=2 MAX_NEW=128 RUNS=3 scripts/bench-vs-llamacpp.sh
 #
-# A pair LLAMA:CLOCHER names the GGUF type llama.cpp runs (q4_1 is the shipped SmolLM2 file; the
-# others are re-quantized from it with tests/scripts/make_mixed_gguf.py) and the Clocher
+# A pair LLAMA:CLOCHER names the GGUF type llama.cpp runs (q4_1 is the shipped SmolLM2 file;
+# q4_k_m is made by llama.cpp's quantizer from the F32 one; the others are re-quantized from it
+# with tests/scripts/make_mixed_gguf.py) and the Clocher
 # precision packed from the same weights (gguf: the very file llama.cpp runs). llama.cpp comes
 # from the llama-cpp-python package, built from source once into models/.cache/bench-venv.
 # Set MERGE=docs/PERFORMANCE.md to also put each Clocher summary into that table. Quantized
-# precisions are also run with IE_ACT8=1 (8-bit activations through VNNI, where the CPU has it),
-# on a line of their own.
+# precisions run twice: with 8-bit activations (the default, "i8") and with IE_ACT8=0 ("f32").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PAIRS=${PAIRS:-"q4_1:gguf q8_0:gguf q8_0:int8w q4_0:int4w f32:fp32 bf16:bf16"}
+PAIRS=${PAIRS:-"q4_1:gguf q8_0:gguf q4_k_m:gguf q8_0:int8w q4_0:int4w f32:fp32 bf16:bf16"}
 THREADS=${THREADS:-2}
 MAX_NEW=${MAX_NEW:-128}
 RUNS=${RUNS:-3}
@@ -39,6 +39,19 @@ printf '%s\n' "$PROMPT" > "$WORK/prompts.txt"
 gguf_of() { # TYPE -> path of SmolLM2 with every linear weight and the embedding in TYPE
   local t=$1 out="$WORK/smollm2-$1.gguf"
   if [ "$t" = q4_1 ]; then echo "$SRC"; return; fi
+  if [ "$t" = q4_k_m ] && [ ! -s "$out" ]; then
+    # llama.cpp's own quantizer (llama-quantize's Q4_K_M mix: Q4_K, Q6_K for some tensors)
+    # from the F32 file; the gguf package can't write K-quants.
+    "$VENV/bin/python" - "$(gguf_of f32)" "$out.part" >&2 <<'PY'
+import ctypes, sys
+import llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+p.nthread = 2
+assert llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)) == 0
+PY
+    mv "$out.part" "$out"
+  fi
   if [ ! -s "$out" ]; then
     "$VENV/bin/python" tests/scripts/make_mixed_gguf.py "$SRC" "$out.part" "${t^^}" >&2
     mv "$out.part" "$out"
@@ -97,7 +110,7 @@ for pair in $PAIRS; do
   csrc=$file; [ "$prec" != gguf ] && csrc=$SRC
   bin=$(clocher_build "$csrc" "$prec")
   l=$(llama_bench "$file")
-  acts="0"; case $prec in int8w|int4w|gguf) acts="0 1" ;; esac
+  acts="0"; case $prec in int8w|int4w|gguf) acts="1 0" ;; esac
   for act8 in $acts; do
     c=$(clocher_bench "$bin" "$act8")
     python3 - "$pair" "$l" "$c" <<'PY'

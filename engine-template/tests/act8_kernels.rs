@@ -8,7 +8,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use clocher_engine::kernels::act8::{self, ActQ8, QK8};
-use clocher_engine::kernels::blocks::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use clocher_engine::kernels::blocks::{self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8_0};
 use clocher_engine::kernels::int::{self, Clip, Scheme};
 use clocher_engine::kernels::{tol, Isa};
 use half::f16;
@@ -171,6 +171,61 @@ fn block_gemvs_every_isa_match_reference() {
                 &as_bytes(&q80),
                 &deq,
                 &|isa, w, x, y| act8::gemv_q8_0_q8(isa, &blocks_of(w), x, y),
+            );
+        }
+    }
+}
+
+/// Bytes from a xorshift stream: every nibble, 6-bit code and scale byte turns up.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(2654435761) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 7) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn k_quant_gemvs_every_isa_match_reference() {
+    for nb in 0..=2usize {
+        for rows in [0usize, 1, 3, 17] {
+            let (cols, n) = (nb * blocks::QK_K, nb * rows);
+            let half = |i: usize, lo: f32| f16::from_f32(lo + (i % 5) as f32 * 1e-3);
+            let mut q4k: Vec<BlockQ4K> =
+                bytemuck::pod_collect_to_vec(&bytes(n * 144, 7 + n as u32));
+            for (i, b) in q4k.iter_mut().enumerate() {
+                (b.d, b.dmin) = (half(i, 0.002), half(i + 2, 0.001));
+            }
+            let mut q6k: Vec<BlockQ6K> =
+                bytemuck::pod_collect_to_vec(&bytes(n * 210, 9 + n as u32));
+            for (i, b) in q6k.iter_mut().enumerate() {
+                b.d = half(i, 0.0005);
+                if i == 0 {
+                    (b.scales[0], b.scales[1]) = (i8::MIN, i8::MAX);
+                }
+            }
+            let mut deq = vec![0.0f32; cols * rows];
+            blocks::dequant_q4_k_ref(&q4k, &mut deq);
+            check_every_isa(
+                "gemv_q4_k_q8",
+                cols,
+                rows,
+                &as_bytes(&q4k),
+                &deq,
+                &|isa, w, x, y| act8::gemv_q4_k_q8(isa, &blocks_of(w), x, y),
+            );
+            blocks::dequant_q6_k_ref(&q6k, &mut deq);
+            check_every_isa(
+                "gemv_q6_k_q8",
+                cols,
+                rows,
+                &as_bytes(&q6k),
+                &deq,
+                &|isa, w, x, y| act8::gemv_q6_k_q8(isa, &blocks_of(w), x, y),
             );
         }
     }

@@ -14,7 +14,7 @@
 //! activations, plain dot): the oracle and the fallback. The AVX2 bodies live in
 //! `x86::avx2_q8`.
 
-use super::blocks::{self as b, QK};
+use super::blocks::{self as b, QK, QK_K};
 use super::int;
 use super::{reference, Isa};
 
@@ -106,9 +106,15 @@ fn gemv_q8_ref_with(
     }
 }
 
-/// Blocks per row of a 32-weight block format against `x`; panics on a shape mismatch.
-fn blocks_per_row(name: &str, w_len: usize, x: &ActQ8, rows: usize) -> usize {
-    let nb = x.len() / QK8;
+/// Blocks of `elems` weights per row of a block format against `x`; panics on a shape
+/// mismatch.
+fn blocks_per_row(name: &str, elems: usize, w_len: usize, x: &ActQ8, rows: usize) -> usize {
+    assert!(
+        x.len().is_multiple_of(elems),
+        "{name}: {} columns are not whole {elems}-blocks",
+        x.len()
+    );
+    let nb = x.len() / elems;
     assert_eq!(
         w_len,
         nb * rows,
@@ -118,17 +124,17 @@ fn blocks_per_row(name: &str, w_len: usize, x: &ActQ8, rows: usize) -> usize {
 }
 
 macro_rules! q8_gemv {
-    ($(#[$doc:meta])* $name:ident, $ref_name:ident, $avx2:ident, $block:ty, $dequant:path) => {
+    ($(#[$doc:meta])* $name:ident, $ref_name:ident, $avx2:ident, $block:ty, $elems:expr, $dequant:path) => {
         /// Scalar reference: the exact weights against the dequantized activations.
         pub fn $ref_name(w: &[$block], x: &ActQ8, y: &mut [f32]) {
-            let nb = blocks_per_row(stringify!($ref_name), w.len(), x, y.len());
+            let nb = blocks_per_row(stringify!($ref_name), $elems, w.len(), x, y.len());
             gemv_q8_ref_with(y.len(), |r, o| $dequant(&w[r * nb..(r + 1) * nb], o), x, y)
         }
 
         $(#[$doc])*
         #[inline]
         pub fn $name(isa: Isa, w: &[$block], x: &ActQ8, y: &mut [f32]) {
-            blocks_per_row(stringify!($name), w.len(), x, y.len());
+            blocks_per_row(stringify!($name), $elems, w.len(), x, y.len());
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
@@ -140,11 +146,15 @@ macro_rules! q8_gemv {
     };
 }
 q8_gemv!(/// GGUF Q4_0 weights · 8-bit activations.
-    gemv_q4_0_q8, gemv_q4_0_q8_ref, gemv_q4_0_q8_avx2, b::BlockQ4_0, b::dequant_q4_0_ref);
+    gemv_q4_0_q8, gemv_q4_0_q8_ref, gemv_q4_0_q8_avx2, b::BlockQ4_0, QK, b::dequant_q4_0_ref);
 q8_gemv!(/// GGUF Q4_1 weights · 8-bit activations.
-    gemv_q4_1_q8, gemv_q4_1_q8_ref, gemv_q4_1_q8_avx2, b::BlockQ4_1, b::dequant_q4_1_ref);
+    gemv_q4_1_q8, gemv_q4_1_q8_ref, gemv_q4_1_q8_avx2, b::BlockQ4_1, QK, b::dequant_q4_1_ref);
 q8_gemv!(/// GGUF Q8_0 weights · 8-bit activations.
-    gemv_q8_0_q8, gemv_q8_0_q8_ref, gemv_q8_0_q8_avx2, b::BlockQ8_0, b::dequant_q8_0_ref);
+    gemv_q8_0_q8, gemv_q8_0_q8_ref, gemv_q8_0_q8_avx2, b::BlockQ8_0, QK, b::dequant_q8_0_ref);
+q8_gemv!(/// GGUF Q4_K weights · 8-bit activations (each 32-weight group is one activation block).
+    gemv_q4_k_q8, gemv_q4_k_q8_ref, gemv_q4_k_q8_avx2, b::BlockQ4K, QK_K, b::dequant_q4_k_ref);
+q8_gemv!(/// GGUF Q6_K weights · 8-bit activations (two 16-weight groups to an activation block).
+    gemv_q6_k_q8, gemv_q6_k_q8_ref, gemv_q6_k_q8_avx2, b::BlockQ6K, QK_K, b::dequant_q6_k_ref);
 
 /// Scalar reference: int8 rows against the dequantized activations.
 pub fn gemv_int8_q8_ref(w: &[u8], x: &ActQ8, y: &mut [f32]) {

@@ -10,7 +10,9 @@
 
 use super::{f16_to_f32, hsum_ps};
 use crate::kernels::act8::{ActQ8, QK8};
-use crate::kernels::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::kernels::blocks::{
+    get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8_0, QK_K,
+};
 use crate::kernels::int;
 use std::arch::x86_64::*;
 
@@ -251,5 +253,118 @@ pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]
             })
         };
         *yr = hsum_ps(_mm256_add_ps(a, b)) - dmin * int::mins_dot(mins, gs);
+    }
+}
+
+/// Q4_K: per 256-weight block, 8 groups of 32 with 6-bit scales and mins; each 32 bytes of
+/// `qs` hold group `2j` in the low nibbles and `2j + 1` in the high ones, and each group is one
+/// activation block: `d * sc * dx * dot - dmin * m * s`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` must hold `y.len()` rows of `x.len() / 256`
+/// blocks (the `act8` dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q4_k_q8_avx2(w: &[BlockQ4K], x: &ActQ8, y: &mut [f32]) {
+    let nb = x.len() / QK_K;
+    let mask = _mm256_set1_epi8(0x0f);
+    for (r, yr) in y.iter_mut().enumerate() {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut off = 0.0f32;
+        for (i, blk) in w.get_unchecked(r * nb..(r + 1) * nb).iter().enumerate() {
+            let (d, dmin) = (f16_to_f32(blk.d), f16_to_f32(blk.dmin));
+            let k0 = i * QK_K / QK8;
+            for j in 0..4 {
+                let bytes = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * j) as *const __m256i);
+                let lo = _mm256_and_si256(bytes, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+                let (s0, m0) = get_scale_min_k4(2 * j, &blk.scales);
+                let (s1, m1) = get_scale_min_k4(2 * j + 1, &blk.scales);
+                let (k, kh) = (k0 + 2 * j, k0 + 2 * j + 1);
+                let p0 = _mm256_cvtepi32_ps(dot_u8_i8(lo, load_codes(x, k)));
+                let p1 = _mm256_cvtepi32_ps(dot_u8_i8(hi, load_codes(x, kh)));
+                a0 = _mm256_fmadd_ps(
+                    p0,
+                    _mm256_set1_ps(d * s0 as f32 * *x.d.get_unchecked(k)),
+                    a0,
+                );
+                a1 = _mm256_fmadd_ps(
+                    p1,
+                    _mm256_set1_ps(d * s1 as f32 * *x.d.get_unchecked(kh)),
+                    a1,
+                );
+                off +=
+                    dmin * (m0 as f32 * *x.s.get_unchecked(k) + m1 as f32 * *x.s.get_unchecked(kh));
+            }
+        }
+        *yr = hsum_ps(_mm256_add_ps(a0, a1)) - off;
+    }
+}
+
+/// Q6_K: per 256-weight block, two halves of 128 whose 6-bit codes are rebuilt 32 at a time
+/// in element order (low nibbles from `ql`, two high bits from `qh`), minus 32 so they are
+/// signed. Each 16 weights have their own 8-bit scale, so the pair sums of `vpmaddubsw` are
+/// weighted by them with `vpmaddwd` (the first 128 bits take one scale, the second the next),
+/// and each activation block adds `d * dx` times that.
+///
+/// # Safety
+/// As [`gemv_q4_k_q8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q6_k_q8_avx2(w: &[BlockQ6K], x: &ActQ8, y: &mut [f32]) {
+    let nb = x.len() / QK_K;
+    let (m4, m30, k32) = (
+        _mm256_set1_epi8(0x0f),
+        _mm256_set1_epi8(0x30),
+        _mm256_set1_epi8(32),
+    );
+    for (r, yr) in y.iter_mut().enumerate() {
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (i, blk) in w.get_unchecked(r * nb..(r + 1) * nb).iter().enumerate() {
+            let d = f16_to_f32(blk.d);
+            for h in 0..2 {
+                let ql = blk.ql.as_ptr().add(64 * h);
+                let ql0 = _mm256_loadu_si256(ql as *const __m256i);
+                let ql1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk.qh.as_ptr().add(32 * h) as *const __m256i);
+                // Element order: ql0 low | qh bits 0-1, ql1 low | bits 2-3, ql0 high | bits 4-5,
+                // ql1 high | bits 6-7 (16-bit shifts; the masks drop what crosses bytes).
+                let codes = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                    ),
+                ];
+                for (j, c) in codes.into_iter().enumerate() {
+                    let q = _mm256_sub_epi8(c, k32);
+                    let k = i * QK_K / QK8 + 4 * h + j;
+                    let xq = load_codes(x, k);
+                    let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
+                    let sc = blk.scales.as_ptr().add(8 * h + 2 * j);
+                    let scales = _mm256_set_m128i(
+                        _mm_set1_epi16(*sc.add(1) as i16),
+                        _mm_set1_epi16(*sc as i16),
+                    );
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, scales));
+                    let step = _mm256_set1_ps(d * *x.d.get_unchecked(k));
+                    if j % 2 == 0 {
+                        a0 = _mm256_fmadd_ps(p, step, a0);
+                    } else {
+                        a1 = _mm256_fmadd_ps(p, step, a1);
+                    }
+                }
+            }
+        }
+        *yr = hsum_ps(_mm256_add_ps(a0, a1));
     }
 }
