@@ -113,9 +113,11 @@ block_weight!(/// GGUF Q4_1.
     Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, b::dequant_q4_1_ref, quant::gemv_q4_1,
     act8: act8::gemv_q4_1_q8);
 block_weight!(/// GGUF Q5_0.
-    Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, b::dequant_q5_0_ref, quant::gemv_q5_0);
+    Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, b::dequant_q5_0_ref, quant::gemv_q5_0,
+    act8: act8::gemv_q5_0_q8);
 block_weight!(/// GGUF Q5_1.
-    Q5_1, b::BlockQ5_1, Dtype::Ggml(Gt::Q5_1), QK, b::dequant_q5_1_ref, quant::gemv_q5_1);
+    Q5_1, b::BlockQ5_1, Dtype::Ggml(Gt::Q5_1), QK, b::dequant_q5_1_ref, quant::gemv_q5_1,
+    act8: act8::gemv_q5_1_q8);
 block_weight!(/// GGUF Q8_0.
     Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, b::dequant_q8_0_ref, quant::gemv_q8_0,
     act8: act8::gemv_q8_0_q8);

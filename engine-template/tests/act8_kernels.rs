@@ -8,7 +8,9 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use clocher_engine::kernels::act8::{self, ActQ8, QK8};
-use clocher_engine::kernels::blocks::{self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8_0};
+use clocher_engine::kernels::blocks::{
+    self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+};
 use clocher_engine::kernels::int::{self, Clip, Scheme};
 use clocher_engine::kernels::{tol, Isa};
 use half::f16;
@@ -144,7 +146,43 @@ fn block_gemvs_every_isa_match_reference() {
                     }),
                 })
                 .collect();
+            // Every 5-bit code: nibbles as above, high bits from the same stream.
+            let q50: Vec<BlockQ5_0> = (0..n)
+                .map(|i| BlockQ5_0 {
+                    d: scale(i),
+                    qh: ((i as u32).wrapping_mul(0x9E37_79B9) ^ 0x5A5A_0FF0).to_le_bytes(),
+                    qs: std::array::from_fn(|j| (i * 29 + j * 13) as u8),
+                })
+                .collect();
+            let q51: Vec<BlockQ5_1> = q50
+                .iter()
+                .enumerate()
+                .map(|(i, b)| BlockQ5_1 {
+                    d: b.d,
+                    m: f16::from_f32(-0.1 + (i % 3) as f32 * 0.05),
+                    qh: b.qh,
+                    qs: b.qs,
+                })
+                .collect();
             let mut deq = vec![0.0f32; n * QK8];
+            blocks::dequant_q5_0_ref(&q50, &mut deq);
+            check_every_isa(
+                "gemv_q5_0_q8",
+                cols,
+                rows,
+                &as_bytes(&q50),
+                &deq,
+                &|isa, w, x, y| act8::gemv_q5_0_q8(isa, &blocks_of(w), x, y),
+            );
+            blocks::dequant_q5_1_ref(&q51, &mut deq);
+            check_every_isa(
+                "gemv_q5_1_q8",
+                cols,
+                rows,
+                &as_bytes(&q51),
+                &deq,
+                &|isa, w, x, y| act8::gemv_q5_1_q8(isa, &blocks_of(w), x, y),
+            );
             blocks::dequant_q4_0_ref(&q40, &mut deq);
             check_every_isa(
                 "gemv_q4_0_q8",

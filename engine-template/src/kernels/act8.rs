@@ -149,6 +149,10 @@ q8_gemv!(/// GGUF Q4_0 weights · 8-bit activations.
     gemv_q4_0_q8, gemv_q4_0_q8_ref, gemv_q4_0_q8_avx2, b::BlockQ4_0, QK, b::dequant_q4_0_ref);
 q8_gemv!(/// GGUF Q4_1 weights · 8-bit activations.
     gemv_q4_1_q8, gemv_q4_1_q8_ref, gemv_q4_1_q8_avx2, b::BlockQ4_1, QK, b::dequant_q4_1_ref);
+q8_gemv!(/// GGUF Q5_0 weights · 8-bit activations.
+    gemv_q5_0_q8, gemv_q5_0_q8_ref, gemv_q5_0_q8_avx2, b::BlockQ5_0, QK, b::dequant_q5_0_ref);
+q8_gemv!(/// GGUF Q5_1 weights · 8-bit activations.
+    gemv_q5_1_q8, gemv_q5_1_q8_ref, gemv_q5_1_q8_avx2, b::BlockQ5_1, QK, b::dequant_q5_1_ref);
 q8_gemv!(/// GGUF Q8_0 weights · 8-bit activations.
     gemv_q8_0_q8, gemv_q8_0_q8_ref, gemv_q8_0_q8_avx2, b::BlockQ8_0, QK, b::dequant_q8_0_ref);
 q8_gemv!(/// GGUF Q4_K weights · 8-bit activations (each 32-weight group is one activation block).

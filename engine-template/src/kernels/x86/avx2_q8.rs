@@ -11,7 +11,8 @@
 use super::{f16_to_f32, hsum_ps};
 use crate::kernels::act8::{ActQ8, QK8};
 use crate::kernels::blocks::{
-    get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8_0, QK_K,
+    get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    QK_K,
 };
 use crate::kernels::int;
 use std::arch::x86_64::*;
@@ -108,6 +109,45 @@ impl Q8Block for BlockQ4_1 {
     }
 }
 
+/// The 32 5-bit codes of a Q5_0 / Q5_1 block in element order: the nibbles, plus 16 where bit
+/// `e` of `qh` is set. Each byte takes the `qh` byte holding its bit (`vpshufb`), sets every
+/// other bit, and compares with all-ones (llama.cpp's `bytes_from_bits_32`).
+#[inline(always)]
+unsafe fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
+    let bits = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    let spread = _mm256_shuffle_epi8(
+        bits,
+        _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        ),
+    );
+    let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1));
+    _mm256_or_si256(
+        nibbles32(qs.as_ptr()),
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10)),
+    )
+}
+
+impl Q8Block for BlockQ5_0 {
+    #[inline(always)]
+    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+        let d = f16_to_f32(self.d);
+        (dot_u8_i8(q5_codes(&self.qs, self.qh), xq), d, -16.0 * d)
+    }
+}
+
+impl Q8Block for BlockQ5_1 {
+    #[inline(always)]
+    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+        let p = dot_u8_i8(q5_codes(&self.qs, self.qh), xq);
+        (p, f16_to_f32(self.d), f16_to_f32(self.m))
+    }
+}
+
 impl Q8Block for BlockQ8_0 {
     #[inline(always)]
     unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
@@ -165,6 +205,20 @@ pub unsafe fn gemv_q4_0_q8_avx2(w: &[BlockQ4_0], x: &ActQ8, y: &mut [f32]) {
 /// As [`gemv_q4_0_q8_avx2`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q4_1_q8_avx2(w: &[BlockQ4_1], x: &ActQ8, y: &mut [f32]) {
+    gemv_blocks_q8(w, x, y)
+}
+
+/// # Safety
+/// As [`gemv_q4_0_q8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q5_0_q8_avx2(w: &[BlockQ5_0], x: &ActQ8, y: &mut [f32]) {
+    gemv_blocks_q8(w, x, y)
+}
+
+/// # Safety
+/// As [`gemv_q4_0_q8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_q5_1_q8_avx2(w: &[BlockQ5_1], x: &ActQ8, y: &mut [f32]) {
     gemv_blocks_q8(w, x, y)
 }
 
