@@ -19,6 +19,11 @@ pub trait WeightType: 'static + Send + Sync {
     fn gemv(isa: Isa, w: &[Self::Elem], x: &[f32], y: &mut [f32]);
     /// Widen one row to f32 (embedding lookup).
     fn to_f32(w: &[Self::Elem], out: &mut [f32]);
+    /// The row itself when it is stored as f32 (the batched GEMM then reads it in place
+    /// instead of widening a copy).
+    fn as_f32(w: &[Self::Elem]) -> Option<&[f32]> {
+        (Self::DTYPE == Dtype::Ggml(Gt::F32)).then(|| bytemuck::cast_slice(w))
+    }
     /// Whether the type has [`WeightType::gemv_q8`]: decode then quantizes a token's
     /// activations to 8 bits once per op and runs integer dots (ADR 16).
     const ACT8: bool = false;
@@ -107,19 +112,19 @@ macro_rules! block_weight {
     };
 }
 block_weight!(/// GGUF Q4_0.
-    Q4_0, b::BlockQ4_0, Dtype::Ggml(Gt::Q4_0), QK, b::dequant_q4_0_ref, quant::gemv_q4_0,
+    Q4_0, b::BlockQ4_0, Dtype::Ggml(Gt::Q4_0), QK, quant::dequant_q4_0_model, quant::gemv_q4_0,
     act8: act8::gemv_q4_0_q8);
 block_weight!(/// GGUF Q4_1.
-    Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, b::dequant_q4_1_ref, quant::gemv_q4_1,
+    Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, quant::dequant_q4_1_model, quant::gemv_q4_1,
     act8: act8::gemv_q4_1_q8);
 block_weight!(/// GGUF Q5_0.
-    Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, b::dequant_q5_0_ref, quant::gemv_q5_0,
+    Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, quant::dequant_q5_0_model, quant::gemv_q5_0,
     act8: act8::gemv_q5_0_q8);
 block_weight!(/// GGUF Q5_1.
-    Q5_1, b::BlockQ5_1, Dtype::Ggml(Gt::Q5_1), QK, b::dequant_q5_1_ref, quant::gemv_q5_1,
+    Q5_1, b::BlockQ5_1, Dtype::Ggml(Gt::Q5_1), QK, quant::dequant_q5_1_model, quant::gemv_q5_1,
     act8: act8::gemv_q5_1_q8);
 block_weight!(/// GGUF Q8_0.
-    Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, b::dequant_q8_0_ref, quant::gemv_q8_0,
+    Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, quant::dequant_q8_0_model, quant::gemv_q8_0,
     act8: act8::gemv_q8_0_q8);
 block_weight!(/// GGUF Q3_K.
     Q3K, b::BlockQ3K, Dtype::Ggml(Gt::Q3K), QK_K, b::dequant_q3_k_ref, quant::gemv_q3_k);

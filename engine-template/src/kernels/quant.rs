@@ -167,3 +167,60 @@ quant_gemv!(
     QK,
     b::dequant_mxfp4_ref
 );
+
+macro_rules! dequant_on {
+    ($name:ident, $model:ident, $avx2:ident, $block:ty, $ref_fn:path) => {
+        /// [`$name`] on the process's ISA (a weight type's row widening).
+        pub fn $model(w: &[$block], out: &mut [f32]) {
+            $name(super::isa(), w, out)
+        }
+
+        /// Widens blocks to f32 on `isa` (the batched GEMM's weight rows), bit-identical to
+        /// the reference.
+        #[inline]
+        pub fn $name(isa: Isa, w: &[$block], out: &mut [f32]) {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
+                // feature detection, and both imply AVX2.
+                Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2::$avx2(w, out) },
+                _ => $ref_fn(w, out),
+            }
+        }
+    };
+}
+dequant_on!(
+    dequant_q4_0,
+    dequant_q4_0_model,
+    dequant_q4_0_avx2,
+    b::BlockQ4_0,
+    b::dequant_q4_0_ref
+);
+dequant_on!(
+    dequant_q4_1,
+    dequant_q4_1_model,
+    dequant_q4_1_avx2,
+    b::BlockQ4_1,
+    b::dequant_q4_1_ref
+);
+dequant_on!(
+    dequant_q5_0,
+    dequant_q5_0_model,
+    dequant_q5_0_avx2,
+    b::BlockQ5_0,
+    b::dequant_q5_0_ref
+);
+dequant_on!(
+    dequant_q5_1,
+    dequant_q5_1_model,
+    dequant_q5_1_avx2,
+    b::BlockQ5_1,
+    b::dequant_q5_1_ref
+);
+dequant_on!(
+    dequant_q8_0,
+    dequant_q8_0_model,
+    dequant_q8_0_avx2,
+    b::BlockQ8_0,
+    b::dequant_q8_0_ref
+);

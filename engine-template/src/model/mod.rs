@@ -88,9 +88,9 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
 
     /// `y[i] = W x[i]` for `n` tokens (`x` is `[n, COLS]`, `y` is `[n, ROWS]`). One token runs
     /// the fused GEMV on f32 activations; more run as a GEMM: each thread widens four of its
-    /// weight rows at a time into f32 scratch on its stack (L1/L2-resident), then runs 4-row by
-    /// 2-token tiles over every token, so the weights cross the memory bus once per batch and
-    /// each token's activations are read once per four rows.
+    /// weight rows at a time into f32 scratch on its stack (L1/L2-resident; f32 rows are read
+    /// in place), then runs 4-row by 2-token tiles over every token, so the weights cross the
+    /// memory bus once per batch and each token's activations are read once per four rows.
     pub fn matmul(&self, pool: &Pool, n: usize, x: &[f32], y: &mut [f32]) {
         if n == 1 {
             return self.gemv(pool, Acts::f32(&x[..COLS]), y);
@@ -103,15 +103,18 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
             let tok = |i: usize| &x[i * COLS..(i + 1) * COLS];
             for r0 in (a..b).step_by(4) {
                 let rows = (b - r0).min(4);
-                for (i, w) in wbuf.iter_mut().enumerate().take(rows) {
-                    W::to_f32(self.row(r0 + i), w);
+                if W::as_f32(self.row(r0)).is_none() {
+                    for (i, w) in wbuf.iter_mut().enumerate().take(rows) {
+                        W::to_f32(self.row(r0 + i), w);
+                    }
                 }
+                let wrow = |i: usize| W::as_f32(self.row(r0 + i)).unwrap_or(&wbuf[i]);
                 // SAFETY: element (i, r) belongs to the thread owning row r alone.
                 let put =
                     |i: usize, r: usize, v: f32| unsafe { ys.range(i * ROWS + r0 + r, 1)[0] = v };
                 let mut i = 0;
                 if rows == 4 {
-                    let ws = std::array::from_fn(|r| &wbuf[r][..]);
+                    let ws = [wrow(0), wrow(1), wrow(2), wrow(3)];
                     while i + 2 <= n {
                         let out = crate::kernels::dot4x2_f32(isa, ws, [tok(i), tok(i + 1)]);
                         for (r, pair) in out.iter().enumerate() {
@@ -122,8 +125,8 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
                     }
                 }
                 for i in i..n {
-                    for (r, w) in wbuf.iter().enumerate().take(rows) {
-                        put(i, r, crate::kernels::dot_f32(isa, w, tok(i)));
+                    for r in 0..rows {
+                        put(i, r, crate::kernels::dot_f32(isa, wrow(r), tok(i)));
                     }
                 }
             }

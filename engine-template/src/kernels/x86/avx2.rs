@@ -358,6 +358,101 @@ impl QkBlock for b::BlockQ5_1 {
     }
 }
 
+/// A 32-weight block widened to 32 f32 at `out`, with the reference's operations in its order
+/// (`d * (q - 8)`, `q * d + m`, ...: a multiply, then an add, no FMA), so the result is
+/// bit-identical to `blocks::dequant_*_ref`. The batched GEMM widens every weight row this way.
+trait Widen {
+    unsafe fn widen(&self, out: *mut f32);
+}
+
+/// Stores `expr` (with `v` bound to each of the 4 vectors of `q`) to 32 floats at `out`; a
+/// macro, as a closure would not inline into the `target_feature` caller reliably.
+macro_rules! store4 {
+    ($out:expr, $q:expr, |$v:ident| $e:expr) => {{
+        let q = $q;
+        for k in 0..4 {
+            let $v = q[k];
+            _mm256_storeu_ps($out.add(8 * k), $e);
+        }
+    }};
+}
+
+impl Widen for b::BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn widen(&self, out: *mut f32) {
+        let (q, d) = (q4_quants(&self.qs), _mm256_set1_ps(f16_to_f32(self.d)));
+        let off = _mm256_set1_ps(-8.0);
+        store4!(out, q, |q| _mm256_mul_ps(d, _mm256_add_ps(q, off)));
+    }
+}
+
+impl Widen for b::BlockQ4_1 {
+    #[inline(always)]
+    unsafe fn widen(&self, out: *mut f32) {
+        let (q, d) = (q4_quants(&self.qs), _mm256_set1_ps(f16_to_f32(self.d)));
+        let m = _mm256_set1_ps(f16_to_f32(self.m));
+        store4!(out, q, |q| _mm256_add_ps(_mm256_mul_ps(q, d), m));
+    }
+}
+
+impl Widen for b::BlockQ5_0 {
+    #[inline(always)]
+    unsafe fn widen(&self, out: *mut f32) {
+        let (q, d) = (
+            q5_quants(&self.qs, self.qh),
+            _mm256_set1_ps(f16_to_f32(self.d)),
+        );
+        let off = _mm256_set1_ps(-16.0);
+        store4!(out, q, |q| _mm256_mul_ps(_mm256_add_ps(q, off), d));
+    }
+}
+
+impl Widen for b::BlockQ5_1 {
+    #[inline(always)]
+    unsafe fn widen(&self, out: *mut f32) {
+        let (q, d) = (
+            q5_quants(&self.qs, self.qh),
+            _mm256_set1_ps(f16_to_f32(self.d)),
+        );
+        let m = _mm256_set1_ps(f16_to_f32(self.m));
+        store4!(out, q, |q| _mm256_add_ps(_mm256_mul_ps(q, d), m));
+    }
+}
+
+impl Widen for b::BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn widen(&self, out: *mut f32) {
+        let (q, _, _) = self.decode();
+        let d = _mm256_set1_ps(f16_to_f32(self.d));
+        store4!(out, q, |q| _mm256_mul_ps(q, d));
+    }
+}
+
+macro_rules! dequant_avx2 {
+    ($name:ident, $block:ty) => {
+        /// Widens blocks to f32, bit-identical to the reference (see `Widen`).
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(w: &[$block], out: &mut [f32]) {
+            assert_eq!(
+                out.len(),
+                w.len() * QK,
+                concat!(stringify!($name), ": length mismatch")
+            );
+            for (i, blk) in w.iter().enumerate() {
+                blk.widen(out.as_mut_ptr().add(i * QK));
+            }
+        }
+    };
+}
+dequant_avx2!(dequant_q4_0_avx2, b::BlockQ4_0);
+dequant_avx2!(dequant_q4_1_avx2, b::BlockQ4_1);
+dequant_avx2!(dequant_q5_0_avx2, b::BlockQ5_0);
+dequant_avx2!(dequant_q5_1_avx2, b::BlockQ5_1);
+dequant_avx2!(dequant_q8_0_avx2, b::BlockQ8_0);
+
 // ---------------------------------------------------------------------------------------------
 // Clocher's int8 / int4 rows (layouts in `kernels::int`).
 

@@ -38,15 +38,31 @@ pub unsafe fn quantize_q8_avx2(x: &[f32], out: &mut ActQ8) {
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for k in 0..x.len() / QK8 {
         let p = x.as_ptr().add(k * QK8);
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
-        let a: [__m256; 4] = std::array::from_fn(|i| _mm256_andnot_ps(sign, v[i]));
+        // Plain arrays, no `from_fn` closures (see `pairs!`).
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let a = [
+            _mm256_andnot_ps(sign, v[0]),
+            _mm256_andnot_ps(sign, v[1]),
+            _mm256_andnot_ps(sign, v[2]),
+            _mm256_andnot_ps(sign, v[3]),
+        ];
         let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
         let d = amax / 127.0;
         let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-        let q: [__m256i; 4] = std::array::from_fn(|i| _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id)));
+        let q = [
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[0], id)),
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[1], id)),
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[2], id)),
+            _mm256_cvtps_epi32(_mm256_mul_ps(v[3], id)),
+        ];
         let sum = hsum_epi32(_mm256_add_epi32(
             _mm256_add_epi32(q[0], q[1]),
             _mm256_add_epi32(q[2], q[3]),
@@ -156,22 +172,35 @@ impl Q8Block for BlockQ8_0 {
     }
 }
 
-/// Runs `step(k, acc)` for `k in 0..n`, even `k` into `acc[0]` and odd into `acc[1]`, unrolled
-/// by two with the pair in named locals: indexing `acc[k & 1]` made LLVM keep the accumulators
-/// on the stack, a store-to-load chain that cost a quarter of the kernel's time.
-#[inline(always)]
-unsafe fn pairs<A: Copy>(n: usize, zero: A, mut step: impl FnMut(usize, A) -> A) -> (A, A) {
-    let (mut a0, mut a1) = (zero, zero);
-    let mut k = 0;
-    while k + 2 <= n {
-        a0 = step(k, a0);
-        a1 = step(k + 1, a1);
-        k += 2;
-    }
-    if k < n {
-        a0 = step(k, a0);
-    }
-    (a0, a1)
+/// Evaluates `body` (with `k` and the accumulator `acc` bound) for `k in 0..n`, even `k` into
+/// one accumulator and odd into another, unrolled by two with the pair in named locals:
+/// indexing `acc[k & 1]` made LLVM keep the accumulators on the stack. A macro, not a function
+/// taking a closure: a closure that LLVM declines to inline does not get the caller's
+/// `target_feature`s, and every intrinsic in it becomes a call (Q5_0 ran at a tenth of its
+/// speed that way).
+macro_rules! pairs {
+    ($n:expr, $zero:expr, |$k:ident, $acc:ident| $body:expr) => {{
+        let (n, mut a0, mut a1) = ($n, $zero, $zero);
+        let mut i = 0;
+        while i + 2 <= n {
+            a0 = {
+                let ($k, $acc) = (i, a0);
+                $body
+            };
+            a1 = {
+                let ($k, $acc) = (i + 1, a1);
+                $body
+            };
+            i += 2;
+        }
+        if i < n {
+            a0 = {
+                let ($k, $acc) = (i, a0);
+                $body
+            };
+        }
+        (a0, a1)
+    }};
 }
 
 /// The row loop of the 32-weight block formats: `sum_k d_k dx_k dot_k + c_k s_k`.
@@ -181,7 +210,8 @@ unsafe fn gemv_blocks_q8<B: Q8Block>(w: &[B], x: &ActQ8, y: &mut [f32]) {
     for (r, yr) in y.iter_mut().enumerate() {
         let row = w.get_unchecked(r * nb..(r + 1) * nb);
         let zero = (_mm256_setzero_ps(), 0.0f32);
-        let (a, b) = pairs(nb, zero, |k, (acc, off)| {
+        let (a, b) = pairs!(nb, zero, |k, acc_off| {
+            let (acc, off) = acc_off;
             let (p, d, c) = row.get_unchecked(k).dot(load_codes(x, k));
             let (dx, s) = (*x.d.get_unchecked(k), *x.s.get_unchecked(k));
             (
@@ -243,7 +273,7 @@ pub unsafe fn gemv_int8_q8_avx2(w: &[u8], x: &ActQ8, y: &mut [f32]) {
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, m) = int::row_scales_f32(row);
         let qp = row.as_ptr().add(int::INT8_HEADER);
-        let (a, b) = pairs(nb, _mm256_setzero_ps(), |k, acc| {
+        let (a, b) = pairs!(nb, _mm256_setzero_ps(), |k, acc| {
             let q = _mm256_xor_si256(_mm256_loadu_si256(qp.add(k * QK8) as *const __m256i), flip);
             let p = dot_i8_i8(q, load_codes(x, k));
             let dx = _mm256_set1_ps(*x.d.get_unchecked(k));
@@ -277,13 +307,13 @@ pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         let (a, b) = if per == 1 {
-            pairs(ng, _mm256_setzero_ps(), |g, acc| {
+            pairs!(ng, _mm256_setzero_ps(), |g, acc| {
                 let p = dot_u8_i8(nibbles32(qs.as_ptr().add(g * 16)), load_codes(x, g));
                 let step = d * *scales.get_unchecked(g) as f32 * *x.d.get_unchecked(g);
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(step), acc)
             })
         } else {
-            pairs(ng, _mm256_setzero_ps(), |g, acc| {
+            pairs!(ng, _mm256_setzero_ps(), |g, acc| {
                 let qg = qs.as_ptr().add(g * half);
                 let mut v = _mm256_setzero_ps();
                 for c in (0..half).step_by(QK8) {
