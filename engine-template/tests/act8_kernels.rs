@@ -293,7 +293,7 @@ fn int8_gemv_every_isa_matches_reference() {
 #[test]
 fn int4_gemv_every_isa_matches_reference() {
     for group in [32usize, 64, 128] {
-        for ng in [0usize, 1, 3] {
+        for ng in [0usize, 1, 3, 8, 9, 18] {
             for scheme in [Scheme::Asym, Scheme::Sym] {
                 let rows = 5;
                 let cols = group * ng;

@@ -1,0 +1,92 @@
+//! Decode GEMVs, one thread, on SmolLM2-135M's shapes (gate/up: 1536 x 576; down: 576 x 1536):
+//! each format with f32 activations and with 8-bit ones (activation quantization included),
+//! reported as weight bytes streamed per second. `cargo bench -p clocher-engine --bench gemv`.
+
+use clocher_engine::kernels::act8::{self, ActQ8};
+use clocher_engine::kernels::blocks::{self, BlockQ4_1};
+use clocher_engine::kernels::int::{self, Clip, Scheme};
+use clocher_engine::kernels::{isa, quant};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use half::f16;
+use std::hint::black_box;
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+fn gemvs(c: &mut Criterion) {
+    let isa = isa();
+    for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
+        let w = values(rows * cols, 1);
+        let x = values(cols, 2);
+        let mut y = vec![0.0f32; rows];
+        let mut xq = ActQ8::default();
+        let mut g = c.benchmark_group(format!("gemv {rows}x{cols} {}", isa.name()));
+
+        let i4 = int::quantize_int4(&w, cols, 32, Scheme::Asym, Clip::None).unwrap();
+        g.throughput(Throughput::Bytes(i4.len() as u64));
+        g.bench_function("int4_g32 f32", |b| {
+            b.iter(|| int::gemv_int4(isa, 32, black_box(&i4), &x, &mut y))
+        });
+        g.bench_function("int4_g32 q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                act8::gemv_int4_q8(isa, 32, &i4, &xq, &mut y)
+            })
+        });
+
+        let i8 = int::quantize_int8(&w, cols, false, Scheme::Asym, Clip::None).unwrap();
+        g.throughput(Throughput::Bytes(i8.len() as u64));
+        g.bench_function("int8 f32", |b| {
+            b.iter(|| int::gemv_int8(isa, black_box(&i8), &x, &mut y))
+        });
+        g.bench_function("int8 q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                act8::gemv_int8_q8(isa, &i8, &xq, &mut y)
+            })
+        });
+
+        let q80 = blocks::quantize_q8_0_ref(&w);
+        g.throughput(Throughput::Bytes(std::mem::size_of_val(&q80[..]) as u64));
+        g.bench_function("q8_0 f32", |b| {
+            b.iter(|| quant::gemv_q8_0(isa, black_box(&q80), &x, &mut y))
+        });
+        g.bench_function("q8_0 q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                act8::gemv_q8_0_q8(isa, &q80, &xq, &mut y)
+            })
+        });
+
+        let q41: Vec<BlockQ4_1> = (0..rows * cols / 32)
+            .map(|i| BlockQ4_1 {
+                d: f16::from_f32(0.01),
+                m: f16::from_f32(-0.08),
+                qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+            })
+            .collect();
+        g.throughput(Throughput::Bytes(std::mem::size_of_val(&q41[..]) as u64));
+        g.bench_function("q4_1 f32", |b| {
+            b.iter(|| quant::gemv_q4_1(isa, black_box(&q41), &x, &mut y))
+        });
+        g.bench_function("q4_1 q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                act8::gemv_q4_1_q8(isa, &q41, &xq, &mut y)
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, gemvs);
+criterion_main!(benches);
