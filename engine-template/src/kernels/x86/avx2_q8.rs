@@ -304,34 +304,65 @@ pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]
         &group_sums[..]
     };
     let mask = _mm256_set1_epi8(0x0f);
+    // Groups of 32: the activations of each pair of groups reordered to the nibble layout
+    // (first halves of both, then second halves).
+    let mut pair_x = vec![0i8; if per == 1 { x.len() } else { 0 }];
+    if per == 1 {
+        for (dst, src) in pair_x
+            .chunks_exact_mut(2 * QK8)
+            .zip(x.qs.chunks_exact(2 * QK8))
+        {
+            let h = QK8 / 2;
+            dst[..h].copy_from_slice(&src[..h]);
+            dst[h..2 * h].copy_from_slice(&src[QK8..QK8 + h]);
+            dst[2 * h..3 * h].copy_from_slice(&src[h..QK8]);
+            dst[3 * h..].copy_from_slice(&src[QK8 + h..]);
+        }
+    }
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         let (a, b) = if per == 1 {
-            // Groups of 32: eight groups' scales `d * scales[g] * dx[g]` at a time in one
-            // vector (widen the codes, two multiplies), each group taking its lane with one
-            // `vpermps`, instead of a scalar convert, two multiplies and a broadcast per group.
+            // Groups of 32, eight at a time. Their scales `d * scales[g] * dx[g]` go in one
+            // vector (widen the codes, two multiplies) and each pair of groups takes its two
+            // lanes with one `vpermps`. The 32 bytes of a pair of groups load at once: the low
+            // nibbles are both groups' first halves, the high nibbles their second halves, and
+            // `pair_x` holds the activations in that order, so the two `vpmaddubsw` add in i16
+            // (at most 2 * 3810) before one `vpmaddwd`, whose lanes 0-3 are group g and 4-7
+            // group g + 1. Four accumulators keep the FMA latency off the critical path.
             let dv = _mm256_set1_ps(d);
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let z = _mm256_setzero_ps();
+            let mut acc = [z; 4];
             let mut g = 0;
             while g + 8 <= ng {
                 let codes = _mm_loadl_epi64(scales.as_ptr().add(g) as *const __m128i);
                 let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
                 let step =
                     _mm256_mul_ps(_mm256_mul_ps(sc, dv), _mm256_loadu_ps(x.d.as_ptr().add(g)));
-                for j in 0..8 {
-                    let p = dot_u8_i8(
-                        nibbles32(qs.as_ptr().add((g + j) * 16)),
-                        load_codes(x, g + j),
-                    );
-                    let sj = _mm256_permutevar8x32_ps(step, _mm256_set1_epi32(j as i32));
-                    if j % 2 == 0 {
-                        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sj, a0);
-                    } else {
-                        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sj, a1);
-                    }
+                macro_rules! pair {
+                    ($j:literal) => {
+                        let bytes =
+                            _mm256_loadu_si256(qs.as_ptr().add((g + $j) * 16) as *const __m256i);
+                        let lo = _mm256_and_si256(bytes, mask);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+                        let xp = pair_x.as_ptr().add((g + $j) * QK8) as *const __m256i;
+                        let s16 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)),
+                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(1))),
+                        );
+                        let p = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+                        let idx = _mm256_setr_epi32($j, $j, $j, $j, $j + 1, $j + 1, $j + 1, $j + 1);
+                        let sj = _mm256_permutevar8x32_ps(step, idx);
+                        acc[$j / 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sj, acc[$j / 2]);
+                    };
                 }
+                pair!(0);
+                pair!(2);
+                pair!(4);
+                pair!(6);
                 g += 8;
             }
+            let [a0, a1, a2, a3] = acc;
+            let (mut a0, a1) = (_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
             for g in g..ng {
                 let p = dot_u8_i8(nibbles32(qs.as_ptr().add(g * 16)), load_codes(x, g));
                 let step = d * *scales.get_unchecked(g) as f32 * *x.d.get_unchecked(g);
