@@ -10,17 +10,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
 use std::hint::black_box;
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32 - 0.5) * 0.1
-        })
-        .collect()
-}
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::values;
 
 fn gemvs(c: &mut Criterion) {
     let isa = isa();

@@ -461,7 +461,8 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
 }
 
 /// How the decode GEMVs take activations: `"i8"` where quantized weights run the 8-bit
-/// activation kernels (int8, int4, Q8_0 and Q4_1 have them), `"f32"` otherwise.
+/// activation kernels (int8, int4, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K have them; other
+/// GGUF formats in a file keep f32 activations), `"f32"` otherwise.
 fn activations(info: &BakedInfo) -> &'static str {
     let quantized = matches!(info.precision, "int8w" | "int4w" | "gguf");
     if quantized && crate::kernels::act8() {

@@ -17,7 +17,7 @@ use half::f16;
 
 #[allow(dead_code)]
 mod common;
-use common::{dot_f64, values};
+use common::{bytes, dot_f64, values};
 
 /// Activations with a zero block, a block of ties (odd multiples of half a step) and a block
 /// that reaches +-max exactly, then sign-mixed values.
@@ -212,19 +212,6 @@ fn block_gemvs_every_isa_match_reference() {
             );
         }
     }
-}
-
-/// Bytes from a xorshift stream: every nibble, 6-bit code and scale byte turns up.
-fn bytes(n: usize, seed: u32) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(2654435761) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 7) as u8
-        })
-        .collect()
 }
 
 #[test]
