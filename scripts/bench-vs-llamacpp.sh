@@ -11,7 +11,8 @@
 # precision packed from the same weights (gguf: the very file llama.cpp runs). llama.cpp comes
 # from the llama-cpp-python package, built from source once into models/.cache/bench-venv.
 # Set MERGE=docs/PERFORMANCE.md to also put each Clocher summary into that table. Quantized
-# precisions run twice: with 8-bit activations (the default, "i8") and with IE_ACT8=0 ("f32").
+# precisions run twice: with 8-bit activations ("i8", IE_ACT8=1) and with f32 ones (IE_ACT8=0);
+# a "*" marks the binary's default (f32 for int8w, i8 for the others; ADR 16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-"q4_1:gguf q8_0:gguf q4_k_m:gguf q8_0:int8w q4_0:int4w f32:fp32 bf16:bf16"}
@@ -117,7 +118,8 @@ for pair in $PAIRS; do
 import json, sys
 pair, l, c = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 ctg, cpp = c["tg_tps"]["median"], c["pp_tps"]["median"]
-kern = f'{c["isa"]}, {c["activations"]}'
+default = "f32" if pair.endswith(":int8w") or pair.split(":")[1] in ("fp32", "bf16", "fp16") else "i8"
+kern = f'{c["isa"]}, {c["activations"]}' + (" *" if c["activations"] == default else "")
 print(f'{pair:<14} {kern:<15} {l["tg_tps"]:10.1f} {ctg:10.1f} {l["pp_tps"]:10.1f} {cpp:10.1f} {ctg / l["tg_tps"]:7.2f}x {cpp / l["pp_tps"]:7.2f}x'
       f'   (clocher: {c["bandwidth_fraction"] * 100:.0f}% of {c["read_gbps"]:.1f} GB/s, RSS {c["rss_peak_mb"]:.0f} MB)')
 PY

@@ -122,6 +122,7 @@ pub struct Args {
 pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
+    crate::kernels::init_act8(info.precision != "int8w");
     let common = match &cli.command {
         Some(Command::Perplexity(a)) => &a.common,
         Some(Command::Bench(a)) => &a.common,
@@ -460,8 +461,8 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
     Ok(summary.to_string())
 }
 
-/// How the decode GEMVs take activations: `"i8"` where quantized weights run the 8-bit
-/// activation kernels (int8, int4, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K have them; other
+/// How the decode GEMVs take activations (see `kernels::init_act8`): `"i8"` where quantized
+/// weights run the 8-bit activation kernels (int8, int4, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K have them; other
 /// GGUF formats in a file keep f32 activations), `"f32"` otherwise.
 fn activations(info: &BakedInfo) -> &'static str {
     let quantized = matches!(info.precision, "int8w" | "int4w" | "gguf");

@@ -75,15 +75,34 @@ pub fn isa() -> Isa {
     })
 }
 
-/// Whether decode GEMVs over the formats that have one (Q4_0, Q4_1, Q8_0, int8, int4) quantize
-/// a token's activations to 8 bits and run integer dots ([`act8`]): on by default wherever the
-/// process runs SIMD kernels, as llama.cpp does for its quantized types; `IE_ACT8=0` keeps f32
-/// activations (exact against the stored weights). The perplexity cost is measured in
-/// `docs/PRECISIONS.md` and held to the quantization gates (ADR 16). Read once per process;
-/// generated binaries report it as `activations` in their JSON line.
+static ACT8: OnceLock<bool> = OnceLock::new();
+
+/// Whether decode GEMVs over the formats that have one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+/// Q6_K, int8, int4) quantize a token's activations to 8 bits and run integer dots ([`act8`]),
+/// as llama.cpp does for its quantized types. `IE_ACT8=1` / `IE_ACT8=0` force it on or off (on
+/// with `IE_ISA=scalar` it runs the reference kernels); otherwise the binary's precision decides
+/// ([`init_act8`]; on when nothing called it), and only where the process runs SIMD kernels. Fixed once per process; generated binaries report
+/// it as `activations` in their JSON line. The perplexity it costs is in `docs/PRECISIONS.md`
+/// (ADR 16).
 pub fn act8() -> bool {
-    static ACT8: OnceLock<bool> = OnceLock::new();
-    *ACT8.get_or_init(|| isa() != Isa::Scalar && std::env::var("IE_ACT8").as_deref() != Ok("0"))
+    *ACT8.get_or_init(|| decide_act8(true))
+}
+
+/// Fixes [`act8()`] for this process with `default` where `IE_ACT8` is unset; returns it. The
+/// generated binaries call it before their first forward pass: int8w keeps f32 activations by
+/// default (its +0.5% perplexity gate does not hold on 8-bit activations), the other quantized
+/// precisions take them. A later call changes nothing.
+pub fn init_act8(default: bool) -> bool {
+    *ACT8.get_or_init(|| decide_act8(default))
+}
+
+fn decide_act8(default: bool) -> bool {
+    match std::env::var("IE_ACT8").as_deref() {
+        // Forced on, it runs on any ISA: the scalar `*_ref` kernels are its oracle.
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => default && isa() != Isa::Scalar,
+    }
 }
 
 /// Tolerances of the kernel tests, in one place. SIMD and scalar kernels sum in different
