@@ -8,6 +8,7 @@ use clocher_engine::kernels::{self, reference, tol, Isa};
 use half::{bf16, f16};
 use proptest::prelude::*;
 
+#[allow(dead_code)]
 mod common;
 use common::{dot_f64, values};
 

@@ -11,6 +11,7 @@ use clocher_engine::kernels::{quant, tol, Isa};
 use half::f16;
 use std::path::PathBuf;
 
+#[allow(dead_code)]
 mod common;
 use common::{dot_f64, values};
 
