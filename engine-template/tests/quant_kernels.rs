@@ -211,98 +211,61 @@ fn widening_every_isa_is_bit_identical_to_reference() {
         }
         fails
     }
-    let mut fails = vec![];
+    // Every code under both signs of scale, then the fixtures' real blocks, per format.
+    let (mut q4_0, mut q4_1, mut q5_0, mut q5_1, mut q8_0) = (
+        from_fixture::<b::BlockQ4_0>(GgmlType::Q4_0),
+        from_fixture::<b::BlockQ4_1>(GgmlType::Q4_1),
+        from_fixture::<b::BlockQ5_0>(GgmlType::Q5_0),
+        from_fixture::<b::BlockQ5_1>(GgmlType::Q5_1),
+        from_fixture::<b::BlockQ8_0>(GgmlType::Q8_0),
+    );
     for (sign, d) in [(1.0f32, 0.75f32), (-1.0, 3e-4)] {
         let d = f16::from_f32(sign * d);
         let m = f16::from_f32(-sign * 1.5);
-        let q4_0: Vec<b::BlockQ4_0> = all_nibbles()
-            .into_iter()
-            .map(|qs| b::BlockQ4_0 { d, qs })
-            .collect();
-        let q4_1: Vec<b::BlockQ4_1> = all_nibbles()
-            .into_iter()
-            .map(|qs| b::BlockQ4_1 { d, m, qs })
-            .collect();
         let qh = |i: usize| ((i as u32).wrapping_mul(0x9E37_79B9) ^ 0x0FF0_5AA5).to_le_bytes();
-        let q5_0: Vec<b::BlockQ5_0> = all_nibbles()
-            .into_iter()
-            .enumerate()
-            .map(|(i, qs)| b::BlockQ5_0 { d, qh: qh(i), qs })
-            .collect();
-        let q5_1: Vec<b::BlockQ5_1> = all_nibbles()
-            .into_iter()
-            .enumerate()
-            .map(|(i, qs)| b::BlockQ5_1 {
+        for (i, qs) in all_nibbles().into_iter().enumerate() {
+            q4_0.push(b::BlockQ4_0 { d, qs });
+            q4_1.push(b::BlockQ4_1 { d, m, qs });
+            q5_0.push(b::BlockQ5_0 { d, qh: qh(i), qs });
+            q5_1.push(b::BlockQ5_1 {
                 d,
                 m,
                 qh: qh(i),
                 qs,
-            })
-            .collect();
-        let q8_0: Vec<b::BlockQ8_0> = (0..8)
-            .map(|blk| b::BlockQ8_0 {
-                d,
-                qs: std::array::from_fn(|j| (blk * 32 + j) as u8 as i8),
-            })
-            .collect();
-        fails.extend(same(
-            GgmlType::Q4_0,
-            &q4_0,
-            quant::dequant_q4_0,
-            b::dequant_q4_0_ref,
-        ));
-        fails.extend(same(
-            GgmlType::Q4_1,
-            &q4_1,
-            quant::dequant_q4_1,
-            b::dequant_q4_1_ref,
-        ));
-        fails.extend(same(
-            GgmlType::Q5_0,
-            &q5_0,
-            quant::dequant_q5_0,
-            b::dequant_q5_0_ref,
-        ));
-        fails.extend(same(
-            GgmlType::Q5_1,
-            &q5_1,
-            quant::dequant_q5_1,
-            b::dequant_q5_1_ref,
-        ));
-        fails.extend(same(
-            GgmlType::Q8_0,
-            &q8_0,
-            quant::dequant_q8_0,
-            b::dequant_q8_0_ref,
-        ));
+            });
+        }
+        q8_0.extend((0..8).map(|blk| b::BlockQ8_0 {
+            d,
+            qs: std::array::from_fn(|j| (blk * 32 + j) as u8 as i8),
+        }));
     }
-    fails.extend(same(
+    let mut fails = same(
         GgmlType::Q4_0,
-        &from_fixture(GgmlType::Q4_0),
+        &q4_0,
         quant::dequant_q4_0,
         b::dequant_q4_0_ref,
-    ));
+    );
     fails.extend(same(
         GgmlType::Q4_1,
-        &from_fixture(GgmlType::Q4_1),
+        &q4_1,
         quant::dequant_q4_1,
         b::dequant_q4_1_ref,
     ));
     fails.extend(same(
         GgmlType::Q5_0,
-        &from_fixture(GgmlType::Q5_0),
+        &q5_0,
         quant::dequant_q5_0,
         b::dequant_q5_0_ref,
     ));
     fails.extend(same(
         GgmlType::Q5_1,
-        &from_fixture(GgmlType::Q5_1),
+        &q5_1,
         quant::dequant_q5_1,
         b::dequant_q5_1_ref,
     ));
     fails.extend(same(
         GgmlType::Q8_0,
-        &from_fixture(GgmlType::Q8_0),
+        &q8_0,
         quant::dequant_q8_0,
         b::dequant_q8_0_ref,
     ));
