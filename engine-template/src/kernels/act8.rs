@@ -31,6 +31,9 @@ pub struct ActQ8 {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
+    /// `qs` with each pair of blocks reordered to int4 g32's nibble layout, built on first use
+    /// ([`ActQ8::pairs`]) and shared by every matrix and thread that reads these activations.
+    pairs: std::sync::OnceLock<Vec<i8>>,
 }
 
 impl ActQ8 {
@@ -42,6 +45,7 @@ impl ActQ8 {
             x.len()
         );
         let nb = x.len() / QK8;
+        self.pairs.take();
         self.qs.resize(x.len(), 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
@@ -61,6 +65,26 @@ impl ActQ8 {
 
     pub fn is_empty(&self) -> bool {
         self.qs.is_empty()
+    }
+
+    /// The codes of each pair of blocks in the order of 32 bytes of int4 g32 nibbles: both
+    /// blocks' first halves (the low nibbles), then both second halves (the high nibbles). A
+    /// trailing odd block is left out.
+    pub fn pairs(&self) -> &[i8] {
+        self.pairs.get_or_init(|| {
+            let h = QK8 / 2;
+            let mut out = vec![0i8; self.qs.len() / (2 * QK8) * 2 * QK8];
+            for (dst, src) in out
+                .chunks_exact_mut(2 * QK8)
+                .zip(self.qs.chunks_exact(2 * QK8))
+            {
+                dst[..h].copy_from_slice(&src[..h]);
+                dst[h..2 * h].copy_from_slice(&src[QK8..QK8 + h]);
+                dst[2 * h..3 * h].copy_from_slice(&src[h..QK8]);
+                dst[3 * h..].copy_from_slice(&src[QK8 + h..]);
+            }
+            out
+        })
     }
 
     /// The values the codes stand for (`d * q`).

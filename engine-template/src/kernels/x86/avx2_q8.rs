@@ -304,21 +304,8 @@ pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]
         &group_sums[..]
     };
     let mask = _mm256_set1_epi8(0x0f);
-    // Groups of 32: the activations of each pair of groups reordered to the nibble layout
-    // (first halves of both, then second halves).
-    let mut pair_x = vec![0i8; if per == 1 { x.len() } else { 0 }];
-    if per == 1 {
-        for (dst, src) in pair_x
-            .chunks_exact_mut(2 * QK8)
-            .zip(x.qs.chunks_exact(2 * QK8))
-        {
-            let h = QK8 / 2;
-            dst[..h].copy_from_slice(&src[..h]);
-            dst[h..2 * h].copy_from_slice(&src[QK8..QK8 + h]);
-            dst[2 * h..3 * h].copy_from_slice(&src[h..QK8]);
-            dst[3 * h..].copy_from_slice(&src[QK8 + h..]);
-        }
-    }
+    // Groups of 32 read the activations reordered to the nibble layout, built once per token.
+    let pair_x = if per == 1 { x.pairs() } else { &[] };
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         let (a, b) = if per == 1 {
@@ -326,9 +313,9 @@ pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]
             // vector (widen the codes, two multiplies) and each pair of groups takes its two
             // lanes with one `vpermps`. The 32 bytes of a pair of groups load at once: the low
             // nibbles are both groups' first halves, the high nibbles their second halves, and
-            // `pair_x` holds the activations in that order, so the two `vpmaddubsw` add in i16
-            // (at most 2 * 3810) before one `vpmaddwd`, whose lanes 0-3 are group g and 4-7
-            // group g + 1. Four accumulators keep the FMA latency off the critical path.
+            // `pair_x` (`ActQ8::pairs`) holds the activations in that order, so the two
+            // `vpmaddubsw` add in i16 (at most 2 * 3810) before one `vpmaddwd`, whose lanes
+            // 0-3 are group g and 4-7 group g + 1. Four accumulators keep the FMA latency off the critical path.
             let dv = _mm256_set1_ps(d);
             let z = _mm256_setzero_ps();
             let mut acc = [z; 4];
