@@ -218,6 +218,7 @@ pub fn run<M: CausalLm>(
         "precision": info.precision,
         "isa": crate::kernels::isa().name(),
         "activations": activations(info),
+        "prefill_activations": prefill_activations::<M>(info),
         "threads": threads,
         "affinity": pool.affinity(),
         "prompt_tokens": ids.len(),
@@ -414,6 +415,7 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         "precision": info.precision,
         "isa": isa,
         "activations": activations(info),
+        "prefill_activations": prefill_activations::<M>(info),
         "threads": threads,
         "affinity": pool.affinity(),
         "runs": a.runs,
@@ -470,6 +472,16 @@ fn activations(info: &BakedInfo) -> &'static str {
         "i8"
     } else {
         "f32"
+    }
+}
+
+/// How prefill's batched GEMMs take activations: `"i8"` where the decode path is 8-bit and the
+/// weights have a batched 8-bit kernel (int4, Q4_0, Q4_1: [`CausalLm::GEMM_Q8`]), `"f32"`
+/// otherwise.
+fn prefill_activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
+    match activations(info) {
+        "i8" if M::GEMM_Q8 => "i8",
+        _ => "f32",
     }
 }
 
@@ -574,10 +586,15 @@ pub fn perplexity<M: CausalLm>(
         "ctx": a.ctx,
         "chunks": chunks,
         "batch": a.batch,
-        // Batches run the f32 GEMM; a forward call of one token takes the decode kernels.
-        "activations": match (activations(info), single_token_calls(a.ctx - 1, a.batch)) {
-            ("i8", true) if a.batch > 1 => "mixed",
-            ("i8", true) => "i8",
+        // Batches run prefill's GEMM; a forward call of one token takes the decode kernels.
+        "activations": match (
+            activations(info),
+            prefill_activations::<M>(info),
+            a.batch > 1,
+            single_token_calls(a.ctx - 1, a.batch),
+        ) {
+            ("i8", _, false, _) | ("i8", "i8", true, _) => "i8",
+            ("i8", _, true, true) => "mixed",
             _ => "f32",
         },
         "threads": threads,

@@ -200,7 +200,7 @@ pub fn generate(
         let fields: Vec<_> = (0..layer_types.len())
             .map(|l| format_ident!("l{l}"))
             .collect();
-        let tys = layer_types.iter().map(parse);
+        let tys: Vec<TokenStream> = layer_types.iter().map(parse).collect();
         let idx = (0..layer_types.len()).map(usize_lit);
         let idx2 = idx.clone();
         (
@@ -210,6 +210,7 @@ pub fn generate(
                 pub struct Blocks { #(pub #fields: #tys),* }
 
                 impl ::clocher_engine::model::llama::Layers<LAYERS> for Blocks {
+                    const GEMM_Q8: bool = false #(|| <#tys>::GEMM_Q8)*;
                     fn bind(
                         blob: &'static [u8],
                         o: &[LayerOffsets; LAYERS],

@@ -31,6 +31,15 @@ pub trait WeightType: 'static + Send + Sync {
     fn gemv_q8(_isa: Isa, _w: &[Self::Elem], _x: &ActQ8, _y: &mut [f32]) {
         unreachable!("{:?} has no 8-bit activation GEMV", Self::DTYPE)
     }
+    /// Whether the type has [`WeightType::gemm_q8`]: prefill then runs its GEMMs on 8-bit
+    /// activations too. Types without it prefill on f32 activations, which beat their GEMV
+    /// run once per token.
+    const GEMM_Q8: bool = false;
+    /// `y[i * rows + r] = dot(row r, xs[i])` for several tokens (`y` is `[xs.len(), rows]`):
+    /// prefill's GEMM on 8-bit activations; called only where `GEMM_Q8` holds.
+    fn gemm_q8(_isa: Isa, _w: &[Self::Elem], _xs: &[ActQ8], _y: &mut [f32]) {
+        unreachable!("{:?} has no 8-bit activation GEMM", Self::DTYPE)
+    }
 }
 
 /// 32-bit IEEE floats.
@@ -81,6 +90,20 @@ float_weight!(
 );
 
 macro_rules! block_weight {
+    ($(#[$doc:meta])* $name:ident, $block:ty, $dtype:expr, $elems:expr, $dequant:path, $gemv:path, act8: $q8:path, $gemm:path) => {
+        block_weight!($(#[$doc])* $name, $block, $dtype, $elems, $dequant, $gemv, {
+            const ACT8: bool = true;
+            #[inline]
+            fn gemv_q8(isa: Isa, w: &[$block], x: &ActQ8, y: &mut [f32]) {
+                $q8(isa, w, x, y)
+            }
+            const GEMM_Q8: bool = true;
+            #[inline]
+            fn gemm_q8(isa: Isa, w: &[$block], xs: &[ActQ8], y: &mut [f32]) {
+                $gemm(isa, w, xs, y)
+            }
+        });
+    };
     ($(#[$doc:meta])* $name:ident, $block:ty, $dtype:expr, $elems:expr, $dequant:path, $gemv:path, act8: $q8:path) => {
         block_weight!($(#[$doc])* $name, $block, $dtype, $elems, $dequant, $gemv, {
             const ACT8: bool = true;
@@ -113,10 +136,10 @@ macro_rules! block_weight {
 }
 block_weight!(/// GGUF Q4_0.
     Q4_0, b::BlockQ4_0, Dtype::Ggml(Gt::Q4_0), QK, quant::dequant_q4_0_model, quant::gemv_q4_0,
-    act8: act8::gemv_q4_0_q8);
+    act8: act8::gemv_q4_0_q8, act8::gemm_q4_0_q8);
 block_weight!(/// GGUF Q4_1.
     Q4_1, b::BlockQ4_1, Dtype::Ggml(Gt::Q4_1), QK, quant::dequant_q4_1_model, quant::gemv_q4_1,
-    act8: act8::gemv_q4_1_q8);
+    act8: act8::gemv_q4_1_q8, act8::gemm_q4_1_q8);
 block_weight!(/// GGUF Q5_0.
     Q5_0, b::BlockQ5_0, Dtype::Ggml(Gt::Q5_0), QK, quant::dequant_q5_0_model, quant::gemv_q5_0,
     act8: act8::gemv_q5_0_q8);
@@ -199,6 +222,11 @@ impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG,
     #[inline]
     fn gemv_q8(isa: Isa, w: &[RowI4<NG, H>], x: &ActQ8, y: &mut [f32]) {
         act8::gemv_int4_q8(isa, G, bytemuck::cast_slice(w), x, y)
+    }
+    const GEMM_Q8: bool = true;
+    #[inline]
+    fn gemm_q8(isa: Isa, w: &[RowI4<NG, H>], xs: &[ActQ8], y: &mut [f32]) {
+        act8::gemm_int4_q8(isa, G, bytemuck::cast_slice(w), xs, y)
     }
     fn to_f32(w: &[RowI4<NG, H>], out: &mut [f32]) {
         int::dequant_int4(kernels::isa(), G, 2 * H, bytemuck::cast_slice(w), out)

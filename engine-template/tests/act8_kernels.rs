@@ -1,8 +1,10 @@
 //! The 8-bit activation path (`kernels::act8`): the quantizer is bit-identical on every ISA and
 //! within half a step of its input; every GEMV agrees with its scalar reference on every ISA
 //! (lengths of 0 to 5 blocks, 0 to 17 rows, misaligned rows, all 16 nibble and 256 byte codes,
-//! the codes that come closest to saturating `vpmaddubsw`); and the reference itself stays
-//! within the activation-rounding bound of an f64 dot with the unquantized activations.
+//! the codes that come closest to saturating `vpmaddubsw`); every batched (prefill) kernel
+//! agrees with its reference (0 to 9 tokens, group counts with and without a tail); and the
+//! reference itself stays within the activation-rounding bound of an f64 dot with the
+//! unquantized activations.
 
 // `!(err <= bound)` on purpose: a NaN result must count as a failure.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -305,6 +307,112 @@ fn int4_gemv_every_isa_matches_reference() {
                 );
             }
         }
+    }
+}
+
+/// A batched kernel: raw weight bytes, several tokens, `[tokens, rows]` outputs.
+type GemmRun<'a> = dyn Fn(Isa, &[u8], &[ActQ8], &mut [f32]) + 'a;
+
+/// A batched (prefill) kernel against the scalar reference (the GEMV once per token) on every
+/// ISA: 0 to 9 tokens (whole tiles of four and every remainder), rows misaligned in memory, and
+/// tokens whose activations differ.
+fn check_gemm_every_isa(
+    label: &str,
+    cols: usize,
+    rows: usize,
+    w: &[u8],
+    deq: &[f32],
+    run: &GemmRun<'_>,
+) {
+    let mut fails = vec![];
+    for n in 0..=9usize {
+        let xs: Vec<ActQ8> = (0..n)
+            .map(|i| quantized(Isa::Scalar, &activations(cols, (i * 7 + cols) as u32)))
+            .collect();
+        for mis in [0usize, 1] {
+            let mut wbuf = vec![0u8; mis];
+            wbuf.extend_from_slice(w);
+            let w = &wbuf[mis..];
+            let mut want = vec![f32::NAN; n * rows];
+            run(Isa::Scalar, w, &xs, &mut want);
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; n * rows];
+                run(isa, w, &xs, &mut got);
+                for (idx, (&e, &a)) in want.iter().zip(&got).enumerate() {
+                    let (i, r) = (idx / rows, idx % rows);
+                    let (exp, mag) = dot_f64(&deq[r * cols..(r + 1) * cols], &xs[i].dequant());
+                    let bound = tol::QUANT_DOT_REL as f64 * (cols as f64).sqrt() * mag
+                        + tol::DOT_ABS as f64;
+                    for (what, v) in [("reference", e), ("kernel", a)] {
+                        if !((v as f64 - exp).abs() <= bound) {
+                            fails.push(format!(
+                                "{label} {} ({what}) cols={cols} tokens={n} misalign={mis} index={idx} (token {i}, row {r}): expected {exp}, actual {v} (bound {bound:e})",
+                                isa.name()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+/// Group counts with and without a tail past the last eight: int4 (groups of 32 run the
+/// batched kernel, 64 the GEMV per token) and the 4-bit GGUF blocks (every nibble code).
+#[test]
+fn gemms_every_isa_match_reference() {
+    let rows = 5;
+    for ng in [1usize, 2, 8, 9, 18, 19] {
+        for group in [32usize, 64] {
+            let cols = group * ng;
+            let w = values(rows * cols, (cols + 3) as u32);
+            let q = int::quantize_int4(&w, cols, group, Scheme::Asym, Clip::None).unwrap();
+            let mut deq = vec![0.0f32; rows * cols];
+            int::dequant_int4_ref(group, cols, &q, &mut deq);
+            check_gemm_every_isa(
+                &format!("gemm_int4_q8 g{group}"),
+                cols,
+                rows,
+                &q,
+                &deq,
+                &|isa, w, xs, y| act8::gemm_int4_q8(isa, group, w, xs, y),
+            );
+        }
+        let (cols, n) = (ng * QK8, ng * rows);
+        let scale = |i: usize| f16::from_f32(0.01 + (i % 7) as f32 * 1e-3);
+        let q40: Vec<BlockQ4_0> = (0..n)
+            .map(|i| BlockQ4_0 {
+                d: scale(i),
+                qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+            })
+            .collect();
+        let q41: Vec<BlockQ4_1> = (0..n)
+            .map(|i| BlockQ4_1 {
+                d: scale(i),
+                m: f16::from_f32(-0.08 + (i % 5) as f32 * 2e-2),
+                qs: std::array::from_fn(|j| (i * 53 + j * 17) as u8),
+            })
+            .collect();
+        let mut deq = vec![0.0f32; n * QK8];
+        blocks::dequant_q4_0_ref(&q40, &mut deq);
+        check_gemm_every_isa(
+            "gemm_q4_0_q8",
+            cols,
+            rows,
+            &as_bytes(&q40),
+            &deq,
+            &|isa, w, xs, y| act8::gemm_q4_0_q8(isa, &blocks_of(w), xs, y),
+        );
+        blocks::dequant_q4_1_ref(&q41, &mut deq);
+        check_gemm_every_isa(
+            "gemm_q4_1_q8",
+            cols,
+            rows,
+            &as_bytes(&q41),
+            &deq,
+            &|isa, w, xs, y| act8::gemm_q4_1_q8(isa, &blocks_of(w), xs, y),
+        );
     }
 }
 

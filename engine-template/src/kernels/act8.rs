@@ -147,7 +147,76 @@ fn blocks_per_row(name: &str, elems: usize, w_len: usize, x: &ActQ8, rows: usize
     nb
 }
 
+/// Checks a batched 8-bit GEMM's shapes: `y` is `[xs.len(), rows]` and every token as long as
+/// the first; returns `rows` (0 without tokens) and the first token.
+fn gemm_rows<'x>(name: &str, xs: &'x [ActQ8], y_len: usize) -> (usize, Option<&'x ActQ8>) {
+    let Some(x0) = xs.first() else {
+        assert_eq!(y_len, 0, "{name}: outputs without tokens");
+        return (0, None);
+    };
+    assert!(
+        y_len.is_multiple_of(xs.len()),
+        "{name}: {y_len} outputs for {} tokens",
+        xs.len()
+    );
+    assert!(
+        xs.iter().all(|x| x.len() == x0.len()),
+        "{name}: tokens of different lengths"
+    );
+    (y_len / xs.len(), Some(x0))
+}
+
+/// The reference of every batched 8-bit GEMM: `gemv` (a reference GEMV) once per token.
+fn gemm_q8_ref_with(xs: &[ActQ8], y: &mut [f32], gemv: impl Fn(&ActQ8, &mut [f32])) {
+    if xs.is_empty() || y.is_empty() {
+        return;
+    }
+    for (x, y) in xs.iter().zip(y.chunks_exact_mut(y.len() / xs.len())) {
+        gemv(x, y)
+    }
+}
+
 macro_rules! q8_gemv {
+    ($(#[$doc:meta])* $name:ident, $ref_name:ident, $avx2:ident,
+     $gemm:ident, $gemm_ref:ident, $gemm_avx2:ident, $block:ty, $elems:expr, $dequant:path) => {
+        /// Scalar reference: the exact weights against the dequantized activations.
+        pub fn $ref_name(w: &[$block], x: &ActQ8, y: &mut [f32]) {
+            let nb = blocks_per_row(stringify!($ref_name), $elems, w.len(), x, y.len());
+            gemv_q8_ref_with(y.len(), |r, o| $dequant(&w[r * nb..(r + 1) * nb], o), x, y)
+        }
+
+        $(#[$doc])*
+        #[inline]
+        pub fn $name(isa: Isa, w: &[$block], x: &ActQ8, y: &mut [f32]) {
+            blocks_per_row(stringify!($name), $elems, w.len(), x, y.len());
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
+                // feature detection, and both imply AVX2.
+                Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::$avx2(w, x, y) },
+                _ => $ref_name(w, x, y),
+            }
+        }
+
+        /// Scalar reference of the batched form: the reference GEMV once per token.
+        pub fn $gemm_ref(w: &[$block], xs: &[ActQ8], y: &mut [f32]) {
+            gemm_q8_ref_with(xs, y, |x, y| $ref_name(w, x, y))
+        }
+
+        /// The batched form (prefill): `y[i * rows + r] = dot(row r, xs[i])`, `y` being
+        /// `[xs.len(), rows]`.
+        #[inline]
+        pub fn $gemm(isa: Isa, w: &[$block], xs: &[ActQ8], y: &mut [f32]) {
+            let (rows, Some(x0)) = gemm_rows(stringify!($gemm), xs, y.len()) else { return };
+            blocks_per_row(stringify!($gemm), $elems, w.len(), x0, rows);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as in the GEMV; the shapes are checked above.
+                Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::$gemm_avx2(w, xs, y) },
+                _ => $gemm_ref(w, xs, y),
+            }
+        }
+    };
     ($(#[$doc:meta])* $name:ident, $ref_name:ident, $avx2:ident, $block:ty, $elems:expr, $dequant:path) => {
         /// Scalar reference: the exact weights against the dequantized activations.
         pub fn $ref_name(w: &[$block], x: &ActQ8, y: &mut [f32]) {
@@ -170,9 +239,11 @@ macro_rules! q8_gemv {
     };
 }
 q8_gemv!(/// GGUF Q4_0 weights · 8-bit activations.
-    gemv_q4_0_q8, gemv_q4_0_q8_ref, gemv_q4_0_q8_avx2, b::BlockQ4_0, QK, b::dequant_q4_0_ref);
+    gemv_q4_0_q8, gemv_q4_0_q8_ref, gemv_q4_0_q8_avx2,
+    gemm_q4_0_q8, gemm_q4_0_q8_ref, gemm_q4_0_q8_avx2, b::BlockQ4_0, QK, b::dequant_q4_0_ref);
 q8_gemv!(/// GGUF Q4_1 weights · 8-bit activations.
-    gemv_q4_1_q8, gemv_q4_1_q8_ref, gemv_q4_1_q8_avx2, b::BlockQ4_1, QK, b::dequant_q4_1_ref);
+    gemv_q4_1_q8, gemv_q4_1_q8_ref, gemv_q4_1_q8_avx2,
+    gemm_q4_1_q8, gemm_q4_1_q8_ref, gemm_q4_1_q8_avx2, b::BlockQ4_1, QK, b::dequant_q4_1_ref);
 q8_gemv!(/// GGUF Q5_0 weights · 8-bit activations.
     gemv_q5_0_q8, gemv_q5_0_q8_ref, gemv_q5_0_q8_avx2, b::BlockQ5_0, QK, b::dequant_q5_0_ref);
 q8_gemv!(/// GGUF Q5_1 weights · 8-bit activations.
@@ -231,5 +302,29 @@ pub fn gemv_int4_q8(isa: Isa, group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]) 
             super::x86::avx2_q8::gemv_int4_q8_avx2(group, w, x, y)
         },
         _ => gemv_int4_q8_ref(group, w, x, y),
+    }
+}
+
+/// Scalar reference of [`gemm_int4_q8`]: the reference GEMV once per token.
+pub fn gemm_int4_q8_ref(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    gemm_q8_ref_with(xs, y, |x, y| gemv_int4_q8_ref(group, w, x, y))
+}
+
+/// Int4 rows (groups of `group`) · several tokens' 8-bit activations, the batched GEMV of
+/// prefill: `y[i * rows + r] = dot(row r, xs[i])`, `y` being `[xs.len(), rows]`.
+#[inline]
+pub fn gemm_int4_q8(isa: Isa, group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    let (rows, Some(x0)) = gemm_rows("gemm_int4_q8", xs, y.len()) else {
+        return;
+    };
+    int::check_int4_rows("gemm_int4_q8", group, x0.len(), w.len(), rows);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2; the shapes are checked above.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::avx2_q8::gemm_int4_q8_avx2(group, w, xs, y)
+        },
+        _ => gemm_int4_q8_ref(group, w, xs, y),
     }
 }

@@ -6,7 +6,7 @@
 //! (`Q_DIM = HEADS * HEAD_DIM`, `KV_DIM = KV_HEADS * HEAD_DIM`, stable Rust can't compute them)
 //! and [`Layer::bind`] checks the relations at compile time with `const { assert!(..) }`.
 
-use super::{bind_vec, Acts, CausalLm, Logits, Mat, GEMV_GRAIN};
+use super::{bind_vec, quantize_rows, Acts, CausalLm, Logits, Mat, GEMV_GRAIN};
 use crate::dtype::WeightType;
 use crate::error::Result;
 use crate::kernels::act8::ActQ8;
@@ -68,6 +68,8 @@ pub struct Layer<
 /// The stack of blocks. [`Uniform`] serves models whose blocks all share one set of weight
 /// types; a generated crate implements it for a struct with one field per block otherwise.
 pub trait Layers<const LAYERS: usize>: Sized + Send + Sync {
+    /// Whether some block has a weight with a batched 8-bit kernel ([`Layer::GEMM_Q8`]).
+    const GEMM_Q8: bool;
     fn bind(blob: &'static [u8], offsets: &[LayerOffsets; LAYERS]) -> Result<Self>;
     /// Runs every block on the `n` tokens in `s` (at positions `pos..pos + n`).
     fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32);
@@ -121,6 +123,7 @@ pub struct LlamaState {
     v_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
     logits: Vec<f32>,  // [tokens asked for, VOCAB]
     xq: ActQ8,         // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
+    xqs: Vec<ActQ8>,   // [BATCH] tokens' activations in 8 bits, each as `xq`
     ctx: usize,
 }
 
@@ -149,6 +152,9 @@ macro_rules! impl_for_layer_types {
 impl_for_layer_types! {
     []
     Layer<Q, K, V, O, G, U, D, DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM> {
+        /// Whether some weight of the block has a batched 8-bit kernel ([`WeightType::GEMM_Q8`]).
+        pub const GEMM_Q8: bool = Q::GEMM_Q8 || K::GEMM_Q8 || V::GEMM_Q8 || O::GEMM_Q8 || G::GEMM_Q8 || U::GEMM_Q8 || D::GEMM_Q8;
+
         pub fn bind(blob: &'static [u8], lo: &LayerOffsets, l: usize) -> Result<Self> {
             const {
                 assert!(Q_DIM == HEADS * HEAD_DIM, "Q_DIM must equal HEADS * HEAD_DIM");
@@ -189,9 +195,11 @@ impl_for_layer_types! {
                     self.wv.gemv_part(isa, a, t, nt, &v);
                 });
             } else {
-                self.wq.matmul(pool, n, &s.xb, &mut s.q);
-                self.wk.matmul(pool, n, &s.xb, &mut s.k);
-                self.wv.matmul(pool, n, &s.xb, &mut s.v);
+                let xb = &s.xb[..n * DIM];
+                let xq = quantize_rows(isa, xb, DIM, Q::GEMM_Q8 || K::GEMM_Q8 || V::GEMM_Q8, &mut s.xqs);
+                self.wq.matmul(pool, n, xb, xq, &mut s.q);
+                self.wk.matmul(pool, n, xb, xq, &mut s.k);
+                self.wv.matmul(pool, n, xb, xq, &mut s.v);
             }
             for i in 0..n {
                 let (cos, sin) = (&s.cos[i * half..(i + 1) * half], &s.sin[i * half..(i + 1) * half]);
@@ -226,7 +234,9 @@ impl_for_layer_types! {
                 let a = Acts::new(isa, &s.att_out[..Q_DIM], O::ACT8, &mut s.xq);
                 self.wo.gemv(pool, a, &mut s.xb2);
             } else {
-                self.wo.matmul(pool, n, &s.att_out, &mut s.xb2);
+                let att = &s.att_out[..n * Q_DIM];
+                let xq = quantize_rows(isa, att, Q_DIM, O::GEMM_Q8, &mut s.xqs);
+                self.wo.matmul(pool, n, att, xq, &mut s.xb2);
             }
             add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
 
@@ -247,10 +257,14 @@ impl_for_layer_types! {
                 let a = Acts::new(isa, &s.hb[..INTER], D::ACT8, &mut s.xq);
                 self.w_down.gemv(pool, a, &mut s.xb2);
             } else {
-                self.w_gate.matmul(pool, n, &s.xb, &mut s.hb);
-                self.w_up.matmul(pool, n, &s.xb, &mut s.hb2);
+                let xb = &s.xb[..n * DIM];
+                let xq = quantize_rows(isa, xb, DIM, G::GEMM_Q8 || U::GEMM_Q8, &mut s.xqs);
+                self.w_gate.matmul(pool, n, xb, xq, &mut s.hb);
+                self.w_up.matmul(pool, n, xb, xq, &mut s.hb2);
                 r::silu_mul_ref(&mut s.hb[..n * INTER], &s.hb2[..n * INTER]);
-                self.w_down.matmul(pool, n, &s.hb, &mut s.xb2);
+                let hb = &s.hb[..n * INTER];
+                let xq = quantize_rows(isa, hb, INTER, D::GEMM_Q8, &mut s.xqs);
+                self.w_down.matmul(pool, n, hb, xq, &mut s.xb2);
             }
             add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
         }
@@ -290,6 +304,7 @@ fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 impl_for_layer_types! {
     [const LAYERS: usize]
     Layers<LAYERS> for Uniform<Layer<Q, K, V, O, G, U, D, DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM>> {
+        const GEMM_Q8: bool = Layer::<Q, K, V, O, G, U, D, DIM, INTER, HEADS, KV_HEADS, HEAD_DIM, Q_DIM, KV_DIM>::GEMM_Q8;
         fn bind(blob: &'static [u8], offsets: &[LayerOffsets; LAYERS]) -> Result<Self> {
             let layers = offsets.iter().enumerate().map(|(l, o)| Layer::bind(blob, o, l));
             Ok(Uniform(layers.collect::<Result<Vec<_>>>()?))
@@ -323,6 +338,7 @@ impl<
     type State = LlamaState;
     const VOCAB: usize = VOCAB;
     const CONTEXT: usize = CONTEXT;
+    const GEMM_Q8: bool = L::GEMM_Q8;
 
     fn load(blob: &'static [u8], o: &LlamaOffsets<LAYERS>, eps: f32, theta: f32) -> Result<Self> {
         Ok(Llama {
@@ -355,6 +371,7 @@ impl<
             v_cache: z(LAYERS * ctx * KV_DIM),
             logits: z(VOCAB),
             xq: ActQ8::default(),
+            xqs: Vec::new(),
             ctx,
         }
     }
@@ -414,7 +431,9 @@ impl<
                     let a = Acts::new(kernels::isa(), &s.xb[..DIM], H::ACT8, &mut s.xq);
                     self.lm_head.gemv(pool, a, logits);
                 } else {
-                    self.lm_head.matmul(pool, m, &s.xb[..m * DIM], logits);
+                    let xb = &s.xb[..m * DIM];
+                    let xq = quantize_rows(kernels::isa(), xb, DIM, H::GEMM_Q8, &mut s.xqs);
+                    self.lm_head.matmul(pool, m, xb, xq, logits);
                 }
             }
         }

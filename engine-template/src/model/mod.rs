@@ -12,6 +12,9 @@ use crate::pool::{shard, Pool, SyncSlice};
 /// Rows a thread's share of a GEMV is rounded to (16 f32 outputs: a whole cache line).
 pub const GEMV_GRAIN: usize = 16;
 
+/// Tokens the 8-bit path of [`Mat::matmul`] hands a kernel at once.
+const Q8_TILE: usize = 8;
+
 /// One token's activations as a decode GEMV takes them: f32, and their 8-bit quantization
 /// where some weight type of the op runs the 8-bit path ([`crate::kernels::act8()`]).
 #[derive(Clone, Copy)]
@@ -35,6 +38,29 @@ impl<'a> Acts<'a> {
         });
         Acts { x, q }
     }
+}
+
+/// The 8-bit quantization of `n` tokens' activations (`x` is `[n, cols]`), one [`ActQ8`] a
+/// token in `bufs`, where some weight type of the op runs the 8-bit path (`want_q8`) and the
+/// process does ([`crate::kernels::act8()`]); `None` otherwise.
+pub fn quantize_rows<'a>(
+    isa: Isa,
+    x: &[f32],
+    cols: usize,
+    want_q8: bool,
+    bufs: &'a mut Vec<ActQ8>,
+) -> Option<&'a [ActQ8]> {
+    if !(want_q8 && crate::kernels::act8()) {
+        return None;
+    }
+    let n = x.len() / cols;
+    if bufs.len() < n {
+        bufs.resize_with(n, ActQ8::default);
+    }
+    for (b, xi) in bufs.iter_mut().zip(x.chunks_exact(cols)) {
+        b.quantize(isa, xi);
+    }
+    Some(&bufs[..n])
 }
 
 /// A `[ROWS, COLS]` row-major weight matrix viewed in place in the weights blob; each row is
@@ -86,17 +112,60 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
         pool.broadcast(&|t, nt| self.gemv_part(isa, a, t, nt, &ys));
     }
 
-    /// `y[i] = W x[i]` for `n` tokens (`x` is `[n, COLS]`, `y` is `[n, ROWS]`). One token runs
-    /// the fused GEMV on f32 activations; more run as a GEMM: each thread widens four of its
-    /// weight rows at a time into f32 scratch on its stack (L1/L2-resident; f32 rows are read
-    /// in place), then runs 4-row by 2-token tiles over every token, so the weights cross the
-    /// memory bus once per batch and each token's activations are read once per four rows.
-    pub fn matmul(&self, pool: &Pool, n: usize, x: &[f32], y: &mut [f32]) {
-        if n == 1 {
-            return self.gemv(pool, Acts::f32(&x[..COLS]), y);
+    /// Rows of the 8-bit path of [`Mat::matmul`] that one thread runs every token through
+    /// before moving on: about 16 KiB of weights, so they stay in L1 while the tokens pass.
+    const Q8_CHUNK: usize = {
+        let r = 16384 / (Self::ROW_ELEMS * std::mem::size_of::<W::Elem>());
+        if r < GEMV_GRAIN {
+            GEMV_GRAIN
+        } else if r > 4 * GEMV_GRAIN {
+            4 * GEMV_GRAIN
+        } else {
+            r
         }
+    };
+
+    /// `y[i] = W x[i]` for `n` tokens (`x` is `[n, COLS]`, `y` is `[n, ROWS]`; `q`, where the
+    /// process runs the 8-bit path, is each token's quantized activations). One token runs the
+    /// fused GEMV.
+    ///
+    /// More run as a GEMM, the weights crossing the memory bus once per batch. On 8-bit
+    /// activations each thread takes its rows some 16 KiB at a time ([`Self::Q8_CHUNK`]) and
+    /// runs every token's integer GEMV over them from L1: re-reading the nibbles per token
+    /// costs a load and two masks per 32 weights, next to the multiply-adds the tokens need
+    /// anyway, and reuses the decode kernels as they are. On f32 activations each thread widens
+    /// four of its weight rows at a time into f32 scratch on its stack (L1/L2-resident; f32
+    /// rows are read in place), then runs 4-row by 2-token tiles over every token, so each
+    /// token's activations are read once per four rows.
+    pub fn matmul(&self, pool: &Pool, n: usize, x: &[f32], q: Option<&[ActQ8]>, y: &mut [f32]) {
+        if n == 1 {
+            let a = Acts {
+                x: &x[..COLS],
+                q: q.filter(|_| W::ACT8).map(|q| &q[0]),
+            };
+            return self.gemv(pool, a, y);
+        }
+        let q = q.filter(|_| W::GEMM_Q8);
         let isa = crate::kernels::isa();
         let (x, ys) = (&x[..n * COLS], SyncSlice::new(&mut y[..n * ROWS]));
+        if let Some(q) = q {
+            return pool.broadcast(&|t, nt| {
+                let (a, b) = shard(ROWS, t, nt, GEMV_GRAIN);
+                let mut buf = [0.0f32; Q8_TILE * GEMV_GRAIN * 4];
+                for r0 in (a..b).step_by(Self::Q8_CHUNK) {
+                    let r1 = (r0 + Self::Q8_CHUNK).min(b);
+                    let w = &self.data[r0 * Self::ROW_ELEMS..r1 * Self::ROW_ELEMS];
+                    for i0 in (0..n).step_by(Q8_TILE) {
+                        let (m, len) = ((n - i0).min(Q8_TILE), r1 - r0);
+                        W::gemm_q8(isa, w, &q[i0..i0 + m], &mut buf[..m * len]);
+                        for (i, out) in buf[..m * len].chunks_exact(len).enumerate() {
+                            // SAFETY: rows a..b of every token belong to this thread alone.
+                            unsafe { ys.range((i0 + i) * ROWS + r0, len) }.copy_from_slice(out);
+                        }
+                    }
+                }
+            });
+        }
         pool.broadcast(&|t, nt| {
             let (a, b) = shard(ROWS, t, nt, GEMV_GRAIN);
             let mut wbuf = [[0.0f32; COLS]; 4];
@@ -187,6 +256,9 @@ pub trait CausalLm: Sized + Send + Sync {
     type State;
     const VOCAB: usize;
     const CONTEXT: usize;
+    /// Whether some weight of the blocks has a batched 8-bit kernel
+    /// ([`WeightType::GEMM_Q8`]): prefill then runs it where the process takes the 8-bit path.
+    const GEMM_Q8: bool;
     fn load(
         blob: &'static [u8],
         offsets: &Self::Offsets,

@@ -103,25 +103,82 @@ unsafe fn load_codes(x: &ActQ8, k: usize) -> __m256i {
     _mm256_loadu_si256(x.qs.as_ptr().add(k * QK8) as *const __m256i)
 }
 
-/// A 32-weight GGUF block against one activation block: the 8-lane integer dot, the weight
-/// scale `d`, and `c`, the block's offset per unit of activation sum (value = `d * q + c`).
+/// A 32-weight GGUF block, split the way the 8-bit kernels use it: its scale `d` and `c`, the
+/// offset per unit of activation sum (value = `d * q + c`), and its 32 codes in element order.
+/// Unsigned codes (4 and 5 bits) dot as `vpmaddubsw`'s unsigned side; signed ones (Q8_0,
+/// [`Q8Block::SIGNED`]) go through [`dot_i8_i8`].
 trait Q8Block {
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32);
+    const SIGNED: bool = false;
+    unsafe fn scales(&self) -> (f32, f32);
+    unsafe fn codes(&self) -> __m256i;
+}
+
+/// The 4-bit block formats, whose batched kernel ([`gemm_blocks_q8`]) takes two blocks at a
+/// time.
+trait Q8Pair: Q8Block {
+    /// Two blocks' codes in the order of [`ActQ8::pairs`]: both first halves, then both
+    /// second halves.
+    unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i);
+}
+
+/// Two blocks' 16 bytes of nibbles as (both low halves, both high halves).
+#[inline(always)]
+unsafe fn nibble_pair(a: *const u8, b: *const u8) -> (__m256i, __m256i) {
+    let mask = _mm256_set1_epi8(0x0f);
+    let v = _mm256_set_m128i(
+        _mm_loadu_si128(b as *const __m128i),
+        _mm_loadu_si128(a as *const __m128i),
+    );
+    (
+        _mm256_and_si256(v, mask),
+        _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+    )
+}
+
+/// A block's codes (from [`Q8Block::codes`]) against one activation block: 8 i32 lanes.
+#[inline(always)]
+unsafe fn dot_codes<B: Q8Block>(codes: __m256i, xq: __m256i) -> __m256i {
+    if B::SIGNED {
+        dot_i8_i8(codes, xq)
+    } else {
+        dot_u8_i8(codes, xq)
+    }
+}
+
+impl Q8Pair for BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i) {
+        nibble_pair(a.qs.as_ptr(), b.qs.as_ptr())
+    }
 }
 
 impl Q8Block for BlockQ4_0 {
     #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+    unsafe fn scales(&self) -> (f32, f32) {
         let d = f16_to_f32(self.d);
-        (dot_u8_i8(nibbles32(self.qs.as_ptr()), xq), d, -8.0 * d)
+        (d, -8.0 * d)
+    }
+    #[inline(always)]
+    unsafe fn codes(&self) -> __m256i {
+        nibbles32(self.qs.as_ptr())
+    }
+}
+
+impl Q8Pair for BlockQ4_1 {
+    #[inline(always)]
+    unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i) {
+        nibble_pair(a.qs.as_ptr(), b.qs.as_ptr())
     }
 }
 
 impl Q8Block for BlockQ4_1 {
     #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
-        let p = dot_u8_i8(nibbles32(self.qs.as_ptr()), xq);
-        (p, f16_to_f32(self.d), f16_to_f32(self.m))
+    unsafe fn scales(&self) -> (f32, f32) {
+        (f16_to_f32(self.d), f16_to_f32(self.m))
+    }
+    #[inline(always)]
+    unsafe fn codes(&self) -> __m256i {
+        nibbles32(self.qs.as_ptr())
     }
 }
 
@@ -150,25 +207,36 @@ unsafe fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
 
 impl Q8Block for BlockQ5_0 {
     #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+    unsafe fn scales(&self) -> (f32, f32) {
         let d = f16_to_f32(self.d);
-        (dot_u8_i8(q5_codes(&self.qs, self.qh), xq), d, -16.0 * d)
+        (d, -16.0 * d)
+    }
+    #[inline(always)]
+    unsafe fn codes(&self) -> __m256i {
+        q5_codes(&self.qs, self.qh)
     }
 }
 
 impl Q8Block for BlockQ5_1 {
     #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
-        let p = dot_u8_i8(q5_codes(&self.qs, self.qh), xq);
-        (p, f16_to_f32(self.d), f16_to_f32(self.m))
+    unsafe fn scales(&self) -> (f32, f32) {
+        (f16_to_f32(self.d), f16_to_f32(self.m))
+    }
+    #[inline(always)]
+    unsafe fn codes(&self) -> __m256i {
+        q5_codes(&self.qs, self.qh)
     }
 }
 
 impl Q8Block for BlockQ8_0 {
+    const SIGNED: bool = true;
     #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
-        let w = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
-        (dot_i8_i8(w, xq), f16_to_f32(self.d), 0.0)
+    unsafe fn scales(&self) -> (f32, f32) {
+        (f16_to_f32(self.d), 0.0)
+    }
+    #[inline(always)]
+    unsafe fn codes(&self) -> __m256i {
+        _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i)
     }
 }
 
@@ -212,7 +280,8 @@ unsafe fn gemv_blocks_q8<B: Q8Block>(w: &[B], x: &ActQ8, y: &mut [f32]) {
         let zero = (_mm256_setzero_ps(), 0.0f32);
         let (a, b) = pairs!(nb, zero, |k, acc_off| {
             let (acc, off) = acc_off;
-            let (p, d, c) = row.get_unchecked(k).dot(load_codes(x, k));
+            let blk = row.get_unchecked(k);
+            let ((d, c), p) = (blk.scales(), dot_codes::<B>(blk.codes(), load_codes(x, k)));
             let (dx, s) = (*x.d.get_unchecked(k), *x.s.get_unchecked(k));
             (
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * dx), acc),
@@ -232,10 +301,28 @@ pub unsafe fn gemv_q4_0_q8_avx2(w: &[BlockQ4_0], x: &ActQ8, y: &mut [f32]) {
 }
 
 /// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` must hold the rows of `y.len() / xs.len()`
+/// outputs, each `xs[0].len() / 32` blocks, and every token the same length (the `act8`
+/// dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_0_q8_avx2(w: &[BlockQ4_0], xs: &[ActQ8], y: &mut [f32]) {
+    let nb = xs.first().map_or(0, |x| x.len() / QK8);
+    gemm_rows_q8(xs, y, |r| w.get_unchecked(r * nb..(r + 1) * nb))
+}
+
+/// # Safety
 /// As [`gemv_q4_0_q8_avx2`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q4_1_q8_avx2(w: &[BlockQ4_1], x: &ActQ8, y: &mut [f32]) {
     gemv_blocks_q8(w, x, y)
+}
+
+/// # Safety
+/// As [`gemm_q4_0_q8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_1_q8_avx2(w: &[BlockQ4_1], xs: &[ActQ8], y: &mut [f32]) {
+    let nb = xs.first().map_or(0, |x| x.len() / QK8);
+    gemm_rows_q8(xs, y, |r| w.get_unchecked(r * nb..(r + 1) * nb))
 }
 
 /// # Safety
@@ -494,5 +581,211 @@ pub unsafe fn gemv_q6_k_q8_avx2(w: &[BlockQ6K], x: &ActQ8, y: &mut [f32]) {
             }
         }
         *yr = hsum_ps(_mm256_add_ps(a0, a1));
+    }
+}
+
+/// Int4 rows · several tokens' 8-bit activations: `y[i * rows + r] = dot(row r, xs[i])`
+/// (`y` is `[xs.len(), rows]`), the batched form of [`gemv_int4_q8_avx2`] that prefill runs.
+/// Groups of 32 go through [`gemm_rows_q8`]; other groups run the GEMV once per token.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `y.len()` must be `xs.len()` times the rows of
+/// `w`, and every token the same length (the `act8` dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_int4_q8_avx2(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    let Some(x0) = xs.first() else { return };
+    let rows = y.len() / xs.len();
+    if group != QK8 {
+        for (x, y) in xs.iter().zip(y.chunks_exact_mut(rows.max(1))) {
+            gemv_int4_q8_avx2(group, w, x, y);
+        }
+        return;
+    }
+    let rb = int::check_int4_rows("gemm_int4_q8_avx2", group, x0.len(), w.len(), rows);
+    let ng = x0.len() / QK8;
+    gemm_rows_q8(xs, y, |r| {
+        let (d, dmin, scales, mins, qs) = int::int4_row(w.get_unchecked(r * rb..(r + 1) * rb), ng);
+        Int4G32 {
+            d,
+            dmin,
+            scales,
+            mins,
+            qs,
+        }
+    })
+}
+
+/// One weight row as the batched kernel ([`gemm_rows_q8`]) reads it: groups of 32 weights,
+/// each with a scale `d` and an offset `c` per unit of activation sum (value = `d * q + c`).
+trait RowQ8 {
+    /// Groups `k..k + 8`: their scales and offsets, one lane each.
+    unsafe fn scales8(&self, k: usize) -> (__m256, __m256);
+    /// Groups `k` and `k + 1`'s unsigned codes in the order of [`ActQ8::pairs`]: both first
+    /// halves, then both second halves.
+    unsafe fn pair(&self, k: usize) -> (__m256i, __m256i);
+    /// Group `k`: its codes in element order, `d` and `c`.
+    unsafe fn group(&self, k: usize) -> (__m256i, f32, f32);
+}
+
+impl<B: Q8Pair> RowQ8 for &[B] {
+    #[inline(always)]
+    unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
+        // The block headers are gathered through the stack.
+        let (mut ds, mut cs) = ([0.0f32; 8], [0.0f32; 8]);
+        for j in 0..8 {
+            (ds[j], cs[j]) = self.get_unchecked(k + j).scales();
+        }
+        (_mm256_loadu_ps(ds.as_ptr()), _mm256_loadu_ps(cs.as_ptr()))
+    }
+    #[inline(always)]
+    unsafe fn pair(&self, k: usize) -> (__m256i, __m256i) {
+        B::pair_codes(self.get_unchecked(k), self.get_unchecked(k + 1))
+    }
+    #[inline(always)]
+    unsafe fn group(&self, k: usize) -> (__m256i, f32, f32) {
+        let blk = self.get_unchecked(k);
+        let (d, c) = blk.scales();
+        (blk.codes(), d, c)
+    }
+}
+
+/// An int4 g32 row's parts (`int::int4_row`).
+struct Int4G32<'a> {
+    d: f32,
+    dmin: f32,
+    scales: &'a [u8],
+    mins: &'a [u8],
+    qs: &'a [u8],
+}
+
+/// 8 bytes at `p` widened to 8 f32 lanes.
+#[inline(always)]
+unsafe fn u8x8_ps(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
+impl RowQ8 for Int4G32<'_> {
+    #[inline(always)]
+    unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
+        (
+            _mm256_mul_ps(u8x8_ps(self.scales.as_ptr().add(k)), _mm256_set1_ps(self.d)),
+            _mm256_mul_ps(
+                u8x8_ps(self.mins.as_ptr().add(k)),
+                _mm256_set1_ps(-self.dmin),
+            ),
+        )
+    }
+    #[inline(always)]
+    unsafe fn pair(&self, k: usize) -> (__m256i, __m256i) {
+        // The 32 bytes of two groups: low nibbles are both first halves, high both second.
+        let bytes = _mm256_loadu_si256(self.qs.as_ptr().add(k * 16) as *const __m256i);
+        let mask = _mm256_set1_epi8(0x0f);
+        (
+            _mm256_and_si256(bytes, mask),
+            _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask),
+        )
+    }
+    #[inline(always)]
+    unsafe fn group(&self, k: usize) -> (__m256i, f32, f32) {
+        let (sc, mn) = (*self.scales.get_unchecked(k), *self.mins.get_unchecked(k));
+        (
+            nibbles32(self.qs.as_ptr().add(k * 16)),
+            self.d * sc as f32,
+            -self.dmin * mn as f32,
+        )
+    }
+}
+
+/// Several tokens against every row (`row(r)` for `r < y.len() / xs.len()`): `y[i * rows + r]
+/// = dot(row r, xs[i])`, four tokens at a time ([`gemm_tile_q8`]).
+#[inline(always)]
+unsafe fn gemm_rows_q8<R: RowQ8>(xs: &[ActQ8], y: &mut [f32], row: impl Fn(usize) -> R) {
+    let rows = y.len() / xs.len().max(1);
+    let mut i = 0;
+    while i + 4 <= xs.len() {
+        gemm_tile_q8::<R, 4>(&xs[i..i + 4], &mut y[i * rows..(i + 4) * rows], &row);
+        i += 4;
+    }
+    let (xs, y) = (&xs[i..], &mut y[i * rows..]);
+    match xs.len() {
+        3 => gemm_tile_q8::<R, 3>(xs, y, &row),
+        2 => gemm_tile_q8::<R, 2>(xs, y, &row),
+        1 => gemm_tile_q8::<R, 1>(xs, y, &row),
+        _ => {}
+    }
+}
+
+/// `T` tokens against every row, eight groups at a time. What depends on the weights alone is
+/// done once per row and eight groups, for all `T` tokens: the scales and offsets go into one
+/// vector each, and each pair of groups' codes is split into its two halves (as
+/// [`gemv_int4_q8_avx2`] does). A token then costs two `vpmaddubsw` (added in i16: at most
+/// 2 * 3810), a `vpmaddwd`, a convert, a lane broadcast of its step `d * dx` (`vpermps`) and an
+/// FMA per 64 weights, with its own accumulator (`T` independent FMA chains), plus a multiply
+/// and an FMA per eight groups: the offsets `c * s` go into the same accumulator, whose lanes
+/// are summed only at the end, so no scalar loop remains per row.
+#[inline(always)]
+unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
+    xs: &[ActQ8],
+    y: &mut [f32],
+    row: &impl Fn(usize) -> R,
+) {
+    let ng = xs[0].len() / QK8;
+    let rows = y.len() / T;
+    let ones = _mm256_set1_epi16(1);
+    // The tokens' arrays, fetched once (`pairs` goes through a `OnceLock`).
+    let mut px = [std::ptr::null::<i8>(); T];
+    let (mut xd, mut xsum) = ([std::ptr::null::<f32>(); T], [std::ptr::null::<f32>(); T]);
+    for t in 0..T {
+        px[t] = xs[t].pairs().as_ptr();
+        xd[t] = xs[t].d.as_ptr();
+        xsum[t] = xs[t].s.as_ptr();
+    }
+    for r in 0..rows {
+        let w = row(r);
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut g = 0;
+        while g + 8 <= ng {
+            let (sc, off) = w.scales8(g);
+            let mut step = [_mm256_setzero_ps(); T];
+            for t in 0..T {
+                step[t] = _mm256_mul_ps(sc, _mm256_loadu_ps(xd[t].add(g)));
+                acc[t] = _mm256_fmadd_ps(off, _mm256_loadu_ps(xsum[t].add(g)), acc[t]);
+            }
+            macro_rules! pair {
+                ($j:literal) => {
+                    let (lo, hi) = w.pair(g + $j);
+                    let idx = _mm256_setr_epi32($j, $j, $j, $j, $j + 1, $j + 1, $j + 1, $j + 1);
+                    for t in 0..T {
+                        let xp = px[t].add((g + $j) * QK8) as *const __m256i;
+                        let s16 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)),
+                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(1))),
+                        );
+                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                        let sj = _mm256_permutevar8x32_ps(step[t], idx);
+                        acc[t] = _mm256_fmadd_ps(p, sj, acc[t]);
+                    }
+                };
+            }
+            pair!(0);
+            pair!(2);
+            pair!(4);
+            pair!(6);
+            g += 8;
+        }
+        // The last `ng % 8` groups, one at a time (rows of 576 have two).
+        let mut tail = [0.0f32; T];
+        for g in g..ng {
+            let (codes, d, c) = w.group(g);
+            for t in 0..T {
+                let xq = _mm256_loadu_si256(xs[t].qs.as_ptr().add(g * QK8) as *const __m256i);
+                let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
+                acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * *xd[t].add(g)), acc[t]);
+                tail[t] += c * *xsum[t].add(g);
+            }
+        }
+        for t in 0..T {
+            *y.get_unchecked_mut(t * rows + r) = hsum_ps(acc[t]) + tail[t];
+        }
     }
 }
