@@ -113,7 +113,8 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
     }
 
     /// Rows of the 8-bit path of [`Mat::matmul`] that one thread runs every token through
-    /// before moving on: about 16 KiB of weights, so they stay in L1 while the tokens pass.
+    /// before moving on: about 16 KiB of weights, so they stay in L1 while the tokens pass,
+    /// between 16 and 64 rows (the output scratch holds 64 rows of [`Q8_TILE`] tokens).
     const Q8_CHUNK: usize = {
         let r = 16384 / (Self::ROW_ELEMS * std::mem::size_of::<W::Elem>());
         if r < GEMV_GRAIN {
@@ -129,11 +130,10 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
     /// process runs the 8-bit path, is each token's quantized activations). One token runs the
     /// fused GEMV.
     ///
-    /// More run as a GEMM, the weights crossing the memory bus once per batch. On 8-bit
-    /// activations each thread takes its rows some 16 KiB at a time ([`Self::Q8_CHUNK`]) and
-    /// runs every token's integer GEMV over them from L1: re-reading the nibbles per token
-    /// costs a load and two masks per 32 weights, next to the multiply-adds the tokens need
-    /// anyway, and reuses the decode kernels as they are. On f32 activations each thread widens
+    /// More run as a GEMM, the weights crossing the memory bus once per batch. Where the type
+    /// has a batched 8-bit kernel ([`WeightType::GEMM_Q8`]) and `q` is given, each thread takes
+    /// its rows [`Self::Q8_CHUNK`] at a time (L1-resident) and hands them to the kernel with
+    /// [`Q8_TILE`] tokens at a time (ADR 18). Otherwise each thread widens
     /// four of its weight rows at a time into f32 scratch on its stack (L1/L2-resident; f32
     /// rows are read in place), then runs 4-row by 2-token tiles over every token, so each
     /// token's activations are read once per four rows.
