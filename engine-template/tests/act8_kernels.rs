@@ -115,26 +115,40 @@ fn blocks_of<T: bytemuck::Pod>(w: &[u8]) -> Vec<T> {
     bytemuck::pod_collect_to_vec(w)
 }
 
+/// Block `i`'s scale: small, varied, exact in f16.
+fn block_scale(i: usize) -> f16 {
+    f16::from_f32(0.01 + (i % 7) as f32 * 1e-3)
+}
+
+/// `n` Q4_0 blocks whose nibbles run through every code in every position.
+fn q4_0_blocks(n: usize) -> Vec<BlockQ4_0> {
+    (0..n)
+        .map(|i| BlockQ4_0 {
+            d: block_scale(i),
+            qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+        })
+        .collect()
+}
+
+/// `n` Q4_1 blocks, as [`q4_0_blocks`] with a varied `m`.
+fn q4_1_blocks(n: usize) -> Vec<BlockQ4_1> {
+    (0..n)
+        .map(|i| BlockQ4_1 {
+            d: block_scale(i),
+            m: f16::from_f32(-0.08 + (i % 5) as f32 * 2e-2),
+            qs: std::array::from_fn(|j| (i * 53 + j * 17) as u8),
+        })
+        .collect()
+}
+
 #[test]
 fn block_gemvs_every_isa_match_reference() {
     for nb in 0..=5usize {
         for rows in [0usize, 1, 3, 17] {
             let (cols, n) = (nb * QK8, nb * rows);
-            let scale = |i: usize| f16::from_f32(0.01 + (i % 7) as f32 * 1e-3);
+            let scale = block_scale;
             // Every nibble code in every position, and every byte code.
-            let q40: Vec<BlockQ4_0> = (0..n)
-                .map(|i| BlockQ4_0 {
-                    d: scale(i),
-                    qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
-                })
-                .collect();
-            let q41: Vec<BlockQ4_1> = (0..n)
-                .map(|i| BlockQ4_1 {
-                    d: scale(i),
-                    m: f16::from_f32(-0.08 + (i % 5) as f32 * 2e-2),
-                    qs: std::array::from_fn(|j| (i * 53 + j * 17) as u8),
-                })
-                .collect();
+            let (q40, q41) = (q4_0_blocks(n), q4_1_blocks(n));
             // Block 0 of each row is all -128 (the largest |w| that `vpmaddubsw` sees).
             let q80: Vec<BlockQ8_0> = (0..n)
                 .map(|i| BlockQ8_0 {
@@ -380,20 +394,7 @@ fn gemms_every_isa_match_reference() {
             );
         }
         let (cols, n) = (ng * QK8, ng * rows);
-        let scale = |i: usize| f16::from_f32(0.01 + (i % 7) as f32 * 1e-3);
-        let q40: Vec<BlockQ4_0> = (0..n)
-            .map(|i| BlockQ4_0 {
-                d: scale(i),
-                qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
-            })
-            .collect();
-        let q41: Vec<BlockQ4_1> = (0..n)
-            .map(|i| BlockQ4_1 {
-                d: scale(i),
-                m: f16::from_f32(-0.08 + (i % 5) as f32 * 2e-2),
-                qs: std::array::from_fn(|j| (i * 53 + j * 17) as u8),
-            })
-            .collect();
+        let (q40, q41) = (q4_0_blocks(n), q4_1_blocks(n));
         let mut deq = vec![0.0f32; n * QK8];
         blocks::dequant_q4_0_ref(&q40, &mut deq);
         check_gemm_every_isa(

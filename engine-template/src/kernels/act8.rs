@@ -179,24 +179,7 @@ fn gemm_q8_ref_with(xs: &[ActQ8], y: &mut [f32], gemv: impl Fn(&ActQ8, &mut [f32
 macro_rules! q8_gemv {
     ($(#[$doc:meta])* $name:ident, $ref_name:ident, $avx2:ident,
      $gemm:ident, $gemm_ref:ident, $gemm_avx2:ident, $block:ty, $elems:expr, $dequant:path) => {
-        /// Scalar reference: the exact weights against the dequantized activations.
-        pub fn $ref_name(w: &[$block], x: &ActQ8, y: &mut [f32]) {
-            let nb = blocks_per_row(stringify!($ref_name), $elems, w.len(), x, y.len());
-            gemv_q8_ref_with(y.len(), |r, o| $dequant(&w[r * nb..(r + 1) * nb], o), x, y)
-        }
-
-        $(#[$doc])*
-        #[inline]
-        pub fn $name(isa: Isa, w: &[$block], x: &ActQ8, y: &mut [f32]) {
-            blocks_per_row(stringify!($name), $elems, w.len(), x, y.len());
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
-                // feature detection, and both imply AVX2.
-                Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::$avx2(w, x, y) },
-                _ => $ref_name(w, x, y),
-            }
-        }
+        q8_gemv!($(#[$doc])* $name, $ref_name, $avx2, $block, $elems, $dequant);
 
         /// Scalar reference of the batched form: the reference GEMV once per token.
         pub fn $gemm_ref(w: &[$block], xs: &[ActQ8], y: &mut [f32]) {

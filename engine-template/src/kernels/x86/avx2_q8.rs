@@ -118,34 +118,42 @@ trait Q8Block {
 trait Q8Pair {
     /// `d` and `c` (value = `d * q + c`).
     unsafe fn scales(&self) -> (f32, f32);
+    /// The 16 bytes of nibbles.
+    fn nibbles(&self) -> &[u8; 16];
     /// The 32 codes in element order.
-    unsafe fn codes(&self) -> __m256i;
-    /// Two blocks' codes in the order of [`ActQ8::pairs`]: both first halves, then both
-    /// second halves.
-    unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i);
-}
-
-/// Two blocks' 16 bytes of nibbles as (both low halves, both high halves).
-#[inline(always)]
-unsafe fn nibble_pair(a: *const u8, b: *const u8) -> (__m256i, __m256i) {
-    let mask = _mm256_set1_epi8(0x0f);
-    let v = _mm256_set_m128i(
-        _mm_loadu_si128(b as *const __m128i),
-        _mm_loadu_si128(a as *const __m128i),
-    );
-    (
-        _mm256_and_si256(v, mask),
-        _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
-    )
-}
-
-impl Q8Block for BlockQ4_0 {
     #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
-        let (d, c) = self.scales();
-        (dot_u8_i8(self.codes(), xq), d, c)
+    unsafe fn codes(&self) -> __m256i {
+        nibbles32(self.nibbles().as_ptr())
+    }
+    /// Two blocks' codes in the order of [`ActQ8::pairs`]: both first halves (the low
+    /// nibbles), then both second halves.
+    #[inline(always)]
+    unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i) {
+        let mask = _mm256_set1_epi8(0x0f);
+        let v = _mm256_set_m128i(
+            _mm_loadu_si128(b.nibbles().as_ptr() as *const __m128i),
+            _mm_loadu_si128(a.nibbles().as_ptr() as *const __m128i),
+        );
+        (
+            _mm256_and_si256(v, mask),
+            _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+        )
     }
 }
+
+/// The GEMV dot of a 4-bit block, from its [`Q8Pair`] parts.
+macro_rules! q8_block_from_pair {
+    ($($block:ty),*) => {$(
+        impl Q8Block for $block {
+            #[inline(always)]
+            unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
+                let (d, c) = self.scales();
+                (dot_u8_i8(self.codes(), xq), d, c)
+            }
+        }
+    )*};
+}
+q8_block_from_pair!(BlockQ4_0, BlockQ4_1);
 
 impl Q8Pair for BlockQ4_0 {
     #[inline(always)]
@@ -154,20 +162,8 @@ impl Q8Pair for BlockQ4_0 {
         (d, -8.0 * d)
     }
     #[inline(always)]
-    unsafe fn codes(&self) -> __m256i {
-        nibbles32(self.qs.as_ptr())
-    }
-    #[inline(always)]
-    unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i) {
-        nibble_pair(a.qs.as_ptr(), b.qs.as_ptr())
-    }
-}
-
-impl Q8Block for BlockQ4_1 {
-    #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
-        let (d, c) = self.scales();
-        (dot_u8_i8(self.codes(), xq), d, c)
+    fn nibbles(&self) -> &[u8; 16] {
+        &self.qs
     }
 }
 
@@ -177,12 +173,8 @@ impl Q8Pair for BlockQ4_1 {
         (f16_to_f32(self.d), f16_to_f32(self.m))
     }
     #[inline(always)]
-    unsafe fn codes(&self) -> __m256i {
-        nibbles32(self.qs.as_ptr())
-    }
-    #[inline(always)]
-    unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i) {
-        nibble_pair(a.qs.as_ptr(), b.qs.as_ptr())
+    fn nibbles(&self) -> &[u8; 16] {
+        &self.qs
     }
 }
 
