@@ -31,7 +31,8 @@ pub struct ActQ8 {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
-    /// `qs` with each pair of blocks reordered to int4 g32's nibble layout, built on first use
+    /// `qs` with each pair of blocks reordered to the nibble layout of int4 g32 rows and of two
+    /// Q4_0 / Q4_1 blocks side by side, built on first use
     /// ([`ActQ8::pairs`]) and shared by every matrix and thread that reads these activations.
     pairs: std::sync::OnceLock<Vec<i8>>,
 }

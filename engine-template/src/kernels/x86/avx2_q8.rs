@@ -98,6 +98,16 @@ unsafe fn nibbles32(p: *const u8) -> __m256i {
     _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
 }
 
+/// 32 bytes of packed nibbles as (their low nibbles, their high nibbles), one per byte.
+#[inline(always)]
+unsafe fn nibble_halves(bytes: __m256i) -> (__m256i, __m256i) {
+    let mask = _mm256_set1_epi8(0x0f);
+    (
+        _mm256_and_si256(bytes, mask),
+        _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask),
+    )
+}
+
 #[inline(always)]
 unsafe fn load_codes(x: &ActQ8, k: usize) -> __m256i {
     _mm256_loadu_si256(x.qs.as_ptr().add(k * QK8) as *const __m256i)
@@ -129,15 +139,10 @@ trait Q8Pair {
     /// nibbles), then both second halves.
     #[inline(always)]
     unsafe fn pair_codes(a: &Self, b: &Self) -> (__m256i, __m256i) {
-        let mask = _mm256_set1_epi8(0x0f);
-        let v = _mm256_set_m128i(
+        nibble_halves(_mm256_set_m128i(
             _mm_loadu_si128(b.nibbles().as_ptr() as *const __m128i),
             _mm_loadu_si128(a.nibbles().as_ptr() as *const __m128i),
-        );
-        (
-            _mm256_and_si256(v, mask),
-            _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
-        )
+        ))
     }
 }
 
@@ -371,16 +376,13 @@ pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]
     let (ng, half) = (x.len() / group, group / 2);
     let per = group / QK8;
     let gs: Vec<f32> = x.s.chunks_exact(per).map(|c| c.iter().sum()).collect();
-    let mask = _mm256_set1_epi8(0x0f);
     for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         let (a, b) = pairs!(ng, _mm256_setzero_ps(), |g, acc| {
             let qg = qs.as_ptr().add(g * half);
             let mut v = _mm256_setzero_ps();
             for c in (0..half).step_by(QK8) {
-                let bytes = _mm256_loadu_si256(qg.add(c) as *const __m256i);
-                let lo = _mm256_and_si256(bytes, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+                let (lo, hi) = nibble_halves(_mm256_loadu_si256(qg.add(c) as *const __m256i));
                 for (codes, k) in [
                     (lo, (g * group + c) / QK8),
                     (hi, (g * group + half + c) / QK8),
@@ -608,12 +610,9 @@ impl RowQ8 for Int4G32<'_> {
     #[inline(always)]
     unsafe fn pair(&self, k: usize) -> (__m256i, __m256i) {
         // The 32 bytes of two groups: low nibbles are both first halves, high both second.
-        let bytes = _mm256_loadu_si256(self.qs.as_ptr().add(k * 16) as *const __m256i);
-        let mask = _mm256_set1_epi8(0x0f);
-        (
-            _mm256_and_si256(bytes, mask),
-            _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask),
-        )
+        nibble_halves(_mm256_loadu_si256(
+            self.qs.as_ptr().add(k * 16) as *const __m256i
+        ))
     }
     #[inline(always)]
     unsafe fn group(&self, k: usize) -> (__m256i, f32, f32) {
