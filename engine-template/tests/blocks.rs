@@ -147,3 +147,55 @@ fn ggml_type_matches_index() {
     assert_eq!(GgmlType::from_id(4), None, "Q4_2 was removed from ggml");
     assert_eq!(GgmlType::from_id(u32::MAX), None);
 }
+
+/// `quantize_q5_1_ref` (the packer's int4w head) on the Q5_1 fixture's dequantized rows: every
+/// value comes back within half a step, and each block whose codes span 0..=31 (so its `d` and
+/// `m` are the extremes' again) is re-encoded byte for byte as ggml stored it.
+#[test]
+fn q5_1_quantizer_reencodes_fixture_blocks() {
+    use clocher_engine::kernels::blocks::{dequant_q5_1_ref, quantize_q5_1_ref, BlockQ5_1, QK};
+    let v = vectors()
+        .into_iter()
+        .find(|v| str_field(v, "type") == "Q5_1")
+        .expect("index.json lists Q5_1");
+    let stored: Vec<BlockQ5_1> = bytemuck::pod_collect_to_vec(&read("Q5_1.blocks"));
+    let mut x = vec![0.0f32; stored.len() * QK];
+    dequant_q5_1_ref(&stored, &mut x);
+    assert_eq!(x.len(), usize_field(&v, "rows") * usize_field(&v, "cols"));
+    let ours = quantize_q5_1_ref(&x);
+    let mut back = vec![0.0f32; x.len()];
+    dequant_q5_1_ref(&ours, &mut back);
+    let (mut exact, mut failures) = (0, vec![]);
+    for (i, (b, s)) in ours.iter().zip(&stored).enumerate() {
+        let (d, m) = (b.d.to_f32(), b.m.to_f32());
+        // Half a step, plus what rounding `d` and `m` to f16 can move a value by.
+        let bound = 0.5 * d + (m.abs() + 31.0 * d) * 2f32.powi(-10);
+        for j in i * QK..(i + 1) * QK {
+            if (back[j] - x[j]).abs() > bound {
+                failures.push(format!("Q5_1 value {j}: {} came back as {}", x[j], back[j]));
+            }
+        }
+        let codes: Vec<u32> = (0..QK)
+            .map(|j| {
+                let nib = if j < QK / 2 {
+                    s.qs[j] & 15
+                } else {
+                    s.qs[j - QK / 2] >> 4
+                };
+                nib as u32 | (u32::from_le_bytes(s.qh) >> j & 1) << 4
+            })
+            .collect();
+        if codes.contains(&0) && codes.contains(&31) {
+            exact += 1;
+            if bytemuck::bytes_of(b) != bytemuck::bytes_of(s) {
+                failures.push(format!("Q5_1 block {i}: re-encoded differently"));
+            }
+        }
+    }
+    assert!(exact > 0, "no fixture block spans every code");
+    assert!(
+        failures.is_empty(),
+        "{}",
+        failures[..failures.len().min(8)].join("\n")
+    );
+}

@@ -106,9 +106,11 @@ pub fn is_linear(name: &str) -> bool {
 }
 
 /// The default rules: int8w puts the linear layers at int8 with per-row min-max scales, int4w
-/// at int4 in asym groups of 32; both store the embedding and output head as ggml's Q8_0
+/// at int4 in asym groups of 32. int8w stores the embedding and output head as ggml's Q8_0
 /// (blocks of 32 with their own scale: per-row int8 cost SmolLM2 0.4% perplexity there, Q8_0
-/// nothing measurable).
+/// nothing measurable); int4w as Q5_1 (6 bits per weight, where llama.cpp's 4-bit mixes put
+/// the head at Q6_K, whose 256-wide blocks SmolLM2's 576-wide rows can't take): a quarter of
+/// int4w's bytes per token were that head at Q8_0 (ADR 19).
 pub fn default_plan(precision: Precision, name: &str) -> Option<TensorPlan> {
     let spec = |bits, group_size| QuantSpec {
         bits,
@@ -117,8 +119,11 @@ pub fn default_plan(precision: Precision, name: &str) -> Option<TensorPlan> {
         clip: Clip::None,
     };
     match precision {
-        Precision::Int8w | Precision::Int4w if !is_linear(name) => {
+        Precision::Int8w if !is_linear(name) => {
             Some(TensorPlan::Plain(Dtype::Ggml(GgmlType::Q8_0)))
+        }
+        Precision::Int4w if !is_linear(name) => {
+            Some(TensorPlan::Plain(Dtype::Ggml(GgmlType::Q5_1)))
         }
         Precision::Int8w => Some(TensorPlan::Quant(spec(8, GroupSize::Row))),
         Precision::Int4w => Some(TensorPlan::Quant(spec(4, GroupSize::Size(32)))),
@@ -143,6 +148,10 @@ pub fn encode(plan: TensorPlan, w: &[f32], cols: usize) -> std::result::Result<V
             Dtype::Ggml(GgmlType::Q8_0) => {
                 d.row_bytes(cols)?;
                 bytemuck::cast_slice(&blocks::quantize_q8_0_ref(w)).to_vec()
+            }
+            Dtype::Ggml(GgmlType::Q5_1) => {
+                d.row_bytes(cols)?;
+                bytemuck::cast_slice(&blocks::quantize_q5_1_ref(w)).to_vec()
             }
             other => return Err(format!("converting to {} is not offered", other.name())),
         }),

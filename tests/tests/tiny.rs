@@ -338,7 +338,7 @@ fn max_weight_change(a: &TinyLlama, b: &TinyLlama) -> f32 {
 /// oracle runs on the weights dequantized from the blob by the reference code.
 #[test]
 fn tiny_int8w_and_int4w_match_oracle_on_their_stored_weights() {
-    for (p, linear) in [("int8w", "int8"), ("int4w", "int4_g32")] {
+    for (p, linear, head) in [("int8w", "int8", "q8_0"), ("int4w", "int4_g32", "q5_1")] {
         let name = format!("tiny-{p}");
         let (work, model, _, bin) = build_tiny(false, 3, "F32", &name, &["--precision", p]);
         let dir = work.path().join(&name);
@@ -348,8 +348,8 @@ fn tiny_int8w_and_int4w_match_oracle_on_their_stored_weights() {
             dtype_of(&meta, "model.layers.1.mlp.down_proj.weight"),
             linear
         );
-        assert_eq!(dtype_of(&meta, "model.embed_tokens.weight"), "q8_0");
-        assert_eq!(dtype_of(&meta, "lm_head.weight"), "q8_0");
+        assert_eq!(dtype_of(&meta, "model.embed_tokens.weight"), head);
+        assert_eq!(dtype_of(&meta, "lm_head.weight"), head);
         assert!(meta["layouts"][linear].as_str().unwrap().contains("row is"));
         let stored = model.from_iebin(&dir);
         assert!(max_weight_change(&model, &stored) > 0.0);
@@ -672,7 +672,7 @@ fn tiny_int4w_perplexity_paths_agree() {
         assert_ne!(act8, gemv, "the 8-bit path did not run");
         let (gemm8, a) = ppl("32", "1");
         assert_eq!(a, "i8", "int4 batches run the batched 8-bit kernel");
-        // Not bit-near: batches run the Q8_0 head on f32 activations, decode on 8-bit ones,
+        // Not bit-near: batches run the Q5_1 head on f32 activations, decode on 8-bit ones,
         // and on this random model rounding flips alone move perplexity by 0.2%.
         assert_ne!(gemm8, gemm, "the batched 8-bit path did not run");
         assert!(
