@@ -83,8 +83,7 @@ for _ in range(runs):
     t3 = time.perf_counter()
     pp.append(len(toks) / (t1 - t0))
     tg.append((n_new - 1) / (t3 - t2))
-print(json.dumps({"prompt_tokens": len(toks), "pp_tps": statistics.median(pp), "tg_tps": statistics.median(tg),
-                  "tg_min": min(tg), "tg_max": max(tg)}))
+print(json.dumps({"prompt_tokens": len(toks), "pp": pp, "tg": tg}))
 PY
 }
 
@@ -101,7 +100,7 @@ clocher_bench() { # BINARY IE_ACT8 -> the bench summary JSON line
     --max-new "$MAX_NEW" --threads "$THREADS" ${MERGE:+--merge "$MERGE"} | tail -n 1
 }
 
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, prompt of $(wc -w <<< "$PROMPT") words, $MAX_NEW new tokens, median of $RUNS runs"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, prompt of $(wc -w <<< "$PROMPT") words, $MAX_NEW new tokens, median of $RUNS runs (llama.cpp: of $RUNS before and $RUNS after each Clocher binary)"
 printf '%-14s %-15s %10s %10s %10s %10s %8s %8s\n' pair clocher-kernels "llama tg" "clocher tg" "llama pp" "clocher pp" "tg ratio" "pp ratio"
 for pair in $PAIRS; do
   ltype=${pair%%:*}; prec=${pair##*:}
@@ -110,13 +109,19 @@ for pair in $PAIRS; do
   # shipped weights, as a user would quantize them.
   csrc=$file; [ "$prec" != gguf ] && csrc=$SRC
   bin=$(clocher_build "$csrc" "$prec")
-  l=$(llama_bench "$file")
   acts="0"; case $prec in int8w|int4w|gguf) acts="1 0" ;; esac
-  for act8 in $acts; do
-    c=$(clocher_bench "$bin" "$act8")
-    python3 - "$pair" "$l" "$c" <<'PY'
-import json, sys
-pair, l, c = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+  # llama.cpp runs before and after Clocher's runs and its figure is the median of both sets,
+  # so a drift of this noisy host during the pair moves both sides alike.
+  l=$(llama_bench "$file")
+  cs=()
+  for act8 in $acts; do cs+=("$(clocher_bench "$bin" "$act8")"); done
+  l2=$(llama_bench "$file")
+  for c in "${cs[@]}"; do
+    python3 - "$pair" "$l" "$l2" "$c" <<'PY'
+import json, statistics, sys
+pair, l1, l2, c = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+l = {k: statistics.median(l1[k] + l2[k]) for k in ("pp", "tg")}
+l = {"pp_tps": l["pp"], "tg_tps": l["tg"]}
 ctg, cpp = c["tg_tps"]["median"], c["pp_tps"]["median"]
 default = "f32" if pair.endswith(":int8w") or pair.split(":")[1] in ("fp32", "bf16", "fp16") else "i8"
 kern = f'{c["isa"]}, {c["activations"]}' + (" *" if c["activations"] == default else "")
