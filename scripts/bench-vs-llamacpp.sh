@@ -11,8 +11,9 @@
 # precision packed from the same weights (gguf: the very file llama.cpp runs). llama.cpp comes
 # from the llama-cpp-python package, built from source once into models/.cache/bench-venv.
 # Set MERGE=docs/PERFORMANCE.md to also put each Clocher summary into that table. Quantized
-# precisions run twice: with 8-bit activations ("i8", IE_ACT8=1) and with f32 ones (IE_ACT8=0);
-# a "*" marks the binary's default (f32 for int8w, i8 for the others; ADR 16).
+# precisions run twice: as the binary does by default (marked "*": 8-bit activations, "i8",
+# except int8w, whose default keeps them to the head, "f32, head i8"; ADRs 16 and 20), then
+# the other way (IE_ACT8=0, or IE_ACT8=1 for int8w).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-"q4_1:gguf q8_0:gguf q4_k_m:gguf q8_0:int8w q4_0:int4w f32:fp32 bf16:bf16"}
@@ -95,13 +96,14 @@ clocher_build() { # GGUF PRECISION -> the binary
   echo "$CARGO_TARGET_DIR/release/$name"
 }
 
-clocher_bench() { # BINARY IE_ACT8 -> the bench summary JSON line
-  IE_ACT8=$2 "$1" bench --prompts "$WORK/prompts.txt" --runs "$RUNS" \
+clocher_bench() { # BINARY MODE (default: IE_ACT8 unset, else its value) -> the summary JSON line
+  local act8=$2; [ "$act8" = default ] && act8=
+  IE_ACT8=$act8 "$1" bench --prompts "$WORK/prompts.txt" --runs "$RUNS" \
     --max-new "$MAX_NEW" --threads "$THREADS" ${MERGE:+--merge "$MERGE"} | tail -n 1
 }
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, prompt of $(wc -w <<< "$PROMPT") words, $MAX_NEW new tokens, median of $RUNS runs (llama.cpp: of $RUNS before and $RUNS after each Clocher binary)"
-printf '%-14s %-15s %10s %10s %10s %10s %8s %8s\n' pair clocher-kernels "llama tg" "clocher tg" "llama pp" "clocher pp" "tg ratio" "pp ratio"
+printf '%-14s %-22s %10s %10s %10s %10s %8s %8s\n' pair clocher-kernels "llama tg" "clocher tg" "llama pp" "clocher pp" "tg ratio" "pp ratio"
 for pair in $PAIRS; do
   ltype=${pair%%:*}; prec=${pair##*:}
   file=$(gguf_of "$ltype")
@@ -109,23 +111,25 @@ for pair in $PAIRS; do
   # shipped weights, as a user would quantize them.
   csrc=$file; [ "$prec" != gguf ] && csrc=$SRC
   bin=$(clocher_build "$csrc" "$prec")
-  acts="0"; case $prec in int8w|int4w|gguf) acts="1 0" ;; esac
+  # The binary's default, then the other path: f32 activations where the default is 8-bit,
+  # 8-bit everywhere for int8w (whose default keeps them to its head, ADR 20).
+  acts="default"; case $prec in int4w|gguf) acts="default 0" ;; int8w) acts="default 1" ;; esac
   # llama.cpp runs before and after Clocher's runs and its figure is the median of both sets,
   # so a drift of this noisy host during the pair moves both sides alike.
   l=$(llama_bench "$file")
   cs=()
-  for act8 in $acts; do cs+=("$(clocher_bench "$bin" "$act8")"); done
+  for act8 in $acts; do cs+=("$act8 $(clocher_bench "$bin" "$act8")"); done
   l2=$(llama_bench "$file")
-  for c in "${cs[@]}"; do
-    python3 - "$pair" "$l" "$l2" "$c" <<'PY'
+  for mc in "${cs[@]}"; do
+    python3 - "$pair" "$l" "$l2" "${mc#* }" "${mc%% *}" <<'PY'
 import json, statistics, sys
 pair, l1, l2, c = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+mode = sys.argv[5]
 l = {k: statistics.median(l1[k] + l2[k]) for k in ("pp", "tg")}
 l = {"pp_tps": l["pp"], "tg_tps": l["tg"]}
 ctg, cpp = c["tg_tps"]["median"], c["pp_tps"]["median"]
-default = "f32" if pair.endswith(":int8w") or pair.split(":")[1] in ("fp32", "bf16", "fp16") else "i8"
-kern = f'{c["isa"]}, {c["activations"]}' + (" *" if c["activations"] == default else "")
-print(f'{pair:<14} {kern:<15} {l["tg_tps"]:10.1f} {ctg:10.1f} {l["pp_tps"]:10.1f} {cpp:10.1f} {ctg / l["tg_tps"]:7.2f}x {cpp / l["pp_tps"]:7.2f}x'
+kern = f'{c["isa"]}, {c["activations"]}' + (" *" if mode == "default" else "")
+print(f'{pair:<14} {kern:<22} {l["tg_tps"]:10.1f} {ctg:10.1f} {l["pp_tps"]:10.1f} {cpp:10.1f} {ctg / l["tg_tps"]:7.2f}x {cpp / l["pp_tps"]:7.2f}x'
       f'   (clocher: {c["bandwidth_fraction"] * 100:.0f}% of {c["read_gbps"]:.1f} GB/s, RSS {c["rss_peak_mb"]:.0f} MB)')
 PY
   done

@@ -217,7 +217,7 @@ pub fn run<M: CausalLm>(
         "model": info.name,
         "precision": info.precision,
         "isa": crate::kernels::isa().name(),
-        "activations": activations(info),
+        "activations": activations::<M>(info),
         "prefill_activations": prefill_activations::<M>(info),
         "threads": threads,
         "affinity": pool.affinity(),
@@ -414,7 +414,7 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         "model": info.name,
         "precision": info.precision,
         "isa": isa,
-        "activations": activations(info),
+        "activations": activations::<M>(info),
         "prefill_activations": prefill_activations::<M>(info),
         "threads": threads,
         "affinity": pool.affinity(),
@@ -439,8 +439,9 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         if let Some(p) = &pressure {
             model_cell += &format!(" (+{} B/token touched)", p.bytes);
         }
-        let isa_cell = match activations(info) {
+        let isa_cell = match activations::<M>(info) {
             "i8" => format!("{isa}, i8 activations"),
+            "f32, head i8" => format!("{isa}, i8 head"),
             _ => isa.to_string(),
         };
         let row = format!(
@@ -464,12 +465,15 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
 }
 
 /// How the decode GEMVs take activations (see `kernels::init_act8`): `"i8"` where quantized
-/// weights run the 8-bit activation kernels (int8, int4, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K have them; other
-/// GGUF formats in a file keep f32 activations), `"f32"` otherwise.
-fn activations(info: &BakedInfo) -> &'static str {
+/// weights run the 8-bit activation kernels (int8, int4, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and
+/// Q6_K have them; other GGUF formats in a file keep f32 activations); `"f32, head i8"` where
+/// only the output head does (int8w by default, `kernels::act8_head`); `"f32"` otherwise.
+fn activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
     let quantized = matches!(info.precision, "int8w" | "int4w" | "gguf");
     if quantized && crate::kernels::act8() {
         "i8"
+    } else if quantized && M::HEAD_ACT8 && crate::kernels::act8_head() {
+        "f32, head i8"
     } else {
         "f32"
     }
@@ -479,7 +483,7 @@ fn activations(info: &BakedInfo) -> &'static str {
 /// weights have a batched 8-bit kernel (int4, Q4_0, Q4_1: [`CausalLm::GEMM_Q8`]), `"f32"`
 /// otherwise.
 fn prefill_activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
-    match activations(info) {
+    match activations::<M>(info) {
         "i8" if M::GEMM_Q8 => "i8",
         _ => "f32",
     }
@@ -588,13 +592,14 @@ pub fn perplexity<M: CausalLm>(
         "batch": a.batch,
         // Batches run prefill's GEMM; a forward call of one token takes the decode kernels.
         "activations": match (
-            activations(info),
+            activations::<M>(info),
             prefill_activations::<M>(info),
             a.batch > 1,
             single_token_calls(a.ctx - 1, a.batch),
         ) {
             ("i8", _, false, _) | ("i8", "i8", true, _) => "i8",
-            ("i8", _, true, true) => "mixed",
+            ("f32, head i8", _, false, _) => "f32, head i8",
+            ("i8" | "f32, head i8", _, true, true) => "mixed",
             _ => "f32",
         },
         "threads": threads,

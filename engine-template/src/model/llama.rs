@@ -339,6 +339,7 @@ impl<
     const VOCAB: usize = VOCAB;
     const CONTEXT: usize = CONTEXT;
     const GEMM_Q8: bool = L::GEMM_Q8;
+    const HEAD_ACT8: bool = H::ACT8;
 
     fn load(blob: &'static [u8], o: &LlamaOffsets<LAYERS>, eps: f32, theta: f32) -> Result<Self> {
         Ok(Llama {
@@ -428,7 +429,7 @@ impl<
                 let out = (lo - first_row) * VOCAB;
                 let logits = &mut s.logits[out..out + m * VOCAB];
                 if m == 1 {
-                    let a = Acts::new(kernels::isa(), &s.xb[..DIM], H::ACT8, &mut s.xq);
+                    let a = Acts::head(kernels::isa(), &s.xb[..DIM], H::ACT8, &mut s.xq);
                     self.lm_head.gemv(pool, a, logits);
                 } else {
                     let xb = &s.xb[..m * DIM];

@@ -32,7 +32,16 @@ impl<'a> Acts<'a> {
     /// `x`, quantized once into `buf` when `want_q8` (a weight type of the op has
     /// [`WeightType::gemv_q8`]) and the process runs the 8-bit path.
     pub fn new(isa: Isa, x: &'a [f32], want_q8: bool, buf: &'a mut ActQ8) -> Acts<'a> {
-        let q = (want_q8 && crate::kernels::act8()).then(|| {
+        Self::quantized_if(isa, x, want_q8 && crate::kernels::act8(), buf)
+    }
+
+    /// As [`Acts::new`] for the output head, which follows [`crate::kernels::act8_head()`].
+    pub fn head(isa: Isa, x: &'a [f32], want_q8: bool, buf: &'a mut ActQ8) -> Acts<'a> {
+        Self::quantized_if(isa, x, want_q8 && crate::kernels::act8_head(), buf)
+    }
+
+    fn quantized_if(isa: Isa, x: &'a [f32], on: bool, buf: &'a mut ActQ8) -> Acts<'a> {
+        let q = on.then(|| {
             buf.quantize(isa, x);
             &*buf
         });
@@ -259,6 +268,8 @@ pub trait CausalLm: Sized + Send + Sync {
     /// Whether some weight of the blocks has a batched 8-bit kernel
     /// ([`WeightType::GEMM_Q8`]): prefill then runs it where the process takes the 8-bit path.
     const GEMM_Q8: bool;
+    /// Whether the output head's weight type has an 8-bit activation GEMV.
+    const HEAD_ACT8: bool;
     fn load(
         blob: &'static [u8],
         offsets: &Self::Offsets,
