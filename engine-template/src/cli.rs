@@ -217,7 +217,7 @@ pub fn run<M: CausalLm>(
         "model": info.name,
         "precision": info.precision,
         "isa": crate::kernels::isa().name(),
-        "activations": activations::<M>(info),
+        "activations": ActPath::of::<M>(info).label(),
         "prefill_activations": prefill_activations::<M>(info),
         "threads": threads,
         "affinity": pool.affinity(),
@@ -414,7 +414,7 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         "model": info.name,
         "precision": info.precision,
         "isa": isa,
-        "activations": activations::<M>(info),
+        "activations": ActPath::of::<M>(info).label(),
         "prefill_activations": prefill_activations::<M>(info),
         "threads": threads,
         "affinity": pool.affinity(),
@@ -439,10 +439,10 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         if let Some(p) = &pressure {
             model_cell += &format!(" (+{} B/token touched)", p.bytes);
         }
-        let isa_cell = match activations::<M>(info) {
-            "i8" => format!("{isa}, i8 activations"),
-            "f32, head i8" => format!("{isa}, i8 head"),
-            _ => isa.to_string(),
+        let isa_cell = match ActPath::of::<M>(info) {
+            ActPath::I8 => format!("{isa}, i8 activations"),
+            ActPath::HeadI8 => format!("{isa}, i8 head"),
+            ActPath::F32 => isa.to_string(),
         };
         let row = format!(
             "| {} | {cpu} ({}) | {model_cell} | {} | {isa_cell} | {threads} | {:.1} ({:.1}-{:.1}) | {:.1} ({:.1}-{:.1}) | {:.2} / {:.2} | {rss:.0} | {gbps:.1} | {:.0}% |",
@@ -464,18 +464,36 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
     Ok(summary.to_string())
 }
 
-/// How the decode GEMVs take activations (see `kernels::init_act8`): `"i8"` where quantized
-/// weights run the 8-bit activation kernels (int8, int4, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and
-/// Q6_K have them; other GGUF formats in a file keep f32 activations); `"f32, head i8"` where
-/// only the output head does (int8w by default, `kernels::act8_head`); `"f32"` otherwise.
-fn activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
-    let quantized = matches!(info.precision, "int8w" | "int4w" | "gguf");
-    if quantized && crate::kernels::act8() {
-        "i8"
-    } else if quantized && M::HEAD_ACT8 && crate::kernels::act8_head() {
-        "f32, head i8"
-    } else {
-        "f32"
+/// How the decode GEMVs take activations (see `kernels::init_act8` and `kernels::act8_head`).
+#[derive(Clone, Copy, PartialEq)]
+enum ActPath {
+    /// Quantized weights run the 8-bit activation kernels (int8, int4, Q4_0, Q4_1, Q5_0, Q5_1,
+    /// Q8_0, Q4_K and Q6_K have them; other GGUF formats in a file keep f32 activations).
+    I8,
+    /// Only the output head does (int8w by default).
+    HeadI8,
+    F32,
+}
+
+impl ActPath {
+    fn of<M: CausalLm>(info: &BakedInfo) -> ActPath {
+        let quantized = matches!(info.precision, "int8w" | "int4w" | "gguf");
+        if quantized && crate::kernels::act8() {
+            ActPath::I8
+        } else if quantized && M::HEAD_ACT8 && crate::kernels::act8_head() {
+            ActPath::HeadI8
+        } else {
+            ActPath::F32
+        }
+    }
+
+    /// The JSON lines' `activations`.
+    fn label(self) -> &'static str {
+        match self {
+            ActPath::I8 => "i8",
+            ActPath::HeadI8 => "f32, head i8",
+            ActPath::F32 => "f32",
+        }
     }
 }
 
@@ -483,9 +501,10 @@ fn activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
 /// weights have a batched 8-bit kernel (int4, Q4_0, Q4_1: [`CausalLm::GEMM_Q8`]), `"f32"`
 /// otherwise.
 fn prefill_activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
-    match activations::<M>(info) {
-        "i8" if M::GEMM_Q8 => "i8",
-        _ => "f32",
+    if M::GEMM_Q8 && ActPath::of::<M>(info) == ActPath::I8 {
+        "i8"
+    } else {
+        "f32"
     }
 }
 
@@ -592,14 +611,13 @@ pub fn perplexity<M: CausalLm>(
         "batch": a.batch,
         // Batches run prefill's GEMM; a forward call of one token takes the decode kernels.
         "activations": match (
-            activations::<M>(info),
-            prefill_activations::<M>(info),
+            ActPath::of::<M>(info),
             a.batch > 1,
             single_token_calls(a.ctx - 1, a.batch),
         ) {
-            ("i8", _, false, _) | ("i8", "i8", true, _) => "i8",
-            ("f32, head i8", _, false, _) => "f32, head i8",
-            ("i8" | "f32, head i8", _, true, true) => "mixed",
+            (path, false, _) => path.label(),
+            (ActPath::I8, true, _) if prefill_activations::<M>(info) == "i8" => "i8",
+            (ActPath::I8 | ActPath::HeadI8, true, true) => "mixed",
             _ => "f32",
         },
         "threads": threads,
