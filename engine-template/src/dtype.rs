@@ -50,7 +50,7 @@ pub struct Bf16;
 pub struct F16;
 
 macro_rules! float_weight {
-    ($name:ident, $elem:ty, $dtype:expr, $gemv:path, $conv:expr) => {
+    ($name:ident, $elem:ty, $dtype:expr, $gemv:path, $widen:expr) => {
         impl WeightType for $name {
             type Elem = $elem;
             const DTYPE: Dtype = $dtype;
@@ -60,9 +60,7 @@ macro_rules! float_weight {
                 $gemv(isa, w, x, y)
             }
             fn to_f32(w: &[$elem], out: &mut [f32]) {
-                for (o, v) in out.iter_mut().zip(w) {
-                    *o = $conv(*v);
-                }
+                $widen(w, out)
             }
         }
     };
@@ -72,21 +70,21 @@ float_weight!(
     f32,
     Dtype::Ggml(Gt::F32),
     kernels::gemv_f32,
-    |v: f32| v
+    |w: &[f32], out: &mut [f32]| out.copy_from_slice(w)
 );
 float_weight!(
     Bf16,
     bf16,
     Dtype::Ggml(Gt::BF16),
     kernels::gemv_bf16,
-    bf16::to_f32
+    |w: &[bf16], out: &mut [f32]| kernels::widen_bf16(kernels::isa(), w, out)
 );
 float_weight!(
     F16,
     f16,
     Dtype::Ggml(Gt::F16),
     kernels::gemv_f16,
-    f16::to_f32
+    |w: &[f16], out: &mut [f32]| kernels::widen_f16(kernels::isa(), w, out)
 );
 
 macro_rules! block_weight {

@@ -157,6 +157,43 @@ fn every_f16_code_widens_exactly() {
     ));
 }
 
+/// The batched GEMM's row widening against the reference, bit for bit: every 16-bit code
+/// (NaN stays NaN), and every length up to past twice the unrolled step from misaligned starts.
+fn check_widen<E: Copy>(
+    format: &str,
+    from_bits: fn(u16) -> E,
+    widen: fn(Isa, &[E], &mut [f32]),
+) -> Vec<String> {
+    let codes: Vec<E> = (0..=u16::MAX).map(from_bits).collect();
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    let mut fails = Vec::new();
+    for isa in Isa::available() {
+        let mut cases = vec![(0, codes.len())];
+        cases.extend((0..4).flat_map(|mis| (0..=2 * MAX_STEP + 3).map(move |n| (mis, n))));
+        for (mis, n) in cases {
+            let w = &codes[mis..mis + n];
+            let (mut want, mut got) = (vec![0.0f32; n], vec![f32::NAN; n + 1]);
+            widen(Isa::Scalar, w, &mut want);
+            widen(isa, w, &mut got[1..]);
+            if let Some(i) = (0..n).find(|&i| !same(want[i], got[1 + i])) {
+                fails.push(format!(
+                    "widen_{format} isa={} n={n} misalign={mis} index={i}: expected {}, actual {}",
+                    isa.name(),
+                    want[i],
+                    got[1 + i]
+                ));
+            }
+        }
+    }
+    fails
+}
+
+#[test]
+fn widen_bf16_and_f16_match_reference() {
+    assert_none(check_widen("bf16", bf16::from_bits, kernels::widen_bf16));
+    assert_none(check_widen("f16", f16::from_bits, kernels::widen_f16));
+}
+
 #[test]
 fn dot_and_axpy_match_reference() {
     let mut fails = Vec::new();

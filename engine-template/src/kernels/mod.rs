@@ -149,6 +149,24 @@ dispatch_gemv!(gemv_f32, f32, gemv_f32_ref, gemv_f32_avx2);
 dispatch_gemv!(gemv_bf16, bf16, gemv_bf16_ref, gemv_bf16_avx2);
 dispatch_gemv!(gemv_f16, f16, gemv_f16_ref, gemv_f16_avx2);
 
+macro_rules! dispatch_widen {
+    ($name:ident, $elem:ty, $ref_fn:ident, $avx2_fn:ident) => {
+        /// Widens weights to f32 on the process's ISA (the batched GEMM's row scratch).
+        #[inline]
+        pub fn $name(isa: Isa, w: &[$elem], out: &mut [f32]) {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime
+                // feature detection, and both imply AVX2 and F16C.
+                Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::$avx2_fn(w, out) },
+                _ => reference::$ref_fn(w, out),
+            }
+        }
+    };
+}
+dispatch_widen!(widen_bf16, bf16, widen_bf16_ref, widen_bf16_avx2);
+dispatch_widen!(widen_f16, f16, widen_f16_ref, widen_f16_avx2);
+
 /// `dot(a, b)` of two f32 slices (attention scores).
 #[inline]
 pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {

@@ -48,6 +48,22 @@ gemv_ref!(gemv_f32_ref, f32, dot_f32_ref);
 gemv_ref!(gemv_bf16_ref, bf16, dot_bf16_ref);
 gemv_ref!(gemv_f16_ref, f16, dot_f16_ref);
 
+/// Widens bf16 weights to f32 (the batched GEMM's row scratch).
+pub fn widen_bf16_ref(w: &[bf16], out: &mut [f32]) {
+    assert_eq!(w.len(), out.len(), "widen_bf16_ref: lengths differ");
+    for (o, v) in out.iter_mut().zip(w) {
+        *o = v.to_f32();
+    }
+}
+
+/// Widens f16 weights to f32 (the batched GEMM's row scratch).
+pub fn widen_f16_ref(w: &[f16], out: &mut [f32]) {
+    assert_eq!(w.len(), out.len(), "widen_f16_ref: lengths differ");
+    for (o, v) in out.iter_mut().zip(w) {
+        *o = v.to_f32();
+    }
+}
+
 pub fn axpy_f32_ref(a: f32, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "axpy_f32_ref: lengths differ");
     for (y, x) in y.iter_mut().zip(x) {
