@@ -25,3 +25,9 @@ pub mod codegen;
 pub mod runtime;
 
 pub use error::EngineError;
+
+/// mimalloc for every binary with the runtime: it builds the tokenizer's 100k small strings
+/// and hash maps in two thirds of glibc's time, 12 ms of the load (ADR 21).
+#[cfg(feature = "runtime")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

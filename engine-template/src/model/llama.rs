@@ -107,23 +107,23 @@ pub const BATCH: usize = 32;
 /// Activations, KV cache and scratch of one sequence; the per-token buffers hold [`BATCH`]
 /// tokens, row after row.
 pub struct LlamaState {
-    x: Vec<f32>,       // [BATCH, DIM] residual stream
-    xb: Vec<f32>,      // [BATCH, DIM] normed input
-    xb2: Vec<f32>,     // [BATCH, DIM] projection output
-    q: Vec<f32>,       // [BATCH, Q_DIM]
-    att_out: Vec<f32>, // [BATCH, Q_DIM]
-    k: Vec<f32>,       // [BATCH, KV_DIM]
-    v: Vec<f32>,       // [BATCH, KV_DIM]
-    hb: Vec<f32>,      // [BATCH, INTER]
-    hb2: Vec<f32>,     // [BATCH, INTER]
-    scores: Vec<f32>,  // [HEADS, ctx]
-    cos: Vec<f32>,     // [BATCH, HEAD_DIM / 2]
-    sin: Vec<f32>,     // [BATCH, HEAD_DIM / 2]
-    k_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
-    v_cache: Vec<f32>, // [LAYERS, ctx, KV_DIM]
-    logits: Vec<f32>,  // [tokens asked for, VOCAB]
-    xq: ActQ8,         // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
-    xqs: Vec<ActQ8>,   // [BATCH] tokens' activations in 8 bits, each as `xq`
+    x: Vec<f32>,               // [BATCH, DIM] residual stream
+    xb: Vec<f32>,              // [BATCH, DIM] normed input
+    xb2: Vec<f32>,             // [BATCH, DIM] projection output
+    q: Vec<f32>,               // [BATCH, Q_DIM]
+    att_out: Vec<f32>,         // [BATCH, Q_DIM]
+    k: Vec<f32>,               // [BATCH, KV_DIM]
+    v: Vec<f32>,               // [BATCH, KV_DIM]
+    hb: Vec<f32>,              // [BATCH, INTER]
+    hb2: Vec<f32>,             // [BATCH, INTER]
+    scores: Vec<f32>,          // [HEADS, ctx]
+    cos: Vec<f32>,             // [BATCH, HEAD_DIM / 2]
+    sin: Vec<f32>,             // [BATCH, HEAD_DIM / 2]
+    k_cache: super::ZeroedF32, // [LAYERS, ctx, KV_DIM]
+    v_cache: super::ZeroedF32, // [LAYERS, ctx, KV_DIM]
+    logits: Vec<f32>,          // [tokens asked for, VOCAB]
+    xq: ActQ8,                 // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
+    xqs: Vec<ActQ8>,           // [BATCH] tokens' activations in 8 bits, each as `xq`
     ctx: usize,
 }
 
@@ -367,9 +367,8 @@ impl<
             scores: z(HEADS * ctx),
             cos: z(BATCH * HEAD_DIM / 2),
             sin: z(BATCH * HEAD_DIM / 2),
-            // Zeroed allocations are mapped lazily, so an unused context costs no memory.
-            k_cache: z(LAYERS * ctx * KV_DIM),
-            v_cache: z(LAYERS * ctx * KV_DIM),
+            k_cache: super::ZeroedF32::new(LAYERS * ctx * KV_DIM),
+            v_cache: super::ZeroedF32::new(LAYERS * ctx * KV_DIM),
             logits: z(VOCAB),
             xq: ActQ8::default(),
             xqs: Vec::new(),
