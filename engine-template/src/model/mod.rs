@@ -60,8 +60,9 @@ pub struct ZeroedF32 {
 
 impl ZeroedF32 {
     pub fn new(len: usize) -> ZeroedF32 {
-        let bytes = (len * std::mem::size_of::<f32>()).max(1);
-        let map = memmap2::MmapMut::map_anon(bytes)
+        let bytes = len * std::mem::size_of::<f32>();
+        // An empty map is an error on some systems: map a byte and never show it.
+        let map = memmap2::MmapMut::map_anon(bytes.max(1))
             .unwrap_or_else(|e| panic!("mapping {bytes} bytes of KV cache: {e}"));
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::NoHugePage);
@@ -73,13 +74,29 @@ impl std::ops::Deref for ZeroedF32 {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
         // The map is page-aligned and holds at least `len` f32s.
-        &bytemuck::cast_slice(&self.map[..])[..self.len]
+        bytemuck::cast_slice(&self.map[..self.len * std::mem::size_of::<f32>()])
     }
 }
 
 impl std::ops::DerefMut for ZeroedF32 {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut bytemuck::cast_slice_mut(&mut self.map[..])[..self.len]
+        bytemuck::cast_slice_mut(&mut self.map[..self.len * std::mem::size_of::<f32>()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ZeroedF32;
+
+    #[test]
+    fn zeroed_f32_starts_zeroed_holds_writes_and_may_be_empty() {
+        assert!(ZeroedF32::new(0).is_empty());
+        let mut z = ZeroedF32::new(3000);
+        assert_eq!(z.len(), 3000);
+        assert!(z.iter().all(|&v| v == 0.0));
+        z[2999] = 1.5;
+        z[0] = -2.0;
+        assert_eq!((z[0], z[1], z[2999]), (-2.0, 0.0, 1.5));
     }
 }
 
