@@ -254,9 +254,8 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
                     let per = next.len().div_ceil(n / 2).max(1);
                     let mut chunks = next.chunks(per);
                     while i + 2 <= n {
-                        #[cfg(target_arch = "x86_64")]
                         if let Some(c) = chunks.next() {
-                            crate::kernels::x86::prefetch(c);
+                            crate::kernels::prefetch(c);
                         }
                         let out = crate::kernels::dot4x2_f32(isa, ws, [tok(i), tok(i + 1)]);
                         for (r, pair) in out.iter().enumerate() {

@@ -71,15 +71,3 @@ pub unsafe fn u8x16_to_f32x8x2(v: __m128i) -> (__m256, __m256) {
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
     )
 }
-
-/// Asks for every cache line of `s` to be brought towards the caches, without waiting.
-/// Only a hint: it never faults, whatever the addresses.
-#[inline(always)]
-pub fn prefetch<T>(s: &[T]) {
-    let (p, bytes) = (s.as_ptr() as *const i8, std::mem::size_of_val(s));
-    for off in (0..bytes).step_by(64) {
-        // SAFETY: SSE is part of x86-64, and a prefetch of any address is architecturally a
-        // no-op hint (it never faults); the offsets stay within `s` anyway.
-        unsafe { _mm_prefetch(p.wrapping_add(off), _MM_HINT_T1) };
-    }
-}
