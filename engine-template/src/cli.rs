@@ -8,6 +8,7 @@ use crate::runtime::{metrics, sampler, text, weights, BakedInfo};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Debug, Parser)]
@@ -166,7 +167,8 @@ pub fn run<M: CausalLm>(
             M::CONTEXT
         )));
     }
-    let (blob, model, tok) = load::<M>(info, offsets, args.common.model_dir.as_deref())?;
+    let pool = Pool::new(threads);
+    let (blob, model, tok) = load::<M>(info, offsets, args.common.model_dir.as_deref(), &pool)?;
     let prompt = args.prompt.clone().unwrap_or_default();
     let prompt = if args.chat {
         let tmpl = info
@@ -186,7 +188,6 @@ pub fn run<M: CausalLm>(
             ids.len()
         )));
     }
-    let pool = Pool::new(threads);
     let mut state = model.new_state(ctx);
     let mut sampler = sampler::Sampler::new(sampler::SamplerConfig {
         temperature: args.temperature,
@@ -245,20 +246,37 @@ fn threads(arg: Option<usize>) -> Result<usize> {
     }
 }
 
-/// Maps and checks the weights and binds the model while another thread builds the
-/// tokenizer (the two take about as long as each other).
+/// Maps and checks the weights and binds the model on this thread while the pool's last
+/// worker builds the tokenizer (the two take about as long as each other). Loading on the pool,
+/// not on a thread of its own, leaves that worker running on its own core when prefill starts:
+/// a worker spawned after the load shared the caller's core for the first 10-15 ms of prefill
+/// (its first ten layers ran at half speed) until the scheduler moved it.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
     model_dir: Option<&std::path::Path>,
+    pool: &Pool,
 ) -> Result<(&'static [u8], M, tokenizers::Tokenizer)> {
-    std::thread::scope(|s| {
-        let tok = s.spawn(|| text::load_tokenizer(info.tokenizer_json));
-        let blob = weights::load(info, model_dir)?;
-        let model = M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?;
-        let tok = tok.join().expect("the tokenizer thread panicked")?;
-        Ok((blob, model, tok))
-    })
+    let (weights, tok) = (Mutex::new(None), Mutex::new(None));
+    pool.broadcast(&|t, nt| {
+        if t == 0 {
+            let w = weights::load(info, model_dir).and_then(|blob| {
+                Ok((
+                    blob,
+                    M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?,
+                ))
+            });
+            *weights.lock().unwrap() = Some(w);
+        }
+        if t == nt - 1 {
+            *tok.lock().unwrap() = Some(text::load_tokenizer(info.tokenizer_json));
+        }
+    });
+    fn taken<T>(m: Mutex<Option<T>>) -> T {
+        m.into_inner().unwrap().expect("the pool ran every part")
+    }
+    let (blob, model) = taken(weights)?;
+    Ok((blob, model, taken(tok)?))
 }
 
 /// When a generation stops, and what it does on the way.
@@ -343,7 +361,8 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
             a.prompts.display()
         )));
     }
-    let (blob, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref())?;
+    let pool = Pool::new(threads);
+    let (blob, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| text::encode(&tok, p))
@@ -356,7 +375,6 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
             a.max_new
         )));
     }
-    let pool = Pool::new(threads);
     let mut pressure = MemPressure::from_env(blob)?;
     let (mut pp, mut tg, mut p50, mut p95) = (vec![], vec![], vec![], vec![]);
     for run in 1..=a.runs {
@@ -555,7 +573,8 @@ pub fn perplexity<M: CausalLm>(
         path: a.file.clone(),
         source,
     })?;
-    let (_, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref())?;
+    let pool = Pool::new(threads);
+    let (_, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
     let ids = text::encode(&tok, &text)?;
     let chunks = (ids.len() / a.ctx).min(a.chunks.unwrap_or(usize::MAX));
     if chunks == 0 {
@@ -566,7 +585,6 @@ pub fn perplexity<M: CausalLm>(
             a.ctx
         )));
     }
-    let pool = Pool::new(threads);
     let mut state = model.new_state(a.ctx);
     let first = a.ctx / 2;
     let (mut nll, mut scored) = (0.0f64, 0usize);

@@ -324,7 +324,7 @@ pub enum Logits {
 
 /// What the CLI needs from a model: load, a per-sequence state, and forward passes.
 pub trait CausalLm: Sized + Send + Sync {
-    type Offsets: 'static;
+    type Offsets: 'static + Sync;
     type State;
     const VOCAB: usize;
     const CONTEXT: usize;
