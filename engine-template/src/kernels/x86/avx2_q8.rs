@@ -549,8 +549,10 @@ trait RowQ8 {
     /// Groups `k` and `k + 1`'s unsigned codes in the order of [`ActQ8::pairs`]: both first
     /// halves, then both second halves.
     unsafe fn pair(&self, k: usize) -> (__m256i, __m256i);
-    /// Group `k`: its codes in element order, `d` and `c`.
-    unsafe fn group(&self, k: usize) -> (__m256i, f32, f32);
+    /// Group `k`'s `d` and `c`.
+    unsafe fn scale(&self, k: usize) -> (f32, f32);
+    /// Group `k`'s codes in element order.
+    unsafe fn codes(&self, k: usize) -> __m256i;
     /// Asks for the row's cache lines ([`crate::kernels::prefetch`]).
     fn prefetch(&self);
 }
@@ -570,10 +572,12 @@ impl<B: Q8Pair> RowQ8 for &[B] {
         B::pair_codes(self.get_unchecked(k), self.get_unchecked(k + 1))
     }
     #[inline(always)]
-    unsafe fn group(&self, k: usize) -> (__m256i, f32, f32) {
-        let blk = self.get_unchecked(k);
-        let (d, c) = blk.scales();
-        (blk.codes(), d, c)
+    unsafe fn scale(&self, k: usize) -> (f32, f32) {
+        self.get_unchecked(k).scales()
+    }
+    #[inline(always)]
+    unsafe fn codes(&self, k: usize) -> __m256i {
+        self.get_unchecked(k).codes()
     }
     #[inline(always)]
     fn prefetch(&self) {
@@ -621,13 +625,13 @@ impl RowQ8 for Int4G32<'_> {
         ))
     }
     #[inline(always)]
-    unsafe fn group(&self, k: usize) -> (__m256i, f32, f32) {
+    unsafe fn scale(&self, k: usize) -> (f32, f32) {
         let (sc, mn) = (*self.scales.get_unchecked(k), *self.mins.get_unchecked(k));
-        (
-            nibbles32(self.qs.as_ptr().add(k * 16)),
-            self.d * sc as f32,
-            -self.dmin * mn as f32,
-        )
+        (self.d * sc as f32, -self.dmin * mn as f32)
+    }
+    #[inline(always)]
+    unsafe fn codes(&self, k: usize) -> __m256i {
+        nibbles32(self.qs.as_ptr().add(k * 16))
     }
 }
 
@@ -721,10 +725,31 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
             pair!(6);
             g += 8;
         }
-        // The last `ng % 8` groups, one at a time (rows of 576 have two).
+        // The last `ng % 8` groups: whole pairs as above, with their two steps put in the
+        // lanes by hand (rows of 576 end in one pair; taking its groups one at a time made
+        // them cost as much as the other 16), then an odd last group alone.
         let mut tail = [0.0f32; T];
-        for g in g..ng {
-            let (codes, d, c) = w.group(g);
+        while g + 2 <= ng {
+            let ((d0, c0), (d1, c1)) = (w.scale(g), w.scale(g + 1));
+            let (lo, hi) = w.pair(g);
+            for t in 0..T {
+                let xp = px[t].add(g * QK8) as *const __m256i;
+                let s16 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)),
+                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(1))),
+                );
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                let sj = _mm256_setr_m128(
+                    _mm_set1_ps(d0 * *xd[t].add(g)),
+                    _mm_set1_ps(d1 * *xd[t].add(g + 1)),
+                );
+                acc[t] = _mm256_fmadd_ps(p, sj, acc[t]);
+                tail[t] += c0 * *xsum[t].add(g) + c1 * *xsum[t].add(g + 1);
+            }
+            g += 2;
+        }
+        if g < ng {
+            let (codes, (d, c)) = (w.codes(g), w.scale(g));
             for t in 0..T {
                 let xq = _mm256_loadu_si256(xs[t].qs.as_ptr().add(g * QK8) as *const __m256i);
                 let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
