@@ -246,11 +246,13 @@ fn threads(arg: Option<usize>) -> Result<usize> {
     }
 }
 
-/// Maps and checks the weights and binds the model on this thread while the pool's last
-/// worker builds the tokenizer (the two take about as long as each other). Loading on the pool,
-/// not on a thread of its own, leaves that worker running on its own core when prefill starts:
-/// a worker spawned after the load shared the caller's core for the first 10-15 ms of prefill
-/// (its first ten layers ran at half speed) until the scheduler moved it.
+/// Builds the tokenizer on this thread while the pool's last worker maps and checks the
+/// weights and binds the model. The tokenizer takes about twice as long, and a worker thread
+/// just spawned often first runs about 5 ms late (a halted virtual CPU waking up), so the
+/// caller, already running, takes the longer job. Loading on the pool, not on a thread of its
+/// own, leaves that worker running on its own core when prefill starts: a worker spawned after
+/// the load shared the caller's core for the first 10-15 ms of prefill (its first ten layers
+/// ran at half speed) until the scheduler moved it.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
@@ -259,7 +261,7 @@ fn load<M: CausalLm>(
 ) -> Result<(&'static [u8], M, tokenizers::Tokenizer)> {
     let (weights, tok) = (Mutex::new(None), Mutex::new(None));
     pool.broadcast(&|t, nt| {
-        if t == 0 {
+        if t == nt - 1 {
             let w = weights::load(info, model_dir).and_then(|blob| {
                 Ok((
                     blob,
@@ -268,7 +270,7 @@ fn load<M: CausalLm>(
             });
             *weights.lock().unwrap() = Some(w);
         }
-        if t == nt - 1 {
+        if t == 0 {
             *tok.lock().unwrap() = Some(text::load_tokenizer(info.tokenizer_json));
         }
     });

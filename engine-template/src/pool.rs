@@ -89,14 +89,22 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Pins the calling thread to `cpu`; false if the OS refused.
-fn pin_current(cpu: usize) -> bool {
-    // SAFETY: `set` is a plain bit set; 0 names the calling thread.
+/// Restricts `thread` (of this process) to `cpus`; false if the OS refused.
+fn set_cpus(thread: libc::pthread_t, cpus: &[usize]) -> bool {
+    // SAFETY: `set` is a plain bit set; `thread` is a live thread of this process.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::pthread_setaffinity_np(thread, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
+}
+
+/// Pins the calling thread to `cpu`; false if the OS refused.
+fn pin_current(cpu: usize) -> bool {
+    // SAFETY: pthread_self names the calling thread.
+    set_cpus(unsafe { libc::pthread_self() }, &[cpu])
 }
 
 impl Pool {
@@ -117,19 +125,50 @@ impl Pool {
         if let Some(cpu) = cpu_of(0) {
             pin_current(cpu);
         }
+        // Unpinned workers start away from the caller's CPU. Left to the scheduler, a new
+        // thread was often queued behind the caller on its CPU and first ran about 5 ms later
+        // (one scheduler tick), which delayed the load it was given. So each worker is spawned,
+        // restricted to the other CPUs (the kernel moves it there at once), and lifts the
+        // restriction itself once it runs. `placed` keeps it from lifting it too early.
+        let allowed = if plan.is_none() {
+            allowed_cpus()
+        } else {
+            vec![]
+        };
+        // SAFETY: sched_getcpu has no preconditions (-1 on failure, matching no CPU).
+        let here = unsafe { libc::sched_getcpu() };
+        let away: Vec<usize> = allowed
+            .iter()
+            .copied()
+            .filter(|&c| c as i64 != i64::from(here))
+            .collect();
         let workers = (1..threads)
             .map(|idx| {
                 let s = Arc::clone(&shared);
                 let cpu = cpu_of(idx);
-                std::thread::Builder::new()
+                let placed = Arc::new(AtomicBool::new(away.is_empty()));
+                let (placed_w, allowed) = (Arc::clone(&placed), allowed.clone());
+                let handle = std::thread::Builder::new()
                     .name(format!("clocher-worker-{idx}"))
                     .spawn(move || {
                         if let Some(cpu) = cpu {
                             pin_current(cpu);
+                        } else if !allowed.is_empty() {
+                            while !placed_w.load(Acquire) {
+                                std::hint::spin_loop();
+                            }
+                            // SAFETY: pthread_self names the calling thread.
+                            set_cpus(unsafe { libc::pthread_self() }, &allowed);
                         }
                         worker(s, idx, threads)
                     })
-                    .expect("spawning a worker thread")
+                    .expect("spawning a worker thread");
+                if !away.is_empty() {
+                    use std::os::unix::thread::JoinHandleExt;
+                    set_cpus(handle.as_pthread_t(), &away);
+                    placed.store(true, Release);
+                }
+                handle
             })
             .collect();
         Pool {
