@@ -10,22 +10,22 @@ use tokenizers::{AddedToken, Tokenizer};
 /// fraction of the time. `tokenizers` reads a BPE model through untagged enums that buffer the
 /// whole vocabulary and merge list and parse them again, and a `serde_json::Value` would sort
 /// 49k keys into a B-tree; both cost more than 100 ms for SmolLM2, most of a short prompt's time
-/// to first token. Here the document is split into raw parts once, the vocabulary goes straight
-/// into the model's hash map and the merges into pairs, the BPE model is built with
-/// `BpeBuilder`, `tokenizers` reads everything else (a small document), and the added tokens
-/// go in last, as its own deserializer adds them (their ids come from the model). Models other
-/// than BPE take the plain path. The e2e tests check both paths give the same tokenizer.
+/// to first token. Here the document is read once ([`Doc`]): the vocabulary goes straight into
+/// the model's hash map and the merges into pairs, and every other entry stays raw. The BPE
+/// model is built with `BpeBuilder`, `tokenizers` reads everything else (a small document), and
+/// the added tokens go in last, as its own deserializer adds them (their ids come from the
+/// model). Models other than BPE take the plain path. The e2e tests check both paths give the
+/// same tokenizer.
 pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer> {
     let err =
         |what: &str, e: &dyn std::fmt::Display| EngineError::Tokenizer(format!("{what}: {e}"));
     let bad = |e: serde_json::Error| err("tokenizer.json", &e);
-    let mut doc: BTreeMap<&str, &RawValue> = serde_json::from_slice(json).map_err(bad)?;
-    let model = doc
-        .get("model")
-        .and_then(|m| serde_json::from_str::<BpeDoc>(m.get()).ok());
-    let Some(model) = model.filter(|m| m.kind == "BPE") else {
-        // Another model type, or a model this reader can't take: `tokenizers` reads it (and
-        // words any error).
+    let doc = serde_json::from_slice::<Doc>(json)
+        .ok()
+        .and_then(|d| Some((d.model.filter(|m| m.kind == "BPE")?, d.rest)));
+    let Some((model, mut doc)) = doc else {
+        // Another model type, a model this reader can't take, or a document that does not
+        // parse: `tokenizers` reads it (and words any error).
         return Tokenizer::from_bytes(json).map_err(|e| err("tokenizer.json", &e));
     };
     let added: Vec<AddedToken> = match doc.get("added_tokens") {
@@ -61,6 +61,40 @@ pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer> {
     tok.with_model(bpe);
     tok.add_tokens(&added);
     Ok(tok)
+}
+
+/// A `tokenizer.json` read in one pass: its `model` as a [`BpeDoc`] (absent if it has none),
+/// every other top-level entry raw.
+struct Doc<'a> {
+    model: Option<BpeDoc>,
+    rest: BTreeMap<&'a str, &'a RawValue>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Doc<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Doc<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a tokenizer.json object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Doc<'a>, A::Error> {
+                let (mut model, mut rest) = (None, BTreeMap::new());
+                while let Some(k) = m.next_key::<&'de str>()? {
+                    if k == "model" {
+                        model = Some(m.next_value()?);
+                    } else {
+                        rest.insert(k, m.next_value()?);
+                    }
+                }
+                Ok(Doc { model, rest })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// The `model` object of a BPE `tokenizer.json`, with the fields `BpeBuilder` takes.
