@@ -35,6 +35,8 @@ pub struct ActQ8 {
     /// Q4_0 / Q4_1 blocks side by side, built on first use
     /// ([`ActQ8::pairs`]) and shared by every matrix and thread that reads these activations.
     pairs: std::sync::OnceLock<Vec<i8>>,
+    /// Each pair of blocks' `d` in the lanes of their pair sums ([`ActQ8::d_pairs`]).
+    d_pairs: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl ActQ8 {
@@ -47,6 +49,7 @@ impl ActQ8 {
         );
         let nb = x.len() / QK8;
         self.pairs.take();
+        self.d_pairs.take();
         self.qs.resize(x.len(), 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
@@ -85,6 +88,18 @@ impl ActQ8 {
                 dst[3 * h..].copy_from_slice(&src[QK8 + h..]);
             }
             out
+        })
+    }
+
+    /// Each pair of blocks' scales in 8 lanes, as `vpmaddwd` leaves the pair sums of
+    /// [`ActQ8::pairs`]: the first block's `d` in lanes 0-3, the second's in lanes 4-7. Built
+    /// on first use; a trailing odd block is left out.
+    pub fn d_pairs(&self) -> &[f32] {
+        self.d_pairs.get_or_init(|| {
+            self.d
+                .chunks_exact(2)
+                .flat_map(|p| [p[0], p[0], p[0], p[0], p[1], p[1], p[1], p[1]])
+                .collect()
         })
     }
 
