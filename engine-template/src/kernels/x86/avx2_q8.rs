@@ -766,41 +766,13 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
                     // sums come out in, so `vpmaddwd` weights them and the step per token is a
                     // load of `d_pairs` (no lane shuffle per token).
                     let wsc = if int {
+                        // Byte indices of i16 lanes `j` (low half) and `j + 1` (high half).
+                        let lane = |k: i16| (2 * k + 1) << 8 | 2 * k;
                         _mm256_shuffle_epi8(
                             isc,
-                            _mm256_setr_epi8(
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j,
-                                2 * $j + 1,
-                                2 * $j + 2,
-                                2 * $j + 3,
-                                2 * $j + 2,
-                                2 * $j + 3,
-                                2 * $j + 2,
-                                2 * $j + 3,
-                                2 * $j + 2,
-                                2 * $j + 3,
-                                2 * $j + 2,
-                                2 * $j + 3,
-                                2 * $j + 2,
-                                2 * $j + 3,
-                                2 * $j + 2,
-                                2 * $j + 3,
-                                2 * $j + 2,
-                                2 * $j + 3,
+                            _mm256_setr_m128i(
+                                _mm_set1_epi16(lane($j)),
+                                _mm_set1_epi16(lane($j + 1)),
                             ),
                         )
                     } else {
