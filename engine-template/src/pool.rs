@@ -125,11 +125,11 @@ impl Pool {
         if let Some(cpu) = cpu_of(0) {
             pin_current(cpu);
         }
-        // Unpinned workers start away from the caller's CPU. Left to the scheduler, a new
-        // thread was often queued behind the caller on its CPU and first ran about 5 ms later
-        // (one scheduler tick), which delayed the load it was given. So each worker is spawned,
-        // restricted to the other CPUs (the kernel moves it there at once), and lifts the
-        // restriction itself once it runs. `placed` keeps it from lifting it too early.
+        // Unpinned workers start away from the caller's CPU (ADR 24). Left to the scheduler,
+        // a new thread was queued behind the caller on its CPU in about half the runs, and the
+        // two then shared it through the load. So each worker is spawned restricted to the
+        // other CPUs (the kernel moves it there at once), and lifts the restriction itself
+        // once it runs. `placed` keeps it from lifting it too early.
         let allowed = if plan.is_none() {
             allowed_cpus()
         } else {
