@@ -613,6 +613,18 @@ unsafe fn u8x8_ps(p: *const u8) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
 }
 
+/// Two groups' codes (`lo`, `hi`, as [`RowQ8::pair`] gives them) against one token's pair of
+/// activation blocks at `xp` (as [`ActQ8::pairs`] lays them out): the pair sums of both
+/// `vpmaddubsw`, weighted by `w16` in `vpmaddwd`, as 8 f32 lanes (the first group's in 0-3).
+#[inline(always)]
+unsafe fn pair_sums(lo: __m256i, hi: __m256i, xp: *const __m256i, w16: __m256i) -> __m256 {
+    let s16 = _mm256_add_epi16(
+        _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)),
+        _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(1))),
+    );
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, w16))
+}
+
 impl RowQ8 for Int4G32<'_> {
     const INT_SCALES: bool = true;
     #[inline(always)]
@@ -715,12 +727,17 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
     // The tokens' arrays, fetched once (`pairs` goes through a `OnceLock`).
     let mut px = [std::ptr::null::<i8>(); T];
     let (mut xd, mut xsum) = ([std::ptr::null::<f32>(); T], [std::ptr::null::<f32>(); T]);
+    // Where the scales are integers, `acc` is scaled by the row's `d` at the end and the
+    // offsets go to `accm`, which is not. With several tokens the scales also go into
+    // `vpmaddwd` (`int`); with one token that measured 3.5% slower than a lane shuffle of the
+    // steps, as the weight-side work is not shared.
+    let int = const { R::INT_SCALES && T > 1 };
     let mut xdp = [std::ptr::null::<f32>(); T];
     for t in 0..T {
         px[t] = xs[t].pairs().as_ptr();
         xd[t] = xs[t].d.as_ptr();
         xsum[t] = xs[t].s.as_ptr();
-        if R::INT_SCALES && T > 1 {
+        if int {
             xdp[t] = xs[t].d_pairs().as_ptr();
         }
     }
@@ -734,11 +751,6 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
         // Small tiles (decode is one token) also send every other pair of groups to a second
         // accumulator per token, so FMA latency does not set the pace (measured 2% faster
         // decode); four tokens already have four chains.
-        // Where the scales are integers, `acc` is scaled by the row's `d` at the end and the
-        // offsets go to `accm`, which is not. With several tokens the scales also go into
-        // `vpmaddwd` (`int`); with one token that measured 3.5% slower than a lane shuffle of
-        // the steps, as the weight-side work is not shared.
-        let int = const { R::INT_SCALES && T > 1 };
         let mut acc = [_mm256_setzero_ps(); T];
         let mut acc2 = [_mm256_setzero_ps(); T];
         let mut accm = [_mm256_setzero_ps(); T];
@@ -780,11 +792,7 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
                     };
                     for t in 0..T {
                         let xp = px[t].add((g + $j) * QK8) as *const __m256i;
-                        let s16 = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)),
-                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(1))),
-                        );
-                        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, wsc));
+                        let p = pair_sums(lo, hi, xp, wsc);
                         let sj = if int {
                             _mm256_loadu_ps(xdp[t].add((g + $j) * 4))
                         } else {
@@ -812,12 +820,7 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
             let ((d0, c0), (d1, c1)) = (w.scale(g), w.scale(g + 1));
             let (lo, hi) = w.pair(g);
             for t in 0..T {
-                let xp = px[t].add(g * QK8) as *const __m256i;
-                let s16 = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)),
-                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp.add(1))),
-                );
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                let p = pair_sums(lo, hi, px[t].add(g * QK8) as *const __m256i, ones);
                 let sj = _mm256_setr_m128(
                     _mm_set1_ps(d0 * *xd[t].add(g)),
                     _mm_set1_ps(d1 * *xd[t].add(g + 1)),
