@@ -3,9 +3,10 @@
 //! reported as weight bytes streamed per second. `cargo bench -p clocher-engine --bench gemv`.
 
 use clocher_engine::kernels::act8::{self, ActQ8};
-use clocher_engine::kernels::blocks::{self, BlockQ4_1};
+use clocher_engine::kernels::blocks::GgmlType;
+use clocher_engine::kernels::blocks::{self, BlockQ4_1, BlockQ5_0, BlockQ5_1};
 use clocher_engine::kernels::int::{self, Clip, Scheme};
-use clocher_engine::kernels::{isa, quant};
+use clocher_engine::kernels::{isa, quant, rows};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::f16;
 use std::hint::black_box;
@@ -75,6 +76,59 @@ fn gemvs(c: &mut Criterion) {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
                 act8::gemv_q4_1_q8(isa, &q41, &xq, &mut y)
+            })
+        });
+
+        // Q5_0 (most of Q4_K_M at this width) and Q5_1 (int4w's embedding and head).
+        let q50: Vec<BlockQ5_0> = (0..rows * cols / 32)
+            .map(|i| BlockQ5_0 {
+                d: f16::from_f32(0.01),
+                qh: ((i as u32).wrapping_mul(0x9E37_79B9)).to_le_bytes(),
+                qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+            })
+            .collect();
+        g.throughput(Throughput::Bytes(std::mem::size_of_val(&q50[..]) as u64));
+        g.bench_function("q5_0 q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                act8::gemv_q5_0_q8(isa, &q50, &xq, &mut y)
+            })
+        });
+        let split = |t: GgmlType, blocks: &[u8]| {
+            let mut out = vec![0u8; blocks.len()];
+            rows::split_rows(t, cols / 32, blocks, &mut out);
+            out
+        };
+        let q50r = split(GgmlType::Q5_0, bytemuck::cast_slice(&q50));
+        g.bench_function("q5_0 rows q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                let xs = std::slice::from_ref(&xq);
+                act8::gemm_q5_rows_q8(isa, GgmlType::Q5_0, &q50r, xs, &mut y)
+            })
+        });
+        let q51: Vec<BlockQ5_1> = q50
+            .iter()
+            .map(|b| BlockQ5_1 {
+                d: b.d,
+                m: f16::from_f32(-0.16),
+                qh: b.qh,
+                qs: b.qs,
+            })
+            .collect();
+        g.throughput(Throughput::Bytes(std::mem::size_of_val(&q51[..]) as u64));
+        g.bench_function("q5_1 q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                act8::gemv_q5_1_q8(isa, &q51, &xq, &mut y)
+            })
+        });
+        let q51r = split(GgmlType::Q5_1, bytemuck::cast_slice(&q51));
+        g.bench_function("q5_1 rows q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                let xs = std::slice::from_ref(&xq);
+                act8::gemm_q5_rows_q8(isa, GgmlType::Q5_1, &q51r, xs, &mut y)
             })
         });
         g.finish();

@@ -5,7 +5,7 @@ use crate::format::Dtype;
 use crate::kernels::act8::{self, ActQ8};
 use crate::kernels::blocks::{self as b, GgmlType as Gt, QK, QK_K};
 use crate::kernels::int::{self, RowI4, RowI8};
-use crate::kernels::{self, quant, Isa};
+use crate::kernels::{self, quant, rows, Isa};
 use half::{bf16, f16};
 
 /// A stored weight type (a float or a GGUF block format), with its GEMV and row conversion.
@@ -231,12 +231,47 @@ impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG,
     }
 }
 
+macro_rules! rows_weight {
+    ($(#[$doc:meta])* $name:ident, $row:ident, $gt:expr) => {
+        $(#[$doc])*
+        pub struct $name<const NB: usize>;
+
+        impl<const NB: usize> WeightType for $name<NB> {
+            type Elem = rows::$row<NB>;
+            const DTYPE: Dtype = Dtype::Rows($gt);
+            const BLOCK: usize = NB * QK;
+            #[inline]
+            fn gemv(isa: Isa, w: &[rows::$row<NB>], x: &[f32], y: &mut [f32]) {
+                rows::gemv_rows(isa, $gt, bytemuck::cast_slice(w), x, y)
+            }
+            const ACT8: bool = true;
+            #[inline]
+            fn gemv_q8(isa: Isa, w: &[rows::$row<NB>], x: &ActQ8, y: &mut [f32]) {
+                act8::gemm_q5_rows_q8(isa, $gt, bytemuck::cast_slice(w), std::slice::from_ref(x), y)
+            }
+            const GEMM_Q8: bool = true;
+            #[inline]
+            fn gemm_q8(isa: Isa, w: &[rows::$row<NB>], xs: &[ActQ8], y: &mut [f32]) {
+                act8::gemm_q5_rows_q8(isa, $gt, bytemuck::cast_slice(w), xs, y)
+            }
+            fn to_f32(w: &[rows::$row<NB>], out: &mut [f32]) {
+                rows::dequant_rows_ref($gt, NB * QK, bytemuck::cast_slice(w), out)
+            }
+        }
+    };
+}
+rows_weight!(/// GGUF Q5_0 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).
+    Q5_0Rows, RowQ5_0, Gt::Q5_0);
+rows_weight!(/// GGUF Q5_1 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).
+    Q5_1Rows, RowQ5_1, Gt::Q5_1);
+
 /// The type a generated crate uses for `d` in rows of `cols` (`clocher_engine::dtype::<name>`).
 pub fn type_name(d: Dtype, cols: usize) -> String {
     let d = match d {
         Dtype::Ggml(t) => t,
         Dtype::Int8 => return format!("Int8<{cols}>"),
         Dtype::Int4 { group } => return format!("Int4<{group}, {}, {}>", cols / group, cols / 2),
+        Dtype::Rows(t) => return format!("{}Rows<{}>", type_name(Dtype::Ggml(t), cols), cols / QK),
     };
     match d {
         Gt::F32 => "F32",

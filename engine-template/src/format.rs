@@ -18,15 +18,19 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM"];
 
 use crate::kernels::blocks::GgmlType;
 use crate::kernels::int::{self, Clip, Scheme};
+use crate::kernels::rows;
 
-/// Element type of a stored tensor: a float type, a GGUF block format, or one of Clocher's
-/// weight-only integer formats (layouts in [`crate::kernels::int`] and, per model, in
-/// `model.ie.json`'s `layouts`). Written as a lower-case name: `"f32"`, `"q4_1"`, `"int8"`,
+/// Element type of a stored tensor: a float type, a GGUF block format (Q5_0 and Q5_1 stored
+/// split by field within each row, [`crate::kernels::rows`]), or one of Clocher's weight-only
+/// integer formats (layouts in [`crate::kernels::int`] and, per model, in `model.ie.json`'s
+/// `layouts`). Written as a lower-case name: `"f32"`, `"q4_1"`, `"q5_0_rows"`, `"int8"`,
 /// `"int4_g32"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Dtype {
     Ggml(GgmlType),
+    /// GGUF blocks of a format that [`rows::fields`] lists, split by field within each row.
+    Rows(GgmlType),
     /// Int8 rows: `d: f32, m: f32, qs: [u8; cols]`.
     Int8,
     /// Int4 rows with groups of `group` weights.
@@ -43,6 +47,7 @@ impl Dtype {
     pub fn name(self) -> String {
         match self {
             Dtype::Ggml(t) => t.name().to_ascii_lowercase(),
+            Dtype::Rows(t) => format!("{}_rows", t.name().to_ascii_lowercase()),
             Dtype::Int8 => "int8".into(),
             Dtype::Int4 { group } => format!("int4_g{group}"),
         }
@@ -51,7 +56,7 @@ impl Dtype {
     /// Bytes of one row of `cols` elements, or why such a row can't be stored.
     pub fn row_bytes(self, cols: usize) -> Result<usize, String> {
         match self {
-            Dtype::Ggml(t) => t.nbytes(cols).ok_or_else(|| {
+            Dtype::Ggml(t) | Dtype::Rows(t) => t.nbytes(cols).ok_or_else(|| {
                 format!(
                     "rows of {cols} don't divide into {}-element {} blocks",
                     t.block_elems(),
@@ -86,11 +91,18 @@ impl std::str::FromStr for Dtype {
                 .map(|group| Dtype::Int4 { group })
                 .map_err(|_| format!("dtype {s:?}: bad group size"));
         }
-        GgmlType::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(s))
-            .map(Dtype::Ggml)
-            .ok_or_else(|| format!("unknown dtype {s:?}"))
+        let ggml = |s: &str| {
+            GgmlType::ALL
+                .into_iter()
+                .find(|t| t.name().eq_ignore_ascii_case(s))
+        };
+        match s.strip_suffix("_rows") {
+            Some(b) => ggml(b)
+                .filter(|t| rows::fields(*t).is_some())
+                .map(Dtype::Rows),
+            None => ggml(s).map(Dtype::Ggml),
+        }
+        .ok_or_else(|| format!("unknown dtype {s:?}"))
     }
 }
 impl TryFrom<String> for Dtype {
@@ -264,7 +276,7 @@ impl QuantSpec {
                 self.clip,
             ),
             Dtype::Int4 { group } => int::quantize_int4(w, cols, group, self.scheme, self.clip),
-            Dtype::Ggml(_) => unreachable!("QuantSpec::dtype gives int types"),
+            Dtype::Ggml(_) | Dtype::Rows(_) => unreachable!("QuantSpec::dtype gives int types"),
         }
     }
 }
@@ -279,7 +291,20 @@ pub fn layout_doc(d: Dtype) -> Option<String> {
             "int4_g{group}: each row is d (bf16 LE), dmin (bf16 LE), scales[cols/{group}] (u8), mins[cols/{group}] (u8), then qs[cols/2]: group g of {group} weights is bytes qs[g*{h}..(g+1)*{h}], byte i holding weight g*{group}+i in its low nibble and weight g*{group}+{h}+i in its high nibble (ggml's order; no other interleaving). Weight = d * scales[g] * q - dmin * mins[g]. Sym stores dmin = 8 d and mins = scales (weight = d * scales[g] * (q - 8)).",
             h = group / 2
         )),
+        Dtype::Rows(t) => Some(format!(
+            "{n}_rows: ggml's {n} blocks, each row's fields gathered into arrays in block order: {}. Block k is field[k] of each; bytes and values as in ggml.",
+            rows::field_names(t).join(", "),
+            n = t.name().to_ascii_lowercase()
+        )),
         Dtype::Ggml(_) => None,
+    }
+}
+
+/// How a GGUF format is stored: split by rows where [`rows::fields`] lists it.
+pub fn stored(t: GgmlType) -> Dtype {
+    match rows::fields(t) {
+        Some(_) => Dtype::Rows(t),
+        None => Dtype::Ggml(t),
     }
 }
 

@@ -11,10 +11,10 @@
 
 use clocher_engine::kernels::act8::{self, ActQ8, QK8};
 use clocher_engine::kernels::blocks::{
-    self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType,
 };
 use clocher_engine::kernels::int::{self, Clip, Scheme};
-use clocher_engine::kernels::{tol, Isa};
+use clocher_engine::kernels::{rows, tol, Isa};
 use half::f16;
 
 #[allow(dead_code)]
@@ -141,6 +141,29 @@ fn q4_1_blocks(n: usize) -> Vec<BlockQ4_1> {
         .collect()
 }
 
+/// Every 5-bit code: nibbles in every position, high bits from a hashed stream; Q5_1's
+/// offsets vary by block.
+fn q5_blocks(n: usize) -> (Vec<BlockQ5_0>, Vec<BlockQ5_1>) {
+    let q50: Vec<BlockQ5_0> = (0..n)
+        .map(|i| BlockQ5_0 {
+            d: block_scale(i),
+            qh: ((i as u32).wrapping_mul(0x9E37_79B9) ^ 0x5A5A_0FF0).to_le_bytes(),
+            qs: std::array::from_fn(|j| (i * 29 + j * 13) as u8),
+        })
+        .collect();
+    let q51 = q50
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BlockQ5_1 {
+            d: b.d,
+            m: f16::from_f32(-0.1 + (i % 3) as f32 * 0.05),
+            qh: b.qh,
+            qs: b.qs,
+        })
+        .collect();
+    (q50, q51)
+}
+
 #[test]
 fn block_gemvs_every_isa_match_reference() {
     for nb in 0..=5usize {
@@ -162,24 +185,7 @@ fn block_gemvs_every_isa_match_reference() {
                     }),
                 })
                 .collect();
-            // Every 5-bit code: nibbles as above, high bits from the same stream.
-            let q50: Vec<BlockQ5_0> = (0..n)
-                .map(|i| BlockQ5_0 {
-                    d: scale(i),
-                    qh: ((i as u32).wrapping_mul(0x9E37_79B9) ^ 0x5A5A_0FF0).to_le_bytes(),
-                    qs: std::array::from_fn(|j| (i * 29 + j * 13) as u8),
-                })
-                .collect();
-            let q51: Vec<BlockQ5_1> = q50
-                .iter()
-                .enumerate()
-                .map(|(i, b)| BlockQ5_1 {
-                    d: b.d,
-                    m: f16::from_f32(-0.1 + (i % 3) as f32 * 0.05),
-                    qh: b.qh,
-                    qs: b.qs,
-                })
-                .collect();
+            let (q50, q51) = q5_blocks(n);
             let mut deq = vec![0.0f32; n * QK8];
             blocks::dequant_q5_0_ref(&q50, &mut deq);
             check_every_isa(
@@ -373,7 +379,8 @@ fn check_gemm_every_isa(
 }
 
 /// Group counts with and without a tail past the last eight (a pair, an odd group, both): int4 (groups of 32 run the
-/// batched kernel, 64 the GEMV per token) and the 4-bit GGUF blocks (every nibble code).
+/// batched kernel, 64 the GEMV per token), the 4-bit GGUF blocks (every nibble code) and the
+/// 5-bit ones split by rows.
 #[test]
 fn gemms_every_isa_match_reference() {
     let rows = 5;
@@ -395,7 +402,25 @@ fn gemms_every_isa_match_reference() {
         }
         let (cols, n) = (ng * QK8, ng * rows);
         let (q40, q41) = (q4_0_blocks(n), q4_1_blocks(n));
+        let (q50, q51) = q5_blocks(n);
         let mut deq = vec![0.0f32; n * QK8];
+        // The 5-bit blocks split by rows (the packer's layout for them): the same values.
+        for (t, bytes) in [
+            (GgmlType::Q5_0, as_bytes(&q50)),
+            (GgmlType::Q5_1, as_bytes(&q51)),
+        ] {
+            let mut split = vec![0u8; bytes.len()];
+            rows::split_rows(t, ng, &bytes, &mut split);
+            t.dequant(&bytes, &mut deq);
+            check_gemm_every_isa(
+                &format!("gemm_q5_rows_q8 {}", t.name()),
+                cols,
+                rows,
+                &split,
+                &deq,
+                &|isa, w, xs, y| act8::gemm_q5_rows_q8(isa, t, w, xs, y),
+            );
+        }
         blocks::dequant_q4_0_ref(&q40, &mut deq);
         check_gemm_every_isa(
             "gemm_q4_0_q8",

@@ -324,7 +324,7 @@ fn gemv(isa: Isa, d: Dtype, w: &[u8], x: &[f32], y: &mut [f32]) {
     match d {
         Dtype::Int8 => int::gemv_int8(isa, w, x, y),
         Dtype::Int4 { group } => int::gemv_int4(isa, group, w, x, y),
-        Dtype::Ggml(_) => unreachable!("ptq quantizes to int types"),
+        Dtype::Ggml(_) | Dtype::Rows(_) => unreachable!("ptq quantizes to int types"),
     }
 }
 

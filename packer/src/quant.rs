@@ -6,6 +6,7 @@ use crate::source::Checkpoint;
 use clocher_engine::format::{self, Dtype, GroupSize, Precision, QuantSpec};
 use clocher_engine::kernels::blocks::{self, GgmlType};
 use clocher_engine::kernels::int::{Clip, Scheme};
+use clocher_engine::kernels::rows;
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -123,7 +124,7 @@ pub fn default_plan(precision: Precision, name: &str) -> Option<TensorPlan> {
             Some(TensorPlan::Plain(Dtype::Ggml(GgmlType::Q8_0)))
         }
         Precision::Int4w if !is_linear(name) => {
-            Some(TensorPlan::Plain(Dtype::Ggml(GgmlType::Q5_1)))
+            Some(TensorPlan::Plain(format::stored(GgmlType::Q5_1)))
         }
         Precision::Int8w => Some(TensorPlan::Quant(spec(8, GroupSize::Row))),
         Precision::Int4w => Some(TensorPlan::Quant(spec(4, GroupSize::Size(32)))),
@@ -149,13 +150,22 @@ pub fn encode(plan: TensorPlan, w: &[f32], cols: usize) -> std::result::Result<V
                 d.row_bytes(cols)?;
                 bytemuck::cast_slice(&blocks::quantize_q8_0_ref(w)).to_vec()
             }
-            Dtype::Ggml(GgmlType::Q5_1) => {
+            Dtype::Rows(t @ GgmlType::Q5_1) => {
                 d.row_bytes(cols)?;
-                bytemuck::cast_slice(&blocks::quantize_q5_1_ref(w)).to_vec()
+                let q = blocks::quantize_q5_1_ref(w);
+                split(t, cols, bytemuck::cast_slice(&q))
             }
             other => return Err(format!("converting to {} is not offered", other.name())),
         }),
     }
+}
+
+/// GGUF blocks of `t` (rows of `cols` weights) split by field within each row, as
+/// [`format::stored`] keeps them.
+pub fn split(t: GgmlType, cols: usize, blocks: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; blocks.len()];
+    rows::split_rows(t, cols / t.block_elems(), blocks, &mut out);
+    out
 }
 
 /// The storage plan of every tensor `ck` holds. Checks the manifest against the model first,
@@ -202,14 +212,14 @@ pub fn plan(
         } else if let Some(d) = precision.dtype() {
             TensorPlan::Plain(d)
         } else if precision == Precision::Gguf {
-            TensorPlan::Plain(Dtype::Ggml(src.ty))
+            TensorPlan::Plain(format::stored(src.ty))
         } else {
             let entry = manifest.and_then(|(p, m)| m.tensors.get(name).map(|e| (p, e)));
             let plan = match entry {
                 Some((path, e)) => manifest_spec(path, name, e, precision)?.map(TensorPlan::Quant),
                 None => default_plan(precision, name),
             };
-            let plan = plan.unwrap_or(TensorPlan::Plain(Dtype::Ggml(src.ty)));
+            let plan = plan.unwrap_or(TensorPlan::Plain(format::stored(src.ty)));
             let dtype = match plan {
                 TensorPlan::Quant(q) => q.dtype(cols),
                 TensorPlan::Plain(d) => Ok(d),

@@ -466,6 +466,9 @@ impl TinyLlama {
             let cols = shape[shape.len() - 1];
             match t.dtype {
                 Dtype::Ggml(g) => g.dequant(bytes, values),
+                Dtype::Rows(g) => {
+                    clocher_engine::kernels::rows::dequant_rows_ref(g, cols, bytes, values)
+                }
                 Dtype::Int8 => int::dequant_int8_ref(cols, bytes, values),
                 Dtype::Int4 { group } => int::dequant_int4_ref(group, cols, bytes, values),
             }

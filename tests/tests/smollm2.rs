@@ -328,13 +328,16 @@ fn mixed_format_gguf_native_matches_dequantized() {
     for f in [
         "\"q4_0\"",
         "\"q4_1\"",
-        "\"q5_0\"",
-        "\"q5_1\"",
+        "\"q5_0_rows\"",
+        "\"q5_1_rows\"",
         "\"q8_0\"",
         "\"tq1_0\"",
         "\"tq2_0\"",
     ] {
-        assert!(meta.contains(f), "the native pack keeps {f} blocks");
+        assert!(
+            meta.contains(f),
+            "the native pack keeps {f} blocks (Q5 split by rows)"
+        );
     }
     for (i, (n, d)) in native.iter().zip(&dequant).enumerate() {
         let diff = max_abs_diff(&n.logits, &d.logits);

@@ -14,8 +14,8 @@
 //! activations, plain dot): the oracle and the fallback. The AVX2 bodies live in
 //! `x86::avx2_q8`.
 
-use super::blocks::{self as b, QK, QK_K};
-use super::int;
+use super::blocks::{self as b, GgmlType, QK, QK_K};
+use super::{int, rows};
 use super::{reference, Isa};
 
 /// Activations per block.
@@ -325,5 +325,39 @@ pub fn gemm_int4_q8(isa: Isa, group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f32
             super::x86::avx2_q8::gemm_int4_q8_avx2(group, w, xs, y)
         },
         _ => gemm_int4_q8_ref(group, w, xs, y),
+    }
+}
+
+/// Scalar reference of [`gemm_q5_rows_q8`]: the reference GEMV once per token.
+pub fn gemm_q5_rows_q8_ref(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    gemm_q8_ref_with(xs, y, |x, y| {
+        let (cols, rb) = (x.len(), t.nbytes(x.len()).expect("rows of whole blocks"));
+        let row = |r: usize, o: &mut [f32]| rows::dequant_rows_ref(t, cols, &w[r * rb..][..rb], o);
+        gemv_q8_ref_with(y.len(), row, x, y)
+    })
+}
+
+/// Split Q5_0 / Q5_1 rows ([`rows`]) · several tokens' 8-bit activations: `y[i * rows + r] =
+/// dot(row r, xs[i])`, `y` being `[xs.len(), rows]` (decode passes one token).
+#[inline]
+pub fn gemm_q5_rows_q8(isa: Isa, t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    let (rows, Some(x0)) = gemm_rows("gemm_q5_rows_q8", xs, y.len()) else {
+        return;
+    };
+    assert!(
+        matches!(t, GgmlType::Q5_0 | GgmlType::Q5_1) && w.len().is_multiple_of(t.block_bytes()),
+        "gemm_q5_rows_q8: {} bytes of {} rows",
+        w.len(),
+        t.name()
+    );
+    blocks_per_row("gemm_q5_rows_q8", QK, w.len() / t.block_bytes(), x0, rows);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2; the shapes are checked above.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::avx2_q8::gemm_q5_rows_q8_avx2(t, w, xs, y)
+        },
+        _ => gemm_q5_rows_q8_ref(t, w, xs, y),
     }
 }

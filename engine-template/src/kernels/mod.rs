@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod int;
 pub mod quant;
 pub mod reference;
+pub mod rows;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

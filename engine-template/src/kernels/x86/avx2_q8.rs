@@ -8,11 +8,11 @@
 //! 2·128·127 < 2^15 (llama.cpp's trick). Even and odd blocks use separate accumulators
 //! ([`pairs`]) so the FMA chain is not the loop's critical path.
 
-use super::{f16_to_f32, hsum_ps};
+use super::{f16_to_f32, hsum_ps, load_f16x8};
 use crate::kernels::act8::{ActQ8, QK8};
 use crate::kernels::blocks::{
     get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
-    QK_K,
+    GgmlType, QK_K,
 };
 use crate::kernels::{int, prefetch_row, PREFETCH_ROWS};
 use std::arch::x86_64::*;
@@ -169,41 +169,48 @@ impl Q8Pair for BlockQ4_1 {
     }
 }
 
-/// The 32 5-bit codes of a Q5_0 / Q5_1 block in element order: the nibbles, plus 16 where bit
-/// `e` of `qh` is set. Each byte takes the `qh` byte holding its bit (`vpshufb`), sets every
-/// other bit, and compares with all-ones (llama.cpp's `bytes_from_bits_32`).
+/// The fifth bits of 32 codes as `0x10` bytes: byte `i` takes the byte of `qh` that `pick`
+/// names (`vpshufb`), and is set where that byte's bit `i % 8` is: every other bit is set and
+/// the result compared with all-ones (llama.cpp's `bytes_from_bits_32`).
 #[inline(always)]
-unsafe fn q5_codes(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
-    let bits = _mm256_set1_epi32(i32::from_le_bytes(qh));
-    let spread = _mm256_shuffle_epi8(
-        bits,
-        _mm256_set_epi64x(
-            0x0303030303030303,
-            0x0202020202020202,
-            0x0101010101010101,
-            0,
-        ),
-    );
+unsafe fn high_bits(qh: __m256i, pick: __m256i) -> __m256i {
     let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
-    let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1));
-    _mm256_or_si256(
-        nibbles32(qs.as_ptr()),
-        _mm256_and_si256(set, _mm256_set1_epi8(0x10)),
-    )
+    let spread = _mm256_or_si256(_mm256_shuffle_epi8(qh, pick), others);
+    let set = _mm256_cmpeq_epi8(spread, _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// `vpshufb` indices that give bytes `8j..8j + 8` of a vector byte `b[j]` of their 128-bit half.
+#[inline(always)]
+unsafe fn pick_bytes(b: [i64; 4]) -> __m256i {
+    let r = 0x0101010101010101;
+    _mm256_set_epi64x(b[3] * r, b[2] * r, b[1] * r, b[0] * r)
+}
+
+/// The 32 5-bit codes of a Q5_0 / Q5_1 block in element order: the nibbles, plus 16 where bit
+/// `e` of `qh` is set.
+#[inline(always)]
+unsafe fn q5_codes(qs: *const u8, qh: [u8; 4]) -> __m256i {
+    let bits = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    _mm256_or_si256(nibbles32(qs), high_bits(bits, pick_bytes([0, 1, 2, 3])))
 }
 
 impl Q8Block for BlockQ5_0 {
     #[inline(always)]
     unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
         let d = f16_to_f32(self.d);
-        (dot_u8_i8(q5_codes(&self.qs, self.qh), xq), d, -16.0 * d)
+        (
+            dot_u8_i8(q5_codes(self.qs.as_ptr(), self.qh), xq),
+            d,
+            -16.0 * d,
+        )
     }
 }
 
 impl Q8Block for BlockQ5_1 {
     #[inline(always)]
     unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
-        let p = dot_u8_i8(q5_codes(&self.qs, self.qh), xq);
+        let p = dot_u8_i8(q5_codes(self.qs.as_ptr(), self.qh), xq);
         (p, f16_to_f32(self.d), f16_to_f32(self.m))
     }
 }
@@ -669,6 +676,100 @@ impl RowQ8 for Int4G32<'_> {
     #[inline(always)]
     unsafe fn codes(&self, k: usize) -> __m256i {
         nibbles32(self.qs.as_ptr().add(k * 16))
+    }
+}
+
+/// A row of split Q5_0 / Q5_1 blocks ([`crate::kernels::rows`]): its fields' arrays (`m` empty
+/// for Q5_0, whose offset is `-16 d`).
+struct Q5Rows<'a, const MIN: bool> {
+    d: &'a [u8],
+    m: &'a [u8],
+    qh: &'a [u8],
+    qs: &'a [u8],
+}
+
+impl<const MIN: bool> RowQ8 for Q5Rows<'_, MIN> {
+    #[inline(always)]
+    fn prefetch(&self) {
+        crate::kernels::prefetch(self.d);
+        crate::kernels::prefetch(self.m);
+        crate::kernels::prefetch(self.qh);
+        crate::kernels::prefetch(self.qs);
+    }
+    #[inline(always)]
+    unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
+        // Eight headers are one load and one convert: what splitting the rows is for.
+        let d = load_f16x8(self.d.as_ptr().add(2 * k) as *const half::f16);
+        let c = if MIN {
+            load_f16x8(self.m.as_ptr().add(2 * k) as *const half::f16)
+        } else {
+            _mm256_mul_ps(d, _mm256_set1_ps(-16.0))
+        };
+        (d, c)
+    }
+    #[inline(always)]
+    unsafe fn pair(&self, k: usize) -> (__m256i, __m256i) {
+        // Both blocks' nibbles in one load (first halves low, second halves high), and both
+        // `qh` in one quadword: bytes 0-1 and 4-5 hold the first halves' fifth bits.
+        let (lo, hi) = nibble_halves(_mm256_loadu_si256(
+            self.qs.as_ptr().add(k * 16) as *const __m256i
+        ));
+        let qh = std::ptr::read_unaligned(self.qh.as_ptr().add(4 * k) as *const i64);
+        let bits = _mm256_set1_epi64x(qh);
+        (
+            _mm256_or_si256(lo, high_bits(bits, pick_bytes([0, 1, 4, 5]))),
+            _mm256_or_si256(hi, high_bits(bits, pick_bytes([2, 3, 6, 7]))),
+        )
+    }
+    #[inline(always)]
+    unsafe fn scale(&self, k: usize) -> (f32, f32) {
+        let f16_at = |a: &[u8]| f16_to_f32(half::f16::from_le_bytes([a[2 * k], a[2 * k + 1]]));
+        let d = f16_at(self.d);
+        (d, if MIN { f16_at(self.m) } else { -16.0 * d })
+    }
+    #[inline(always)]
+    unsafe fn codes(&self, k: usize) -> __m256i {
+        let qh = self.qh.get_unchecked(4 * k..4 * k + 4);
+        q5_codes(self.qs.as_ptr().add(16 * k), [qh[0], qh[1], qh[2], qh[3]])
+    }
+}
+
+/// Split Q5_0 / Q5_1 rows ([`crate::kernels::rows`]) · several tokens' 8-bit activations,
+/// through [`gemm_rows_q8`] (decode passes one token).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `t` must be Q5_0 or Q5_1, `w` whole rows of
+/// `xs[0].len() / 32` blocks for `y.len() / xs.len()` outputs, and every token the same length
+/// (the `act8` dispatcher checks it).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q5_rows_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    let Some(x0) = xs.first() else { return };
+    let nb = x0.len() / QK8;
+    let rb = nb * t.block_bytes();
+    // Offsets of the fields in a row: d, then m (Q5_1), qh and qs.
+    let (m_at, qh_at) = if t == GgmlType::Q5_1 {
+        (2 * nb, 4 * nb)
+    } else {
+        (2 * nb, 2 * nb)
+    };
+    let qs_at = qh_at + 4 * nb;
+    macro_rules! run {
+        ($min:literal) => {
+            gemm_rows_q8(xs, y, |r| {
+                let row = w.get_unchecked(r * rb..(r + 1) * rb);
+                Q5Rows::<$min> {
+                    d: row.get_unchecked(..2 * nb),
+                    m: row.get_unchecked(m_at..qh_at),
+                    qh: row.get_unchecked(qh_at..qs_at),
+                    qs: row.get_unchecked(qs_at..),
+                }
+            })
+        };
+    }
+    if t == GgmlType::Q5_1 {
+        run!(true)
+    } else {
+        run!(false)
     }
 }
 

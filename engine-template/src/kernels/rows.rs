@@ -1,0 +1,181 @@
+//! GGUF's 5-bit blocks stored split by field within each row (ADR 26): a row of `nb` Q5_0
+//! blocks is their `nb` scales `d`, then their `nb` fifth-bit words `qh`, then their `nb`
+//! nibble arrays `qs`; Q5_1 adds its `nb` minimums `m` after the scales. Bytes and values are
+//! ggml's, only their order changes, so the packer splits a GGUF tensor without requantizing.
+//!
+//! Why: in ggml's order a 22-byte block interleaves its header with its codes, and a kernel
+//! widens each header on its own (an f16 convert, a multiply and a broadcast per block) and
+//! expands each `qh` on its own. Split, eight scales are one 16-byte load and one `vcvtph2ps`,
+//! and two blocks' nibbles are one 32-byte load, as in int4 g32 rows, so the batched 8-bit tile
+//! (`x86::avx2_q8`) runs them, for decode and prefill alike.
+
+use super::blocks::{BlockQ5_0, BlockQ5_1, GgmlType as Gt, QK};
+use super::{quant, Isa};
+
+/// A Q5_0 row of `NB` blocks split by field: 5.5 bits per weight; block `k` is `d[k]` (f16),
+/// `qh[k]` and `qs[k]` of ggml's `block_q5_0`, elements in its order. Byte fields only
+/// (alignment 1, no padding), like [`super::int::RowI4`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RowQ5_0<const NB: usize> {
+    pub d: [[u8; 2]; NB],
+    pub qh: [[u8; 4]; NB],
+    pub qs: [[u8; QK / 2]; NB],
+}
+// SAFETY: only byte arrays (alignment 1, no padding); every bit pattern is valid.
+unsafe impl<const NB: usize> bytemuck::Zeroable for RowQ5_0<NB> {}
+// SAFETY: as above.
+unsafe impl<const NB: usize> bytemuck::Pod for RowQ5_0<NB> {}
+const _: () = assert!(std::mem::size_of::<RowQ5_0<18>>() == 18 * std::mem::size_of::<BlockQ5_0>());
+
+/// A Q5_1 row of `NB` blocks split by field: 6 bits per weight; block `k` is `d[k]`, `m[k]`
+/// (f16), `qh[k]` and `qs[k]` of ggml's `block_q5_1`, elements in its order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RowQ5_1<const NB: usize> {
+    pub d: [[u8; 2]; NB],
+    pub m: [[u8; 2]; NB],
+    pub qh: [[u8; 4]; NB],
+    pub qs: [[u8; QK / 2]; NB],
+}
+// SAFETY: only byte arrays (alignment 1, no padding); every bit pattern is valid.
+unsafe impl<const NB: usize> bytemuck::Zeroable for RowQ5_1<NB> {}
+// SAFETY: as above.
+unsafe impl<const NB: usize> bytemuck::Pod for RowQ5_1<NB> {}
+const _: () = assert!(std::mem::size_of::<RowQ5_1<18>>() == 18 * std::mem::size_of::<BlockQ5_1>());
+
+/// The sizes of a block's fields in their order, for the formats stored split.
+pub fn fields(t: Gt) -> Option<&'static [usize]> {
+    match t {
+        Gt::Q5_0 => Some(&[2, 4, 16]),
+        Gt::Q5_1 => Some(&[2, 2, 4, 16]),
+        _ => None,
+    }
+}
+
+/// The fields of [`fields`], as `model.ie.json`'s layout note names them.
+pub fn field_names(t: Gt) -> &'static [&'static str] {
+    match t {
+        Gt::Q5_0 => &["d[nb] (f16 LE)", "qh[nb] (u32 LE)", "qs[nb] (16 bytes)"],
+        Gt::Q5_1 => &[
+            "d[nb] (f16 LE)",
+            "m[nb] (f16 LE)",
+            "qh[nb] (u32 LE)",
+            "qs[nb] (16 bytes)",
+        ],
+        _ => &[],
+    }
+}
+
+/// Calls `f(offset in the GGUF blocks, offset in the split row, length)` for every field of
+/// every block of a row of `nb` blocks of `t` (which must be split: see [`fields`]).
+fn each_field(t: Gt, nb: usize, mut f: impl FnMut(usize, usize, usize)) {
+    let sizes = fields(t).expect("only split formats have fields");
+    let block: usize = sizes.iter().sum();
+    let (mut at_block, mut at_row) = (0, 0);
+    for &len in sizes {
+        for k in 0..nb {
+            f(k * block + at_block, at_row + k * len, len);
+        }
+        at_block += len;
+        at_row += nb * len;
+    }
+}
+
+/// Splits GGUF blocks of `t`, rows of `nb` blocks, into `out` (the same length).
+pub fn split_rows(t: Gt, nb: usize, blocks: &[u8], out: &mut [u8]) {
+    assert_eq!(blocks.len(), out.len(), "splitting {} rows", t.name());
+    let rb = nb * t.block_bytes();
+    if rb == 0 {
+        return;
+    }
+    for (src, dst) in blocks.chunks_exact(rb).zip(out.chunks_exact_mut(rb)) {
+        each_field(t, nb, |b, r, len| {
+            dst[r..r + len].copy_from_slice(&src[b..b + len])
+        });
+    }
+}
+
+/// One split row of `t` back into GGUF blocks (`out` as long as `row`).
+pub fn join_row(t: Gt, row: &[u8], out: &mut [u8]) {
+    assert_eq!(row.len(), out.len(), "joining a {} row", t.name());
+    each_field(t, row.len() / t.block_bytes(), |b, r, len| {
+        out[b..b + len].copy_from_slice(&row[r..r + len])
+    });
+}
+
+/// Dequantizes split rows of `cols` weights, bit-exact with ggml: each row joined back into
+/// blocks, then the blocks' reference dequantization.
+pub fn dequant_rows_ref(t: Gt, cols: usize, w: &[u8], out: &mut [f32]) {
+    let rb = t.nbytes(cols).expect("rows of whole blocks");
+    let mut blocks = vec![0u8; rb];
+    for (row, o) in w
+        .chunks_exact(rb.max(1))
+        .zip(out.chunks_exact_mut(cols.max(1)))
+    {
+        join_row(t, row, &mut blocks);
+        t.dequant(&blocks, o);
+    }
+}
+
+/// Split rows · f32 activations: each row joined back into blocks and run through the block
+/// format's GEMV. Decode and prefill take the 8-bit path
+/// ([`super::act8::gemm_q5_rows_q8`]); this one serves
+/// `IE_ACT8=0` and the packer's checks.
+pub fn gemv_rows(isa: Isa, t: Gt, w: &[u8], x: &[f32], y: &mut [f32]) {
+    let rb = t.nbytes(x.len()).expect("rows of whole blocks");
+    assert_eq!(
+        w.len(),
+        rb * y.len(),
+        "gemv over {} rows: shape mismatch",
+        t.name()
+    );
+    let mut blocks = vec![0u8; rb];
+    for (r, yr) in y.iter_mut().enumerate() {
+        join_row(t, &w[r * rb..(r + 1) * rb], &mut blocks);
+        let yr = std::slice::from_mut(yr);
+        match t {
+            Gt::Q5_0 => quant::gemv_q5_0(isa, &bytemuck::pod_collect_to_vec(&blocks), x, yr),
+            Gt::Q5_1 => quant::gemv_q5_1(isa, &bytemuck::pod_collect_to_vec(&blocks), x, yr),
+            _ => unreachable!("{} is not stored split", t.name()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each field lands where `RowQ5_1` (and the layout note) puts it, and joining undoes it.
+    #[test]
+    fn split_puts_fields_in_arrays_and_join_undoes_it() {
+        let (nb, rows) = (3, 2);
+        let blocks: Vec<BlockQ5_1> = (0..nb * rows)
+            .map(|i| BlockQ5_1 {
+                d: half::f16::from_bits(0x100 + i as u16),
+                m: half::f16::from_bits(0x200 + i as u16),
+                qh: [i as u8, 1, 2, 3],
+                qs: [0x40 + i as u8; 16],
+            })
+            .collect();
+        let bytes: &[u8] = bytemuck::cast_slice(&blocks);
+        let mut split = vec![0u8; bytes.len()];
+        split_rows(Gt::Q5_1, nb, bytes, &mut split);
+        let split_rows: &[RowQ5_1<3>] = bytemuck::cast_slice(&split);
+        for (r, row) in split_rows.iter().enumerate() {
+            for k in 0..nb {
+                let b = &blocks[r * nb + k];
+                assert_eq!(row.d[k], b.d.to_le_bytes(), "row {r} block {k}: d");
+                assert_eq!(row.m[k], b.m.to_le_bytes(), "row {r} block {k}: m");
+                assert_eq!(row.qh[k], b.qh, "row {r} block {k}: qh");
+                assert_eq!(row.qs[k], b.qs, "row {r} block {k}: qs");
+            }
+        }
+        let rb = nb * Gt::Q5_1.block_bytes();
+        let mut joined = vec![0u8; rb];
+        for r in 0..rows {
+            join_row(Gt::Q5_1, &split[r * rb..(r + 1) * rb], &mut joined);
+            assert_eq!(joined, bytes[r * rb..(r + 1) * rb], "row {r}");
+        }
+    }
+}
