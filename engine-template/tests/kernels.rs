@@ -195,7 +195,7 @@ fn widen_bf16_and_f16_match_reference() {
 }
 
 #[test]
-fn dot_and_axpy_match_reference() {
+fn dot_matches_reference() {
     let mut fails = Vec::new();
     for isa in Isa::available() {
         for n in 0..=2 * MAX_STEP + 3 {
@@ -226,16 +226,58 @@ fn dot_and_axpy_match_reference() {
                         }
                     }
                 }
-                let mut y = b.to_vec();
-                let mut y_ref = b.to_vec();
-                kernels::axpy_f32(isa, 0.75, a, &mut y);
-                reference::axpy_f32_ref(0.75, a, &mut y_ref);
-                for (i, (g, e)) in y.iter().zip(&y_ref).enumerate() {
-                    if (g - e).abs() > tol::ELEMENTWISE_REL * e.abs().max(1.0) {
-                        fails.push(format!(
-                            "axpy_f32 isa={} n={n} misalign={mis} index={i}: expected {e}, actual {g}",
-                            isa.name()
-                        ));
+            }
+        }
+    }
+    assert_none(fails);
+}
+
+/// One head's attention against f64 math: head sizes around the 8-lane and 64-float register
+/// blocks, 0 to 9 positions (whole groups of four keys and every remainder), this head's slice
+/// in the middle of each cache row, the caches misaligned.
+#[test]
+fn attend_matches_f64_math() {
+    let mut fails = Vec::new();
+    for isa in Isa::available() {
+        for hd in [1usize, 8, 13, 64, 72, 136] {
+            for n in 0..=9usize {
+                for mis in 0..2 {
+                    let (stride, at) = (3 * hd + 1, hd + 1);
+                    let len = n * stride + mis;
+                    let (k, v) = (
+                        values(len, (hd + n) as u32),
+                        values(len, (hd * n + 5) as u32),
+                    );
+                    let (k, v) = (&k[mis..], &v[mis..]);
+                    let q = values(hd, hd as u32 + 7);
+                    let scale = 1.0 / (hd as f32).sqrt();
+                    // f64 scores, softmax and weighted sum.
+                    let s: Vec<f64> = (0..n)
+                        .map(|t| dot_f64(&q, &k[t * stride + at..][..hd]).0 * scale as f64)
+                        .collect();
+                    let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let p: Vec<f64> = e.iter().map(|x| x / e.iter().sum::<f64>()).collect();
+                    let (mut sc, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
+                    kernels::attend_f32(isa, &q, (k, v), (stride, at), scale, &mut sc, &mut out);
+                    for (t, (&got, &exp)) in sc.iter().zip(&p).enumerate() {
+                        if !((got as f64 - exp).abs() <= tol::ELEMENTWISE_REL as f64) {
+                            fails.push(format!(
+                                "attend_f32 scores isa={} hd={hd} n={n} misalign={mis} index={t}: expected {exp}, actual {got}",
+                                isa.name()
+                            ));
+                        }
+                    }
+                    for (i, &got) in out.iter().enumerate() {
+                        let col: Vec<f64> = (0..n).map(|t| v[t * stride + at + i] as f64).collect();
+                        let exp: f64 = col.iter().zip(&p).map(|(v, p)| v * p).sum();
+                        let mag: f64 = col.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                        if !((got as f64 - exp).abs() <= bound(n, mag)) {
+                            fails.push(format!(
+                                "attend_f32 output isa={} hd={hd} n={n} misalign={mis} index={i}: expected {exp}, actual {got}",
+                                isa.name()
+                            ));
+                        }
                     }
                 }
             }

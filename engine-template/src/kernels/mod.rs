@@ -224,14 +224,22 @@ pub fn dot4x2_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     }
 }
 
-/// `y += a * x` (attention's weighted sum of values).
+/// One head's attention over `sc.len()` cached positions ([`reference::attend_ref`]).
 #[inline]
-pub fn axpy_f32(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+pub fn attend_f32(
+    isa: Isa,
+    q: &[f32],
+    kv: (&[f32], &[f32]),
+    at: (usize, usize),
+    scale: f32,
+    sc: &mut [f32],
+    out: &mut [f32],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
         // detection, and both imply AVX2.
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::axpy_f32_avx2(a, x, y) },
-        _ => reference::axpy_f32_ref(a, x, y),
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::attend_f32_avx2(q, kv, at, scale, sc, out) },
+        _ => reference::attend_ref(q, kv, at, scale, sc, out),
     }
 }

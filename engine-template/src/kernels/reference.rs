@@ -71,6 +71,28 @@ pub fn axpy_f32_ref(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// One head's attention over `sc.len()` cached positions: `sc[t] = scale * dot(q, key t)`,
+/// softmax over `sc`, then `out = sum_t sc[t] * value t`. Key and value `t` are the `q.len()`
+/// floats at `t * stride + at` of `k` and `v` (a layer's caches, this head's slice of each row).
+pub fn attend_ref(
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    (stride, at): (usize, usize),
+    scale: f32,
+    sc: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    for (t, s) in sc.iter_mut().enumerate() {
+        *s = dot_f32_ref(q, &k[t * stride + at..][..hd]) * scale;
+    }
+    softmax_ref(sc);
+    out.fill(0.0);
+    for (t, &p) in sc.iter().enumerate() {
+        axpy_f32_ref(p, &v[t * stride + at..][..hd], out);
+    }
+}
+
 /// RMSNorm as transformers computes it: `w * (x / sqrt(mean(x²) + eps))`, in f32.
 pub fn rmsnorm_ref(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     assert!(

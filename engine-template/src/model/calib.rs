@@ -3,7 +3,7 @@
 //! as the baked model, picked by [`kernels::isa`]; inference itself always uses the
 //! const-generic [`super::llama::Llama`].
 
-use super::llama::{add, attend_head};
+use super::llama::add;
 use crate::format::{layer_tensor_name, LlamaConfig};
 use crate::kernels::{self, reference as r, Isa};
 use crate::pool::Pool;
@@ -101,7 +101,7 @@ pub fn capture<'w>(
             let scale = 1.0 / (hd as f32).sqrt();
             for h in 0..heads {
                 let g = h / (heads / kvh);
-                attend_head(
+                crate::kernels::attend_f32(
                     isa,
                     &q[h * hd..(h + 1) * hd],
                     (&kc[l], &vc[l]),

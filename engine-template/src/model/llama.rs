@@ -226,7 +226,7 @@ impl_for_layer_types! {
                         // SAFETY: head `h` belongs to this thread alone.
                         let sc = unsafe { scores.range(h * ctx, seen) };
                         let at = kvh * HEAD_DIM;
-                        attend_head(isa, q_h, (layer_k, layer_v), (KV_DIM, at), scale, sc, out_h);
+                        kernels::attend_f32(isa, q_h, (layer_k, layer_v), (KV_DIM, at), scale, sc, out_h);
                     }
                 });
             }
@@ -273,29 +273,6 @@ impl_for_layer_types! {
             }
             add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
         }
-    }
-}
-
-/// One head's attention over the first `sc.len()` cached positions: scaled scores against the
-/// keys, softmax, then the weighted sum of the values into `out`. `kv` are the layer's key and
-/// value caches, rows of `stride` floats with this head's vector at `at` in each.
-pub(crate) fn attend_head(
-    isa: kernels::Isa,
-    q: &[f32],
-    kv: (&[f32], &[f32]),
-    (stride, at): (usize, usize),
-    scale: f32,
-    sc: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    for (t, s) in sc.iter_mut().enumerate() {
-        *s = kernels::dot_f32(isa, q, &kv.0[t * stride + at..][..hd]) * scale;
-    }
-    r::softmax_ref(sc);
-    out.fill(0.0);
-    for (t, &p) in sc.iter().enumerate() {
-        kernels::axpy_f32(isa, p, &kv.1[t * stride + at..][..hd], out);
     }
 }
 
