@@ -32,11 +32,11 @@ pub struct ActQ8 {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     /// `qs` with each pair of blocks reordered to the nibble layout of int4 g32 rows and of two
-    /// Q4_0 / Q4_1 blocks side by side, built on first use
-    /// ([`ActQ8::pairs`]) and shared by every matrix and thread that reads these activations.
-    pairs: std::sync::OnceLock<Vec<i8>>,
+    /// Q4_0 / Q4_1 blocks side by side ([`ActQ8::pairs`]), shared by every matrix and thread
+    /// that reads these activations.
+    pairs: Vec<i8>,
     /// Each pair of blocks' `d` in the lanes of their pair sums ([`ActQ8::d_pairs`]).
-    d_pairs: std::sync::OnceLock<Vec<f32>>,
+    d_pairs: Vec<f32>,
 }
 
 impl ActQ8 {
@@ -48,8 +48,6 @@ impl ActQ8 {
             x.len()
         );
         let nb = x.len() / QK8;
-        self.pairs.take();
-        self.d_pairs.take();
         self.qs.resize(x.len(), 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
@@ -60,6 +58,24 @@ impl ActQ8 {
             Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::quantize_q8_avx2(x, self) },
             _ => quantize_q8_ref(x, self),
         }
+        // Built here, on the thread that quantizes, not on first use inside a parallel GEMV:
+        // there a thread that found another building them waited on a futex.
+        let h = QK8 / 2;
+        self.pairs.resize(nb / 2 * 2 * QK8, 0);
+        for (dst, src) in self
+            .pairs
+            .chunks_exact_mut(2 * QK8)
+            .zip(self.qs.chunks_exact(2 * QK8))
+        {
+            dst[..h].copy_from_slice(&src[..h]);
+            dst[h..2 * h].copy_from_slice(&src[QK8..QK8 + h]);
+            dst[2 * h..3 * h].copy_from_slice(&src[h..QK8]);
+            dst[3 * h..].copy_from_slice(&src[QK8 + h..]);
+        }
+        self.d_pairs.clear();
+        let pairs = self.d.chunks_exact(2);
+        self.d_pairs
+            .extend(pairs.flat_map(|p| [p[0], p[0], p[0], p[0], p[1], p[1], p[1], p[1]]));
     }
 
     /// Activations, the number of values.
@@ -75,32 +91,21 @@ impl ActQ8 {
     /// blocks' first halves (the low nibbles), then both second halves (the high nibbles). A
     /// trailing odd block is left out.
     pub fn pairs(&self) -> &[i8] {
-        self.pairs.get_or_init(|| {
-            let h = QK8 / 2;
-            let mut out = vec![0i8; self.qs.len() / (2 * QK8) * 2 * QK8];
-            for (dst, src) in out
-                .chunks_exact_mut(2 * QK8)
-                .zip(self.qs.chunks_exact(2 * QK8))
-            {
-                dst[..h].copy_from_slice(&src[..h]);
-                dst[h..2 * h].copy_from_slice(&src[QK8..QK8 + h]);
-                dst[2 * h..3 * h].copy_from_slice(&src[h..QK8]);
-                dst[3 * h..].copy_from_slice(&src[QK8 + h..]);
-            }
-            out
-        })
+        &self.pairs
+    }
+
+    /// Whether [`ActQ8::pairs`] and [`ActQ8::d_pairs`] are as long as the codes need: they are
+    /// filled by [`ActQ8::quantize`] only, and the kernels that read them check this first.
+    pub fn pairs_sized(&self) -> bool {
+        let np = self.len() / (2 * QK8);
+        self.pairs.len() == np * 2 * QK8 && self.d_pairs.len() == np * 8
     }
 
     /// Each pair of blocks' scales in 8 lanes, as `vpmaddwd` leaves the pair sums of
-    /// [`ActQ8::pairs`]: the first block's `d` in lanes 0-3, the second's in lanes 4-7. Built
-    /// on first use; a trailing odd block is left out.
+    /// [`ActQ8::pairs`]: the first block's `d` in lanes 0-3, the second's in lanes 4-7. A
+    /// trailing odd block is left out.
     pub fn d_pairs(&self) -> &[f32] {
-        self.d_pairs.get_or_init(|| {
-            self.d
-                .chunks_exact(2)
-                .flat_map(|p| [p[0], p[0], p[0], p[0], p[1], p[1], p[1], p[1]])
-                .collect()
-        })
+        &self.d_pairs
     }
 
     /// The values the codes stand for (`d * q`).

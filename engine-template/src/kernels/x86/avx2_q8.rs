@@ -777,6 +777,10 @@ pub unsafe fn gemm_q5_rows_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut 
 /// = dot(row r, xs[i])`, four tokens at a time ([`gemm_tile_q8`]).
 #[inline(always)]
 unsafe fn gemm_rows_q8<R: RowQ8>(xs: &[ActQ8], y: &mut [f32], row: impl Fn(usize) -> R) {
+    assert!(
+        xs.iter().all(ActQ8::pairs_sized),
+        "gemm_rows_q8: activations not filled by ActQ8::quantize"
+    );
     let rows = y.len() / xs.len().max(1);
     let mut i = 0;
     while i + 4 <= xs.len() {
@@ -825,7 +829,7 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
     let ng = xs[0].len() / QK8;
     let rows = y.len() / T;
     let ones = _mm256_set1_epi16(1);
-    // The tokens' arrays, fetched once (`pairs` goes through a `OnceLock`).
+    // The tokens' arrays, fetched once.
     let mut px = [std::ptr::null::<i8>(); T];
     let (mut xd, mut xsum) = ([std::ptr::null::<f32>(); T], [std::ptr::null::<f32>(); T]);
     // Where the scales are integers, `acc` is scaled by the row's `d` at the end and the
