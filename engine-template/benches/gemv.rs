@@ -104,7 +104,7 @@ fn gemvs(c: &mut Criterion) {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
                 let xs = std::slice::from_ref(&xq);
-                act8::gemm_q5_rows_q8(isa, GgmlType::Q5_0, &q50r, xs, &mut y)
+                act8::gemm_split_q8(isa, GgmlType::Q5_0, &q50r, xs, &mut y)
             })
         });
         let q51: Vec<BlockQ5_1> = q50
@@ -128,7 +128,7 @@ fn gemvs(c: &mut Criterion) {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
                 let xs = std::slice::from_ref(&xq);
-                act8::gemm_q5_rows_q8(isa, GgmlType::Q5_1, &q51r, xs, &mut y)
+                act8::gemm_split_q8(isa, GgmlType::Q5_1, &q51r, xs, &mut y)
             })
         });
         g.finish();

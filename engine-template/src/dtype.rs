@@ -247,12 +247,12 @@ macro_rules! rows_weight {
             const ACT8: bool = true;
             #[inline]
             fn gemv_q8(isa: Isa, w: &[rows::$row<NB>], x: &ActQ8, y: &mut [f32]) {
-                act8::gemm_q5_rows_q8(isa, $gt, bytemuck::cast_slice(w), std::slice::from_ref(x), y)
+                act8::gemm_split_q8(isa, $gt, bytemuck::cast_slice(w), std::slice::from_ref(x), y)
             }
             const GEMM_Q8: bool = true;
             #[inline]
             fn gemm_q8(isa: Isa, w: &[rows::$row<NB>], xs: &[ActQ8], y: &mut [f32]) {
-                act8::gemm_q5_rows_q8(isa, $gt, bytemuck::cast_slice(w), xs, y)
+                act8::gemm_split_q8(isa, $gt, bytemuck::cast_slice(w), xs, y)
             }
             fn to_f32(w: &[rows::$row<NB>], out: &mut [f32]) {
                 rows::dequant_rows_ref($gt, NB * QK, bytemuck::cast_slice(w), out)
@@ -260,6 +260,10 @@ macro_rules! rows_weight {
         }
     };
 }
+rows_weight!(/// GGUF Q4_0 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).
+    Q4_0Rows, RowQ4_0, Gt::Q4_0);
+rows_weight!(/// GGUF Q4_1 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).
+    Q4_1Rows, RowQ4_1, Gt::Q4_1);
 rows_weight!(/// GGUF Q5_0 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).
     Q5_0Rows, RowQ5_0, Gt::Q5_0);
 rows_weight!(/// GGUF Q5_1 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).

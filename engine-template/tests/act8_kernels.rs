@@ -379,8 +379,8 @@ fn check_gemm_every_isa(
 }
 
 /// Group counts with and without a tail past the last eight (a pair, an odd group, both): int4 (groups of 32 run the
-/// batched kernel, 64 the GEMV per token), the 4-bit GGUF blocks (every nibble code) and the
-/// 5-bit ones split by rows.
+/// batched kernel, 64 the GEMV per token), the 4-bit GGUF blocks (every nibble code), and the
+/// 4- and 5-bit ones split by rows.
 #[test]
 fn gemms_every_isa_match_reference() {
     let rows = 5;
@@ -404,8 +404,10 @@ fn gemms_every_isa_match_reference() {
         let (q40, q41) = (q4_0_blocks(n), q4_1_blocks(n));
         let (q50, q51) = q5_blocks(n);
         let mut deq = vec![0.0f32; n * QK8];
-        // The 5-bit blocks split by rows (the packer's layout for them): the same values.
+        // The blocks split by rows (the packer's layout for them): the same values.
         for (t, bytes) in [
+            (GgmlType::Q4_0, as_bytes(&q40)),
+            (GgmlType::Q4_1, as_bytes(&q41)),
             (GgmlType::Q5_0, as_bytes(&q50)),
             (GgmlType::Q5_1, as_bytes(&q51)),
         ] {
@@ -413,12 +415,12 @@ fn gemms_every_isa_match_reference() {
             rows::split_rows(t, ng, &bytes, &mut split);
             t.dequant(&bytes, &mut deq);
             check_gemm_every_isa(
-                &format!("gemm_q5_rows_q8 {}", t.name()),
+                &format!("gemm_split_q8 {}", t.name()),
                 cols,
                 rows,
                 &split,
                 &deq,
-                &|isa, w, xs, y| act8::gemm_q5_rows_q8(isa, t, w, xs, y),
+                &|isa, w, xs, y| act8::gemm_split_q8(isa, t, w, xs, y),
             );
         }
         blocks::dequant_q4_0_ref(&q40, &mut deq);

@@ -326,8 +326,8 @@ fn mixed_format_gguf_native_matches_dequantized() {
     let meta = std::fs::read_to_string(work_dir("mixed-native").join("mixed-native/model.ie.json"))
         .unwrap();
     for f in [
-        "\"q4_0\"",
-        "\"q4_1\"",
+        "\"q4_0_rows\"",
+        "\"q4_1_rows\"",
         "\"q5_0_rows\"",
         "\"q5_1_rows\"",
         "\"q8_0\"",
@@ -336,7 +336,7 @@ fn mixed_format_gguf_native_matches_dequantized() {
     ] {
         assert!(
             meta.contains(f),
-            "the native pack keeps {f} blocks (Q5 split by rows)"
+            "the native pack keeps {f} blocks (split by rows where ADR 26 says)"
         );
     }
     for (i, (n, d)) in native.iter().zip(&dequant).enumerate() {

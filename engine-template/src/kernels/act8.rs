@@ -333,8 +333,8 @@ pub fn gemm_int4_q8(isa: Isa, group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f32
     }
 }
 
-/// Scalar reference of [`gemm_q5_rows_q8`]: the reference GEMV once per token.
-pub fn gemm_q5_rows_q8_ref(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+/// Scalar reference of [`gemm_split_q8`]: the reference GEMV once per token.
+pub fn gemm_split_q8_ref(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     gemm_q8_ref_with(xs, y, |x, y| {
         let (cols, rb) = (x.len(), t.nbytes(x.len()).expect("rows of whole blocks"));
         let row = |r: usize, o: &mut [f32]| rows::dequant_rows_ref(t, cols, &w[r * rb..][..rb], o);
@@ -342,27 +342,25 @@ pub fn gemm_q5_rows_q8_ref(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     })
 }
 
-/// Split Q5_0 / Q5_1 rows ([`rows`]) · several tokens' 8-bit activations: `y[i * rows + r] =
+/// Split Q4_0 / Q4_1 / Q5_0 / Q5_1 rows ([`rows`]) · several tokens' 8-bit activations: `y[i * rows + r] =
 /// dot(row r, xs[i])`, `y` being `[xs.len(), rows]` (decode passes one token).
 #[inline]
-pub fn gemm_q5_rows_q8(isa: Isa, t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
-    let (rows, Some(x0)) = gemm_rows("gemm_q5_rows_q8", xs, y.len()) else {
+pub fn gemm_split_q8(isa: Isa, t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    let (rows, Some(x0)) = gemm_rows("gemm_split_q8", xs, y.len()) else {
         return;
     };
     assert!(
-        matches!(t, GgmlType::Q5_0 | GgmlType::Q5_1) && w.len().is_multiple_of(t.block_bytes()),
-        "gemm_q5_rows_q8: {} bytes of {} rows",
+        rows::fields(t).is_some() && w.len().is_multiple_of(t.block_bytes()),
+        "gemm_split_q8: {} bytes of {} rows",
         w.len(),
         t.name()
     );
-    blocks_per_row("gemm_q5_rows_q8", QK, w.len() / t.block_bytes(), x0, rows);
+    blocks_per_row("gemm_split_q8", QK, w.len() / t.block_bytes(), x0, rows);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
         // detection, and both imply AVX2; the shapes are checked above.
-        Isa::Avx2 | Isa::Avx512 => unsafe {
-            super::x86::avx2_q8::gemm_q5_rows_q8_avx2(t, w, xs, y)
-        },
-        _ => gemm_q5_rows_q8_ref(t, w, xs, y),
+        Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::gemm_split_q8_avx2(t, w, xs, y) },
+        _ => gemm_split_q8_ref(t, w, xs, y),
     }
 }

@@ -1,16 +1,47 @@
-//! GGUF's 5-bit blocks stored split by field within each row (ADR 26): a row of `nb` Q5_0
-//! blocks is their `nb` scales `d`, then their `nb` fifth-bit words `qh`, then their `nb`
-//! nibble arrays `qs`; Q5_1 adds its `nb` minimums `m` after the scales. Bytes and values are
-//! ggml's, only their order changes, so the packer splits a GGUF tensor without requantizing.
+//! GGUF's 32-weight 4- and 5-bit blocks (Q4_0, Q4_1, Q5_0, Q5_1) stored split by field within
+//! each row (ADR 26): a row of `nb` Q5_0 blocks is their `nb` scales `d`, then their `nb`
+//! fifth-bit words `qh`, then their `nb` nibble arrays `qs`; the `_1` formats add their `nb`
+//! minimums `m` after the scales, and the 4-bit ones have no `qh`. Bytes and values are ggml's,
+//! only their order changes, so the packer splits a GGUF tensor without requantizing.
 //!
-//! Why: in ggml's order a 22-byte block interleaves its header with its codes, and a kernel
-//! widens each header on its own (an f16 convert, a multiply and a broadcast per block) and
-//! expands each `qh` on its own. Split, eight scales are one 16-byte load and one `vcvtph2ps`,
-//! and two blocks' nibbles are one 32-byte load, as in int4 g32 rows, so the batched 8-bit tile
-//! (`x86::avx2_q8`) runs them, for decode and prefill alike.
+//! Why: in ggml's order a block interleaves its header with its codes, and a kernel widens
+//! each header on its own (an f16 convert per field, a multiply and a broadcast per block).
+//! Split, eight scales are one 16-byte load and one `vcvtph2ps`, and two blocks' nibbles are
+//! one 32-byte load, as in int4 g32 rows, so the batched 8-bit tile (`x86::avx2_q8`) runs them,
+//! for decode and prefill alike.
 
-use super::blocks::{BlockQ5_0, BlockQ5_1, GgmlType as Gt, QK};
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, GgmlType as Gt, QK};
 use super::{quant, Isa};
+
+/// A Q4_0 row of `NB` blocks split by field: 4.5 bits per weight; block `k` is `d[k]` (f16)
+/// and `qs[k]` of ggml's `block_q4_0`, elements in its order. Byte fields only (alignment 1, no
+/// padding), like [`super::int::RowI4`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RowQ4_0<const NB: usize> {
+    pub d: [[u8; 2]; NB],
+    pub qs: [[u8; QK / 2]; NB],
+}
+// SAFETY: only byte arrays (alignment 1, no padding); every bit pattern is valid.
+unsafe impl<const NB: usize> bytemuck::Zeroable for RowQ4_0<NB> {}
+// SAFETY: as above.
+unsafe impl<const NB: usize> bytemuck::Pod for RowQ4_0<NB> {}
+const _: () = assert!(std::mem::size_of::<RowQ4_0<18>>() == 18 * std::mem::size_of::<BlockQ4_0>());
+
+/// A Q4_1 row of `NB` blocks split by field: 5 bits per weight; block `k` is `d[k]`, `m[k]`
+/// (f16) and `qs[k]` of ggml's `block_q4_1`, elements in its order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RowQ4_1<const NB: usize> {
+    pub d: [[u8; 2]; NB],
+    pub m: [[u8; 2]; NB],
+    pub qs: [[u8; QK / 2]; NB],
+}
+// SAFETY: only byte arrays (alignment 1, no padding); every bit pattern is valid.
+unsafe impl<const NB: usize> bytemuck::Zeroable for RowQ4_1<NB> {}
+// SAFETY: as above.
+unsafe impl<const NB: usize> bytemuck::Pod for RowQ4_1<NB> {}
+const _: () = assert!(std::mem::size_of::<RowQ4_1<18>>() == 18 * std::mem::size_of::<BlockQ4_1>());
 
 /// A Q5_0 row of `NB` blocks split by field: 5.5 bits per weight; block `k` is `d[k]` (f16),
 /// `qh[k]` and `qs[k]` of ggml's `block_q5_0`, elements in its order. Byte fields only
@@ -47,6 +78,8 @@ const _: () = assert!(std::mem::size_of::<RowQ5_1<18>>() == 18 * std::mem::size_
 /// The sizes of a block's fields in their order, for the formats stored split.
 pub fn fields(t: Gt) -> Option<&'static [usize]> {
     match t {
+        Gt::Q4_0 => Some(&[2, 16]),
+        Gt::Q4_1 => Some(&[2, 2, 16]),
         Gt::Q5_0 => Some(&[2, 4, 16]),
         Gt::Q5_1 => Some(&[2, 2, 4, 16]),
         _ => None,
@@ -56,6 +89,8 @@ pub fn fields(t: Gt) -> Option<&'static [usize]> {
 /// The fields of [`fields`], as `model.ie.json`'s layout note names them.
 pub fn field_names(t: Gt) -> &'static [&'static str] {
     match t {
+        Gt::Q4_0 => &["d[nb] (f16 LE)", "qs[nb] (16 bytes)"],
+        Gt::Q4_1 => &["d[nb] (f16 LE)", "m[nb] (f16 LE)", "qs[nb] (16 bytes)"],
         Gt::Q5_0 => &["d[nb] (f16 LE)", "qh[nb] (u32 LE)", "qs[nb] (16 bytes)"],
         Gt::Q5_1 => &[
             "d[nb] (f16 LE)",
@@ -120,7 +155,7 @@ pub fn dequant_rows_ref(t: Gt, cols: usize, w: &[u8], out: &mut [f32]) {
 
 /// Split rows · f32 activations: each row joined back into blocks and run through the block
 /// format's GEMV. Decode and prefill take the 8-bit path
-/// ([`super::act8::gemm_q5_rows_q8`]); this one serves
+/// ([`super::act8::gemm_split_q8`]); this one serves
 /// `IE_ACT8=0` and the packer's checks.
 pub fn gemv_rows(isa: Isa, t: Gt, w: &[u8], x: &[f32], y: &mut [f32]) {
     let rb = t.nbytes(x.len()).expect("rows of whole blocks");
@@ -134,9 +169,12 @@ pub fn gemv_rows(isa: Isa, t: Gt, w: &[u8], x: &[f32], y: &mut [f32]) {
     for (r, yr) in y.iter_mut().enumerate() {
         join_row(t, &w[r * rb..(r + 1) * rb], &mut blocks);
         let yr = std::slice::from_mut(yr);
+        let b = &blocks;
         match t {
-            Gt::Q5_0 => quant::gemv_q5_0(isa, &bytemuck::pod_collect_to_vec(&blocks), x, yr),
-            Gt::Q5_1 => quant::gemv_q5_1(isa, &bytemuck::pod_collect_to_vec(&blocks), x, yr),
+            Gt::Q4_0 => quant::gemv_q4_0(isa, &bytemuck::pod_collect_to_vec(b), x, yr),
+            Gt::Q4_1 => quant::gemv_q4_1(isa, &bytemuck::pod_collect_to_vec(b), x, yr),
+            Gt::Q5_0 => quant::gemv_q5_0(isa, &bytemuck::pod_collect_to_vec(b), x, yr),
+            Gt::Q5_1 => quant::gemv_q5_1(isa, &bytemuck::pod_collect_to_vec(b), x, yr),
             _ => unreachable!("{} is not stored split", t.name()),
         }
     }

@@ -679,16 +679,22 @@ impl RowQ8 for Int4G32<'_> {
     }
 }
 
-/// A row of split Q5_0 / Q5_1 blocks ([`crate::kernels::rows`]): its fields' arrays (`m` empty
-/// for Q5_0, whose offset is `-16 d`).
-struct Q5Rows<'a, const MIN: bool> {
+/// A row of split Q4_0 / Q4_1 / Q5_0 / Q5_1 blocks ([`crate::kernels::rows`]): its fields'
+/// arrays, `m` empty without `MIN` (Q4_0's offset is `-8 d`, Q5_0's `-16 d`), `qh` without
+/// `HIGH` (the 4-bit formats).
+struct SplitRow<'a, const MIN: bool, const HIGH: bool> {
     d: &'a [u8],
     m: &'a [u8],
     qh: &'a [u8],
     qs: &'a [u8],
 }
 
-impl<const MIN: bool> RowQ8 for Q5Rows<'_, MIN> {
+impl<const MIN: bool, const HIGH: bool> SplitRow<'_, MIN, HIGH> {
+    /// The offset per unit of `d` of the formats without `m`.
+    const ZERO: f32 = if HIGH { -16.0 } else { -8.0 };
+}
+
+impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
     #[inline(always)]
     fn prefetch(&self) {
         crate::kernels::prefetch(self.d);
@@ -703,7 +709,7 @@ impl<const MIN: bool> RowQ8 for Q5Rows<'_, MIN> {
         let c = if MIN {
             load_f16x8(self.m.as_ptr().add(2 * k) as *const half::f16)
         } else {
-            _mm256_mul_ps(d, _mm256_set1_ps(-16.0))
+            _mm256_mul_ps(d, _mm256_set1_ps(Self::ZERO))
         };
         (d, c)
     }
@@ -714,6 +720,9 @@ impl<const MIN: bool> RowQ8 for Q5Rows<'_, MIN> {
         let (lo, hi) = nibble_halves(_mm256_loadu_si256(
             self.qs.as_ptr().add(k * 16) as *const __m256i
         ));
+        if !HIGH {
+            return (lo, hi);
+        }
         let qh = std::ptr::read_unaligned(self.qh.as_ptr().add(4 * k) as *const i64);
         let bits = _mm256_set1_epi64x(qh);
         (
@@ -725,39 +734,46 @@ impl<const MIN: bool> RowQ8 for Q5Rows<'_, MIN> {
     unsafe fn scale(&self, k: usize) -> (f32, f32) {
         let f16_at = |a: &[u8]| f16_to_f32(half::f16::from_le_bytes([a[2 * k], a[2 * k + 1]]));
         let d = f16_at(self.d);
-        (d, if MIN { f16_at(self.m) } else { -16.0 * d })
+        (d, if MIN { f16_at(self.m) } else { Self::ZERO * d })
     }
     #[inline(always)]
     unsafe fn codes(&self, k: usize) -> __m256i {
+        let qs = self.qs.as_ptr().add(16 * k);
+        if !HIGH {
+            return nibbles32(qs);
+        }
         let qh = self.qh.get_unchecked(4 * k..4 * k + 4);
-        q5_codes(self.qs.as_ptr().add(16 * k), [qh[0], qh[1], qh[2], qh[3]])
+        q5_codes(qs, [qh[0], qh[1], qh[2], qh[3]])
     }
 }
 
-/// Split Q5_0 / Q5_1 rows ([`crate::kernels::rows`]) · several tokens' 8-bit activations,
-/// through [`gemm_rows_q8`] (decode passes one token).
+/// Split Q4_0 / Q4_1 / Q5_0 / Q5_1 rows ([`crate::kernels::rows`]) · several tokens' 8-bit
+/// activations, through [`gemm_rows_q8`] (decode passes one token).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `t` must be Q5_0 or Q5_1, `w` whole rows of
+/// The CPU must support AVX2, FMA and F16C; `t` must be one of those formats, `w` whole rows of
 /// `xs[0].len() / 32` blocks for `y.len() / xs.len()` outputs, and every token the same length
 /// (the `act8` dispatcher checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_q5_rows_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     let Some(x0) = xs.first() else { return };
     let nb = x0.len() / QK8;
     let rb = nb * t.block_bytes();
-    // Offsets of the fields in a row: d, then m (Q5_1), qh and qs.
-    let (m_at, qh_at) = if t == GgmlType::Q5_1 {
-        (2 * nb, 4 * nb)
-    } else {
-        (2 * nb, 2 * nb)
+    let (min, high) = match t {
+        GgmlType::Q4_0 => (false, false),
+        GgmlType::Q4_1 => (true, false),
+        GgmlType::Q5_0 => (false, true),
+        _ => (true, true),
     };
-    let qs_at = qh_at + 4 * nb;
+    // Offsets of the fields in a row: d, then m, qh and qs (each empty where absent).
+    let m_at = 2 * nb;
+    let qh_at = m_at + if min { 2 * nb } else { 0 };
+    let qs_at = qh_at + if high { 4 * nb } else { 0 };
     macro_rules! run {
-        ($min:literal) => {
+        ($min:literal, $high:literal) => {
             gemm_rows_q8(xs, y, |r| {
                 let row = w.get_unchecked(r * rb..(r + 1) * rb);
-                Q5Rows::<$min> {
+                SplitRow::<$min, $high> {
                     d: row.get_unchecked(..2 * nb),
                     m: row.get_unchecked(m_at..qh_at),
                     qh: row.get_unchecked(qh_at..qs_at),
@@ -766,10 +782,11 @@ pub unsafe fn gemm_q5_rows_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut 
             })
         };
     }
-    if t == GgmlType::Q5_1 {
-        run!(true)
-    } else {
-        run!(false)
+    match (min, high) {
+        (false, false) => run!(false, false),
+        (true, false) => run!(true, false),
+        (false, true) => run!(false, true),
+        (true, true) => run!(true, true),
     }
 }
 
