@@ -115,8 +115,9 @@ unsafe fn load_codes(x: &ActQ8, k: usize) -> __m256i {
 
 /// A 32-weight GGUF block against one activation block, for the GEMV's per-block loop
 /// ([`gemv_blocks_q8`]): the 8-lane integer dot, the weight scale `d`, and `c`, the block's
-/// offset per unit of activation sum (value = `d * q + c`). The 5- and 8-bit formats run it;
-/// the 4-bit ones run the batched kernel's tile ([`Q8Pair`]). One fused function: written
+/// offset per unit of activation sum (value = `d * q + c`). Q8_0 runs it, and Q5_0 / Q5_1 in
+/// ggml's block order (packs store them split by rows, ADR 26, and those run the batched tile
+/// through [`SplitRow`], as the 4-bit blocks do through [`Q8Pair`]). One fused function: written
 /// through separate scales and codes, LLVM scheduled the Q5_0 GEMV 14% slower (Q4_K_M decode
 /// 148 -> 130 tok/s, one thread 88 -> 76), though its loop's instructions came out the same.
 trait Q8Block {
