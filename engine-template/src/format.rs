@@ -20,8 +20,9 @@ use crate::kernels::blocks::GgmlType;
 use crate::kernels::int::{self, Clip, Scheme};
 use crate::kernels::rows;
 
-/// Element type of a stored tensor: a float type, a GGUF block format (Q5_0 and Q5_1 stored
-/// split by field within each row, [`crate::kernels::rows`]), or one of Clocher's weight-only
+/// Element type of a stored tensor: a float type, a GGUF block format (Q4_0, Q4_1, Q5_0 and
+/// Q5_1 stored split by field within each row, [`crate::kernels::rows`]), or one of Clocher's
+/// weight-only
 /// integer formats (layouts in [`crate::kernels::int`] and, per model, in `model.ie.json`'s
 /// `layouts`). Written as a lower-case name: `"f32"`, `"q4_1"`, `"q5_0_rows"`, `"int8"`,
 /// `"int4_g32"`.
@@ -293,7 +294,12 @@ pub fn layout_doc(d: Dtype) -> Option<String> {
         )),
         Dtype::Rows(t) => Some(format!(
             "{n}_rows: ggml's {n} blocks, each row's fields gathered into arrays in block order: {}. Block k is field[k] of each; bytes and values as in ggml.",
-            rows::field_names(t).join(", "),
+            rows::fields(t)
+                .unwrap_or_default()
+                .iter()
+                .map(|f| format!("{}[nb] ({})", f.name, f.ty))
+                .collect::<Vec<_>>()
+                .join(", "),
             n = t.name().to_ascii_lowercase()
         )),
         Dtype::Ggml(_) => None,

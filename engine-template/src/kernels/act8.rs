@@ -342,8 +342,9 @@ pub fn gemm_split_q8_ref(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     })
 }
 
-/// Split Q4_0 / Q4_1 / Q5_0 / Q5_1 rows ([`rows`]) · several tokens' 8-bit activations: `y[i * rows + r] =
-/// dot(row r, xs[i])`, `y` being `[xs.len(), rows]` (decode passes one token).
+/// Split Q4_0 / Q4_1 / Q5_0 / Q5_1 rows ([`rows`]) · several tokens' 8-bit activations:
+/// `y[i * rows + r] = dot(row r, xs[i])`, `y` being `[xs.len(), rows]` (decode passes one
+/// token).
 #[inline]
 pub fn gemm_split_q8(isa: Isa, t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     let (rows, Some(x0)) = gemm_rows("gemm_split_q8", xs, y.len()) else {

@@ -75,43 +75,69 @@ unsafe impl<const NB: usize> bytemuck::Zeroable for RowQ5_1<NB> {}
 unsafe impl<const NB: usize> bytemuck::Pod for RowQ5_1<NB> {}
 const _: () = assert!(std::mem::size_of::<RowQ5_1<18>>() == 18 * std::mem::size_of::<BlockQ5_1>());
 
-/// The sizes of a block's fields in their order, for the formats stored split.
-pub fn fields(t: Gt) -> Option<&'static [usize]> {
+/// One field of a block: its name in ggml, its type as `model.ie.json`'s layout note gives
+/// it, and its size.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    pub name: &'static str,
+    pub ty: &'static str,
+    pub bytes: usize,
+}
+
+const D: Field = Field {
+    name: "d",
+    ty: "f16 LE",
+    bytes: 2,
+};
+const M: Field = Field {
+    name: "m",
+    ty: "f16 LE",
+    bytes: 2,
+};
+const QH: Field = Field {
+    name: "qh",
+    ty: "u32 LE",
+    bytes: 4,
+};
+const QS: Field = Field {
+    name: "qs",
+    ty: "16 bytes",
+    bytes: QK / 2,
+};
+
+/// A block's fields in their order, for the formats stored split (the one description of the
+/// layout: splitting, joining, the kernels' offsets and the layout note all read it).
+pub fn fields(t: Gt) -> Option<&'static [Field]> {
     match t {
-        Gt::Q4_0 => Some(&[2, 16]),
-        Gt::Q4_1 => Some(&[2, 2, 16]),
-        Gt::Q5_0 => Some(&[2, 4, 16]),
-        Gt::Q5_1 => Some(&[2, 2, 4, 16]),
+        Gt::Q4_0 => Some(&[D, QS]),
+        Gt::Q4_1 => Some(&[D, M, QS]),
+        Gt::Q5_0 => Some(&[D, QH, QS]),
+        Gt::Q5_1 => Some(&[D, M, QH, QS]),
         _ => None,
     }
 }
 
-/// The fields of [`fields`], as `model.ie.json`'s layout note names them.
-pub fn field_names(t: Gt) -> &'static [&'static str] {
-    match t {
-        Gt::Q4_0 => &["d[nb] (f16 LE)", "qs[nb] (16 bytes)"],
-        Gt::Q4_1 => &["d[nb] (f16 LE)", "m[nb] (f16 LE)", "qs[nb] (16 bytes)"],
-        Gt::Q5_0 => &["d[nb] (f16 LE)", "qh[nb] (u32 LE)", "qs[nb] (16 bytes)"],
-        Gt::Q5_1 => &[
-            "d[nb] (f16 LE)",
-            "m[nb] (f16 LE)",
-            "qh[nb] (u32 LE)",
-            "qs[nb] (16 bytes)",
-        ],
-        _ => &[],
+/// Where field `name` lies in a split row of `nb` blocks of `t` (empty if `t` has none).
+pub fn field_range(t: Gt, nb: usize, name: &str) -> std::ops::Range<usize> {
+    let mut at = 0;
+    for f in fields(t).expect("only split formats have fields") {
+        if f.name == name {
+            return at..at + nb * f.bytes;
+        }
+        at += nb * f.bytes;
     }
+    at..at
 }
 
 /// Calls `f(offset in the GGUF blocks, offset in the split row, length)` for every field of
 /// every block of a row of `nb` blocks of `t` (which must be split: see [`fields`]).
 #[inline(always)]
 fn each_field(t: Gt, nb: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let sizes = fields(t).expect("only split formats have fields");
-    let block: usize = sizes.iter().sum();
+    let fields = fields(t).expect("only split formats have fields");
     let (mut at_block, mut at_row) = (0, 0);
-    for &len in sizes {
+    for len in fields.iter().map(|f| f.bytes) {
         for k in 0..nb {
-            f(k * block + at_block, at_row + k * len, len);
+            f(k * t.block_bytes() + at_block, at_row + k * len, len);
         }
         at_block += len;
         at_row += nb * len;
@@ -262,7 +288,11 @@ mod tests {
                 .map(|i| (i * 37 % 251) as u8)
                 .collect();
             // Finite f16 scales and minimums (the first fields of each row).
-            let heads = if fields(t).unwrap()[1] == 2 { 2 } else { 1 };
+            let heads = if field_range(t, 1, "m").is_empty() {
+                1
+            } else {
+                2
+            };
             for row in w.chunks_exact_mut(nb * t.block_bytes()) {
                 for (k, h) in row[..2 * nb * heads].chunks_exact_mut(2).enumerate() {
                     h.copy_from_slice(&half::f16::from_f32(0.01 * (k as f32 - 2.0)).to_le_bytes());

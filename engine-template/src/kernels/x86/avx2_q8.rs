@@ -14,7 +14,7 @@ use crate::kernels::blocks::{
     get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
     GgmlType, QK_K,
 };
-use crate::kernels::{int, prefetch_row, PREFETCH_ROWS};
+use crate::kernels::{int, prefetch_row, rows, PREFETCH_ROWS};
 use std::arch::x86_64::*;
 
 /// Sum of the 8 i32 lanes.
@@ -760,25 +760,18 @@ pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f
     let Some(x0) = xs.first() else { return };
     let nb = x0.len() / QK8;
     let rb = nb * t.block_bytes();
-    let (min, high) = match t {
-        GgmlType::Q4_0 => (false, false),
-        GgmlType::Q4_1 => (true, false),
-        GgmlType::Q5_0 => (false, true),
-        _ => (true, true),
-    };
-    // Offsets of the fields in a row: d, then m, qh and qs (each empty where absent).
-    let m_at = 2 * nb;
-    let qh_at = m_at + if min { 2 * nb } else { 0 };
-    let qs_at = qh_at + if high { 4 * nb } else { 0 };
+    let field = |name| rows::field_range(t, nb, name);
+    let (d, m, qh, qs) = (field("d"), field("m"), field("qh"), field("qs"));
+    let (min, high) = (!m.is_empty(), !qh.is_empty());
     macro_rules! run {
         ($min:literal, $high:literal) => {
             gemm_rows_q8(xs, y, |r| {
                 let row = w.get_unchecked(r * rb..(r + 1) * rb);
                 SplitRow::<$min, $high> {
-                    d: row.get_unchecked(..2 * nb),
-                    m: row.get_unchecked(m_at..qh_at),
-                    qh: row.get_unchecked(qh_at..qs_at),
-                    qs: row.get_unchecked(qs_at..),
+                    d: row.get_unchecked(d.clone()),
+                    m: row.get_unchecked(m.clone()),
+                    qh: row.get_unchecked(qh.clone()),
+                    qs: row.get_unchecked(qs.clone()),
                 }
             })
         };
