@@ -785,7 +785,8 @@ pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f
 }
 
 /// Several tokens against every row (`row(r)` for `r < y.len() / xs.len()`): `y[i * rows + r]
-/// = dot(row r, xs[i])`, four tokens at a time ([`gemm_tile_q8`]).
+/// = dot(row r, xs[i])`, four tokens at a time ([`gemm_tile_q8`]); one token (decode) runs
+/// [`gemv_rows_q8`].
 #[inline(always)]
 unsafe fn gemm_rows_q8<R: RowQ8>(xs: &[ActQ8], y: &mut [f32], row: impl Fn(usize) -> R) {
     assert!(
@@ -802,14 +803,14 @@ unsafe fn gemm_rows_q8<R: RowQ8>(xs: &[ActQ8], y: &mut [f32], row: impl Fn(usize
     match xs.len() {
         3 => gemm_tile_q8_apart::<R, 3>(xs, y, &row),
         2 => gemm_tile_q8_apart::<R, 2>(xs, y, &row),
-        1 => gemm_tile_q8::<R, 1>(xs, y, &row),
+        1 => gemv_rows_q8(&xs[0], y, &row),
         _ => {}
     }
 }
 
-/// [`gemm_tile_q8`] in a function of its own, for tiles of several tokens. Inlined beside the
-/// one-token tile (decode's), the four-token loop came out with its accumulators spilled to the
-/// stack (prefill 20% slower); the one-token tile is faster inlined.
+/// [`gemm_tile_q8`] in a function of its own. Inlined beside the one-token loop (decode's,
+/// [`gemv_rows_q8`]), the four-token loop came out with its accumulators spilled to the stack
+/// (prefill 20% slower); the one-token loop is faster inlined.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm_tile_q8_apart<R: RowQ8, const T: usize>(
@@ -845,8 +846,8 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
     let (mut xd, mut xsum) = ([std::ptr::null::<f32>(); T], [std::ptr::null::<f32>(); T]);
     // Where the scales are integers, `acc` is scaled by the row's `d` at the end and the
     // offsets go to `accm`, which is not. With several tokens the scales also go into
-    // `vpmaddwd` (`int`); with one token that measured 3.5% slower than a lane shuffle of the
-    // steps, as the weight-side work is not shared.
+    // `vpmaddwd` (`int`); with one token ([`gemv_tile_q8`]) that measured 3.5% slower than a
+    // lane shuffle of the steps, as the weight-side work is not shared.
     let int = const { R::INT_SCALES && T > 1 };
     let mut xdp = [std::ptr::null::<f32>(); T];
     for t in 0..T {
@@ -858,15 +859,9 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
         }
     }
     for r in 0..rows {
-        // Decode asks for rows ahead ([`PREFETCH_ROWS`]); a tile of four tokens does enough
-        // work per row that it made no difference there.
-        if T == 1 && r + PREFETCH_ROWS < rows {
-            row(r + PREFETCH_ROWS).prefetch();
-        }
         let w = row(r);
-        // Small tiles (decode is one token) also send every other pair of groups to a second
-        // accumulator per token, so FMA latency does not set the pace (measured 2% faster
-        // decode); four tokens already have four chains.
+        // Tiles of two tokens also send every other pair of groups to a second accumulator per
+        // token, so FMA latency does not set the pace; four tokens already have four chains.
         let mut acc = [_mm256_setzero_ps(); T];
         let mut acc2 = [_mm256_setzero_ps(); T];
         let mut accm = [_mm256_setzero_ps(); T];
@@ -962,6 +957,131 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
             } else {
                 hsum_ps(sum) + tail[t]
             };
+        }
+    }
+}
+
+/// One token against every row (`row(r)` for `r < y.len()`), two rows at a time
+/// ([`gemv_tile_q8`]), then an odd last row alone.
+#[inline(always)]
+unsafe fn gemv_rows_q8<R: RowQ8>(x: &ActQ8, y: &mut [f32], row: &impl Fn(usize) -> R) {
+    let rows = y.len();
+    let mut r = 0;
+    while r + 2 <= rows {
+        gemv_tile_q8::<R, 2>(x, y, r, row);
+        r += 2;
+    }
+    if r < rows {
+        gemv_tile_q8::<R, 1>(x, y, r, row);
+    }
+}
+
+/// Rows `r..r + RW` against one token (decode): the loop of [`gemm_tile_q8`] for one token,
+/// on `RW` rows at once. The rows share each load of the activations, and their sums are
+/// reduced together at the end; one row at a time, the end of each row (the last FMAs and the
+/// horizontal sum, a chain of about 40 cycles) took a fifth of the int4 GEMV's samples.
+#[inline(always)]
+unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(
+    x: &ActQ8,
+    y: &mut [f32],
+    r: usize,
+    row: &impl Fn(usize) -> R,
+) {
+    let ng = x.len() / QK8;
+    let rows = y.len();
+    let ones = _mm256_set1_epi16(1);
+    let (px, xd, xsum) = (x.pairs().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
+    for j in 0..RW {
+        if r + j + PREFETCH_ROWS < rows {
+            row(r + j + PREFETCH_ROWS).prefetch();
+        }
+    }
+    let w: [R; RW] = std::array::from_fn(|j| row(r + j));
+    // Two accumulators per row (every other pair of groups), so FMA latency does not set the
+    // pace; the offsets of integer-scaled rows go to `accm`, which the row's `d` doesn't scale.
+    let mut acc = [[_mm256_setzero_ps(); 2]; RW];
+    let mut accm = [_mm256_setzero_ps(); RW];
+    let mut g = 0;
+    while g + 8 <= ng {
+        let mut step = [_mm256_setzero_ps(); RW];
+        let (m, dx) = (_mm256_loadu_ps(xsum.add(g)), _mm256_loadu_ps(xd.add(g)));
+        for j in 0..RW {
+            let (sc, off) = w[j].scales8(g);
+            if R::INT_SCALES {
+                accm[j] = _mm256_fmadd_ps(off, m, accm[j]);
+            } else {
+                acc[j][0] = _mm256_fmadd_ps(off, m, acc[j][0]);
+            }
+            step[j] = _mm256_mul_ps(sc, dx);
+        }
+        macro_rules! pair {
+            ($k:literal) => {
+                let xp = px.add((g + $k) * QK8) as *const __m256i;
+                let (x0, x1) = (_mm256_loadu_si256(xp), _mm256_loadu_si256(xp.add(1)));
+                let idx = _mm256_setr_epi32($k, $k, $k, $k, $k + 1, $k + 1, $k + 1, $k + 1);
+                for j in 0..RW {
+                    let (lo, hi) = w[j].pair(g + $k);
+                    let s16 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, x0),
+                        _mm256_maddubs_epi16(hi, x1),
+                    );
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+                    let sj = _mm256_permutevar8x32_ps(step[j], idx);
+                    let a = if RW == 1 { $k / 2 % 2 } else { 0 };
+                    acc[j][a] = _mm256_fmadd_ps(p, sj, acc[j][a]);
+                }
+            };
+        }
+        pair!(0);
+        pair!(2);
+        pair!(4);
+        pair!(6);
+        g += 8;
+    }
+    // The last `ng % 8` groups, as in [`gemm_tile_q8`].
+    let mut tail = [0.0f32; RW];
+    while g + 2 <= ng {
+        let xp = px.add(g * QK8) as *const __m256i;
+        for j in 0..RW {
+            let ((d0, c0), (d1, c1)) = (w[j].scale(g), w[j].scale(g + 1));
+            let (lo, hi) = w[j].pair(g);
+            let p = pair_sums(lo, hi, xp, ones);
+            let sj = _mm256_setr_m128(
+                _mm_set1_ps(d0 * *xd.add(g)),
+                _mm_set1_ps(d1 * *xd.add(g + 1)),
+            );
+            acc[j][0] = _mm256_fmadd_ps(p, sj, acc[j][0]);
+            tail[j] += c0 * *xsum.add(g) + c1 * *xsum.add(g + 1);
+        }
+        g += 2;
+    }
+    if g < ng {
+        let xq = _mm256_loadu_si256(x.qs.as_ptr().add(g * QK8) as *const __m256i);
+        for j in 0..RW {
+            let (codes, (d, c)) = (w[j].codes(g), w[j].scale(g));
+            let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
+            acc[j][0] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * *xd.add(g)), acc[j][0]);
+            tail[j] += c * *xsum.add(g);
+        }
+    }
+    let sums: [__m256; RW] = std::array::from_fn(|j| {
+        let sum = _mm256_add_ps(acc[j][0], acc[j][1]);
+        if R::INT_SCALES {
+            _mm256_fmadd_ps(sum, _mm256_set1_ps(w[j].row_d()), accm[j])
+        } else {
+            sum
+        }
+    });
+    if RW == 2 {
+        // Both rows' lanes summed together: [s0, s1, s0, s1] after two horizontal adds.
+        let h = _mm256_hadd_ps(sums[0], sums[RW - 1]);
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        let s = _mm_hadd_ps(s, s);
+        *y.get_unchecked_mut(r) = _mm_cvtss_f32(s) + tail[0];
+        *y.get_unchecked_mut(r + 1) = _mm_cvtss_f32(_mm_movehdup_ps(s)) + tail[RW - 1];
+    } else {
+        for j in 0..RW {
+            *y.get_unchecked_mut(r + j) = hsum_ps(sums[j]) + tail[j];
         }
     }
 }
