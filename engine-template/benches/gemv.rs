@@ -4,7 +4,7 @@
 
 use clocher_engine::kernels::act8::{self, ActQ8};
 use clocher_engine::kernels::blocks::GgmlType;
-use clocher_engine::kernels::blocks::{self, BlockQ4_1, BlockQ5_0, BlockQ5_1};
+use clocher_engine::kernels::blocks::{self, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1};
 use clocher_engine::kernels::int::{self, Clip, Scheme};
 use clocher_engine::kernels::{isa, quant, rows};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -131,6 +131,24 @@ fn gemvs(c: &mut Criterion) {
                 act8::gemm_split_q8(isa, GgmlType::Q5_1, &q51r, xs, &mut y)
             })
         });
+        // Q4_K (Q4_K_M's down projections), rows of whole 256-weight blocks only.
+        if cols.is_multiple_of(blocks::QK_K) {
+            let q4k: Vec<BlockQ4K> = (0..rows * cols / blocks::QK_K)
+                .map(|i| BlockQ4K {
+                    d: f16::from_f32(0.01),
+                    dmin: f16::from_f32(0.02),
+                    scales: std::array::from_fn(|j| (i * 29 + j * 13) as u8),
+                    qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+                })
+                .collect();
+            g.throughput(Throughput::Bytes(std::mem::size_of_val(&q4k[..]) as u64));
+            g.bench_function("q4_k q8", |b| {
+                b.iter(|| {
+                    xq.quantize(isa, black_box(&x));
+                    act8::gemv_q4_k_q8(isa, &q4k, &xq, &mut y)
+                })
+            });
+        }
         g.finish();
     }
 }

@@ -151,7 +151,7 @@ block_weight!(/// GGUF Q3_K.
     Q3K, b::BlockQ3K, Dtype::Ggml(Gt::Q3K), QK_K, b::dequant_q3_k_ref, quant::gemv_q3_k);
 block_weight!(/// GGUF Q4_K.
     Q4K, b::BlockQ4K, Dtype::Ggml(Gt::Q4K), QK_K, b::dequant_q4_k_ref, quant::gemv_q4_k,
-    act8: act8::gemv_q4_k_q8);
+    act8: act8::gemv_q4_k_q8, act8::gemm_q4_k_q8);
 block_weight!(/// GGUF Q5_K.
     Q5K, b::BlockQ5K, Dtype::Ggml(Gt::Q5K), QK_K, b::dequant_q5_k_ref, quant::gemv_q5_k);
 block_weight!(/// GGUF Q6_K.

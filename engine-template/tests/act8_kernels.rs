@@ -238,6 +238,7 @@ fn block_gemvs_every_isa_match_reference() {
 
 #[test]
 fn k_quant_gemvs_every_isa_match_reference() {
+    // Q4_K also runs the batched tile (prefill), checked for 0-9 tokens.
     for nb in 0..=2usize {
         for rows in [0usize, 1, 3, 17] {
             let (cols, n) = (nb * blocks::QK_K, nb * rows);
@@ -264,6 +265,14 @@ fn k_quant_gemvs_every_isa_match_reference() {
                 &as_bytes(&q4k),
                 &deq,
                 &|isa, w, x, y| act8::gemv_q4_k_q8(isa, &blocks_of(w), x, y),
+            );
+            check_gemm_every_isa(
+                "gemm_q4_k_q8",
+                cols,
+                rows,
+                &as_bytes(&q4k),
+                &deq,
+                &|isa, w, xs, y| act8::gemm_q4_k_q8(isa, &blocks_of(w), xs, y),
             );
             blocks::dequant_q6_k_ref(&q6k, &mut deq);
             check_every_isa(

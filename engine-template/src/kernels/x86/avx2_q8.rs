@@ -402,48 +402,93 @@ pub unsafe fn gemv_int4_q8_avx2(group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]
     }
 }
 
-/// Q4_K: per 256-weight block, 8 groups of 32 with 6-bit scales and mins; each 32 bytes of
-/// `qs` hold group `2j` in the low nibbles and `2j + 1` in the high ones, and each group is one
-/// activation block: `d * sc * dx * dot - dmin * m * s`.
+/// Q4_K: per 256-weight block, 8 groups of 32 with 6-bit scales and mins, through the batched
+/// tile ([`gemm_rows_q8`], one token) as [`Q4KRow`].
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `w` must hold `y.len()` rows of `x.len() / 256`
 /// blocks (the `act8` dispatcher checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q4_k_q8_avx2(w: &[BlockQ4K], x: &ActQ8, y: &mut [f32]) {
-    let nb = x.len() / QK_K;
-    let mask = _mm256_set1_epi8(0x0f);
-    for (r, yr) in y.iter_mut().enumerate() {
-        prefetch_row(w, nb, r);
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut off = 0.0f32;
-        for (i, blk) in w.get_unchecked(r * nb..(r + 1) * nb).iter().enumerate() {
-            let (d, dmin) = (f16_to_f32(blk.d), f16_to_f32(blk.dmin));
-            let k0 = i * QK_K / QK8;
-            for j in 0..4 {
-                let bytes = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * j) as *const __m256i);
-                let lo = _mm256_and_si256(bytes, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
-                let (s0, m0) = get_scale_min_k4(2 * j, &blk.scales);
-                let (s1, m1) = get_scale_min_k4(2 * j + 1, &blk.scales);
-                let (k, kh) = (k0 + 2 * j, k0 + 2 * j + 1);
-                let p0 = _mm256_cvtepi32_ps(dot_u8_i8(lo, load_codes(x, k)));
-                let p1 = _mm256_cvtepi32_ps(dot_u8_i8(hi, load_codes(x, kh)));
-                a0 = _mm256_fmadd_ps(
-                    p0,
-                    _mm256_set1_ps(d * s0 as f32 * *x.d.get_unchecked(k)),
-                    a0,
-                );
-                a1 = _mm256_fmadd_ps(
-                    p1,
-                    _mm256_set1_ps(d * s1 as f32 * *x.d.get_unchecked(kh)),
-                    a1,
-                );
-                off +=
-                    dmin * (m0 as f32 * *x.s.get_unchecked(k) + m1 as f32 * *x.s.get_unchecked(kh));
-            }
+    gemm_q4_k_q8_avx2(w, std::slice::from_ref(x), y)
+}
+
+/// # Safety
+/// As [`gemm_q4_0_q8_avx2`], with rows of `xs[0].len() / 256` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q4_k_q8_avx2(w: &[BlockQ4K], xs: &[ActQ8], y: &mut [f32]) {
+    let nb = xs.first().map_or(0, |x| x.len() / QK_K);
+    gemm_rows_q8(xs, y, |r| Q4KRow(w.get_unchecked(r * nb..(r + 1) * nb)))
+}
+
+/// A row of Q4_K blocks as the batched tile reads it: each block is eight groups, so
+/// [`RowQ8::scales8`] is one block's header. Its packed 6-bit scales and mins are unpacked
+/// with llama.cpp's masks (three words in, four out) instead of per group
+/// ([`get_scale_min_k4`]); the per-block loop this replaced, with a scalar unpack and a scalar
+/// step per group, streamed half as fast.
+struct Q4KRow<'a>(&'a [BlockQ4K]);
+
+impl Q4KRow<'_> {
+    /// Group `k`'s 32 bytes of `qs`, whose low nibbles are group `k & !1` and high nibbles
+    /// group `k | 1`.
+    #[inline(always)]
+    unsafe fn qs32(&self, k: usize) -> __m256i {
+        let b = self.0.get_unchecked(k / 8);
+        _mm256_loadu_si256(b.qs.as_ptr().add(32 * (k % 8 / 2)) as *const __m256i)
+    }
+}
+
+impl RowQ8 for Q4KRow<'_> {
+    #[inline(always)]
+    fn prefetch(&self) {
+        crate::kernels::prefetch(self.0)
+    }
+    #[inline(always)]
+    unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
+        const KMASK1: u32 = 0x3f3f_3f3f;
+        const KMASK2: u32 = 0x0f0f_0f0f;
+        const KMASK3: u32 = 0x0303_0303;
+        let b = self.0.get_unchecked(k / 8);
+        let word = |i: usize| u32::from_le_bytes(b.scales[4 * i..4 * i + 4].try_into().unwrap());
+        let (u0, u1, u2) = (word(0), word(1), word(2));
+        // Scales of groups 0-3 are the low six bits of bytes 0-3 and 4-7 of bytes 8-11's low
+        // nibbles with bytes 0-3's top two bits; mins likewise from bytes 4-7 and 8-11's high
+        // nibbles (`get_scale_min_k4`).
+        let scales = [u0 & KMASK1, (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4)];
+        let mins = [
+            u1 & KMASK1,
+            ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4),
+        ];
+        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+        (
+            _mm256_mul_ps(u8x8_ps(scales.as_ptr() as *const u8), _mm256_set1_ps(d)),
+            _mm256_mul_ps(u8x8_ps(mins.as_ptr() as *const u8), _mm256_set1_ps(-dmin)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn pair(&self, k: usize) -> (__m256i, __m256i) {
+        // The nibbles are groups `k` (low) and `k + 1` (high) whole; the pair order wants both
+        // first halves, then both second halves: one 128-bit lane swap each.
+        let (lo, hi) = nibble_halves(self.qs32(k));
+        (
+            _mm256_permute2x128_si256(lo, hi, 0x20),
+            _mm256_permute2x128_si256(lo, hi, 0x31),
+        )
+    }
+    #[inline(always)]
+    unsafe fn scale(&self, k: usize) -> (f32, f32) {
+        let b = self.0.get_unchecked(k / 8);
+        let (sc, m) = get_scale_min_k4(k % 8, &b.scales);
+        (f16_to_f32(b.d) * sc as f32, -f16_to_f32(b.dmin) * m as f32)
+    }
+    #[inline(always)]
+    unsafe fn codes(&self, k: usize) -> __m256i {
+        let (lo, hi) = nibble_halves(self.qs32(k));
+        if k % 2 == 0 {
+            lo
+        } else {
+            hi
         }
-        *yr = hsum_ps(_mm256_add_ps(a0, a1)) - off;
     }
 }
 
