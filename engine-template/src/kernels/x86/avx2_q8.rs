@@ -484,7 +484,7 @@ impl RowQ8 for Q4KRow<'_> {
     #[inline(always)]
     unsafe fn codes(&self, k: usize) -> __m256i {
         let (lo, hi) = nibble_halves(self.qs32(k));
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             lo
         } else {
             hi
