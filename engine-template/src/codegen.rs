@@ -42,6 +42,16 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
             format::VERSION
         ));
     }
+    // A dtype's name stays when its layout changes (the fifth-bit planes of `q5_0_rows`, ADR
+    // 27), so the layout note written with the pack must be this engine's.
+    for (name, doc) in &m.layouts {
+        let ours = name.parse::<Dtype>().ok().and_then(format::layout_doc);
+        if ours.as_ref().is_some_and(|ours| ours != doc) {
+            return fail(format!(
+                "checking model.ie.json: {name} is laid out as \"{doc}\", not as this engine reads it; pack the model again with this clocher-pack"
+            ));
+        }
+    }
     if !format::SUPPORTED_ARCHITECTURES.contains(&m.architecture.as_str()) {
         return fail(format!(
             "checking model.ie.json: architecture {} is not supported (supported: {})",

@@ -87,6 +87,19 @@ fn validate_names_tensor_and_both_shapes() {
     m.tensors[3].offset += 1;
     assert!(validate(&m).unwrap_err().to_string().contains("unaligned"));
 
+    // A layout note other than this engine's (a pack from before a layout change).
+    let mut m = tiny();
+    let q5 = clocher_engine::format::Dtype::Rows(clocher_engine::kernels::blocks::GgmlType::Q5_0);
+    let doc = clocher_engine::format::layout_doc(q5).unwrap();
+    m.layouts.insert(q5.name(), doc.replace("plane", "words"));
+    let e = validate(&m).unwrap_err().to_string();
+    assert!(
+        e.contains("q5_0_rows") && e.contains("pack the model again"),
+        "{e}"
+    );
+    m.layouts.insert(q5.name(), doc);
+    validate(&m).unwrap();
+
     let mut m = tiny();
     m.architecture = "GPT2LMHeadModel".into();
     assert!(validate(&m)

@@ -1,8 +1,10 @@
 //! GGUF's 32-weight 4- and 5-bit blocks (Q4_0, Q4_1, Q5_0, Q5_1) stored split by field within
 //! each row (ADR 26): a row of `nb` Q5_0 blocks is their `nb` scales `d`, then their `nb`
 //! fifth-bit words `qh`, then their `nb` nibble arrays `qs`; the `_1` formats add their `nb`
-//! minimums `m` after the scales, and the 4-bit ones have no `qh`. Bytes and values are ggml's,
-//! only their order changes, so the packer splits a GGUF tensor without requantizing.
+//! minimums `m` after the scales, and the 4-bit ones have no `qh`. Each run of eight blocks'
+//! `qh` words is stored as one 32-byte plane in their place (ADR 27, [`PLANE_BLOCKS`]). Values
+//! are ggml's, only the order of their bits changes, so the packer splits a GGUF tensor
+//! without requantizing.
 //!
 //! Why: in ggml's order a block interleaves its header with its codes, and a kernel widens
 //! each header on its own (an f16 convert per field, a multiply and a broadcast per block).
@@ -44,7 +46,8 @@ unsafe impl<const NB: usize> bytemuck::Pod for RowQ4_1<NB> {}
 const _: () = assert!(std::mem::size_of::<RowQ4_1<18>>() == 18 * std::mem::size_of::<BlockQ4_1>());
 
 /// A Q5_0 row of `NB` blocks split by field: 5.5 bits per weight; block `k` is `d[k]` (f16),
-/// `qh[k]` and `qs[k]` of ggml's `block_q5_0`, elements in its order. Byte fields only
+/// `qh[k]` and `qs[k]` of ggml's `block_q5_0`, elements in its order, `qh` of each run of
+/// eight blocks as a plane ([`PLANE_BLOCKS`]). Byte fields only
 /// (alignment 1, no padding), like [`super::int::RowI4`].
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -60,7 +63,8 @@ unsafe impl<const NB: usize> bytemuck::Pod for RowQ5_0<NB> {}
 const _: () = assert!(std::mem::size_of::<RowQ5_0<18>>() == 18 * std::mem::size_of::<BlockQ5_0>());
 
 /// A Q5_1 row of `NB` blocks split by field: 6 bits per weight; block `k` is `d[k]`, `m[k]`
-/// (f16), `qh[k]` and `qs[k]` of ggml's `block_q5_1`, elements in its order.
+/// (f16), `qh[k]` and `qs[k]` of ggml's `block_q5_1`, elements in its order, `qh` as in
+/// [`RowQ5_0`].
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct RowQ5_1<const NB: usize> {
@@ -96,7 +100,9 @@ const M: Field = Field {
 };
 const QH: Field = Field {
     name: "qh",
-    ty: "u32 LE",
+    ty:
+        "u32 LE; each run of 8 blocks 8i..8i+8 as a 32-byte plane instead, bit v of byte b holding \
+         the fifth bit of element b % 16 + 16 (v % 2) of block 8i + 2 (v / 2) + b / 16",
     bytes: 4,
 };
 const QS: Field = Field {
@@ -160,6 +166,44 @@ fn copy_field(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// Blocks whose fifth bits one plane holds ([`words_to_plane`]).
+pub const PLANE_BLOCKS: usize = 8;
+
+/// Where bit `v` of byte `b` of a fifth-bit plane comes from: (block, element). The AVX2 tile
+/// takes two blocks' nibbles as two vectors, both first halves, then both second halves; bit
+/// `v` of every byte is vector `v`'s fifth bits, one shift and one mask away from where they
+/// go (ggml's `qh` words need a shuffle, an OR, a compare and a mask per vector).
+fn plane_source(b: usize, v: usize) -> (usize, usize) {
+    (2 * (v / 2) + b / 16, b % 16 + 16 * (v % 2))
+}
+
+/// Eight blocks' `qh` words (32 bytes, block order) as one plane.
+fn words_to_plane(words: &[u8]) -> [u8; 32] {
+    let word = |j: usize| u32::from_le_bytes([0, 1, 2, 3].map(|i| words[4 * j + i]));
+    std::array::from_fn(|b| {
+        (0..8).fold(0u8, |acc, v| {
+            let (j, e) = plane_source(b, v);
+            acc | (((word(j) >> e) & 1) as u8) << v
+        })
+    })
+}
+
+/// [`words_to_plane`] undone.
+fn plane_to_words(plane: &[u8]) -> [u8; 32] {
+    let mut words = [0u32; PLANE_BLOCKS];
+    for (b, byte) in plane[..32].iter().enumerate() {
+        for v in (0..8).filter(|v| byte >> v & 1 == 1) {
+            let (j, e) = plane_source(b, v);
+            words[j] |= 1 << e;
+        }
+    }
+    let mut out = [0u8; 32];
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
 /// Splits GGUF blocks of `t`, rows of `nb` blocks, into `out` (the same length).
 pub fn split_rows(t: Gt, nb: usize, blocks: &[u8], out: &mut [u8]) {
     assert_eq!(blocks.len(), out.len(), "splitting {} rows", t.name());
@@ -167,19 +211,34 @@ pub fn split_rows(t: Gt, nb: usize, blocks: &[u8], out: &mut [u8]) {
     if rb == 0 {
         return;
     }
+    let qh = field_range(t, nb, "qh");
     for (src, dst) in blocks.chunks_exact(rb).zip(out.chunks_exact_mut(rb)) {
         each_field(t, nb, |b, r, len| {
             copy_field(&mut dst[r..r + len], &src[b..b + len])
         });
+        for plane in dst[qh.clone()].chunks_exact_mut(32).take(nb / PLANE_BLOCKS) {
+            let p = words_to_plane(plane);
+            plane.copy_from_slice(&p);
+        }
     }
 }
 
 /// One split row of `t` back into GGUF blocks (`out` as long as `row`).
 pub fn join_row(t: Gt, row: &[u8], out: &mut [u8]) {
     assert_eq!(row.len(), out.len(), "joining a {} row", t.name());
-    each_field(t, row.len() / t.block_bytes(), |b, r, len| {
+    let nb = row.len() / t.block_bytes();
+    each_field(t, nb, |b, r, len| {
         copy_field(&mut out[b..b + len], &row[r..r + len])
     });
+    // The planes' words back into their blocks.
+    let qh = field_range(t, nb, "qh");
+    let at = field_range(t, 1, "qh").start;
+    for (i, plane) in row[qh].chunks_exact(32).take(nb / PLANE_BLOCKS).enumerate() {
+        for (j, word) in plane_to_words(plane).chunks_exact(4).enumerate() {
+            let b = (PLANE_BLOCKS * i + j) * t.block_bytes() + at;
+            copy_field(&mut out[b..b + 4], word);
+        }
+    }
 }
 
 /// Dequantizes split rows of `cols` weights, bit-exact with ggml: each row joined back into
@@ -241,6 +300,7 @@ fn gemv_joined<B: bytemuck::Pod>(
 mod tests {
     use super::*;
     use crate::kernels::tol;
+    use bytemuck::Zeroable;
 
     /// Each field lands where `RowQ5_1` (and the layout note) puts it, and joining undoes it.
     #[test]
@@ -272,6 +332,40 @@ mod tests {
         for r in 0..rows {
             join_row(Gt::Q5_1, &split[r * rb..(r + 1) * rb], &mut joined);
             assert_eq!(joined, bytes[r * rb..(r + 1) * rb], "row {r}");
+        }
+    }
+
+    /// Each fifth bit of a run of eight blocks lands on the one plane bit the layout names, and
+    /// joining undoes the planes; blocks past the last run keep their words.
+    #[test]
+    fn fifth_bits_go_to_their_plane_bit_and_back() {
+        let nb = 18;
+        let at = field_range(Gt::Q5_0, nb, "qh").start;
+        for (j, e) in (0..PLANE_BLOCKS).flat_map(|j| (0..32).map(move |e| (j, e))) {
+            let mut blocks = vec![BlockQ5_0::zeroed(); nb];
+            for run in [0, PLANE_BLOCKS] {
+                blocks[run + j].qh = (1u32 << e).to_le_bytes();
+            }
+            blocks[17].qh = [1, 2, 3, 4];
+            let bytes: &[u8] = bytemuck::cast_slice(&blocks);
+            let mut split = vec![0u8; bytes.len()];
+            split_rows(Gt::Q5_0, nb, bytes, &mut split);
+            let (b, v) = (16 * (j % 2) + e % 16, 2 * (j / 2) + e / 16);
+            for run in 0..2 {
+                let plane = &split[at + 32 * run..at + 32 * (run + 1)];
+                for (i, &byte) in plane.iter().enumerate() {
+                    let want = if i == b { 1u8 << v } else { 0 };
+                    assert_eq!(byte, want, "block {j} element {e}: plane {run} byte {i}");
+                }
+            }
+            assert_eq!(
+                split[at + 4 * 17..at + 4 * 18],
+                [1, 2, 3, 4],
+                "the last block's word"
+            );
+            let mut joined = vec![0u8; bytes.len()];
+            join_row(Gt::Q5_0, &split, &mut joined);
+            assert_eq!(joined, bytes, "block {j} element {e}: joined");
         }
     }
 

@@ -615,6 +615,13 @@ trait RowQ8 {
     /// Groups `k` and `k + 1`'s unsigned codes in the order of [`ActQ8::pairs`]: both first
     /// halves, then both second halves.
     unsafe fn pair(&self, k: usize) -> (__m256i, __m256i);
+    /// [`RowQ8::pair`] for groups `g + J` and `g + J + 1` of a whole run of eight (`g` a
+    /// multiple of 8, `J` one of 0, 2, 4, 6), as the eight-group loops call it; split Q5 rows
+    /// read these groups' fifth bits from a plane, with shifts that `J` fixes.
+    #[inline(always)]
+    unsafe fn pair8<const J: usize>(&self, g: usize) -> (__m256i, __m256i) {
+        self.pair(g + J)
+    }
     /// Group `k`'s scale (without [`RowQ8::row_d`]) and offset `c`.
     unsafe fn scale(&self, k: usize) -> (f32, f32);
     /// Group `k`'s codes in element order.
@@ -738,6 +745,14 @@ struct SplitRow<'a, const MIN: bool, const HIGH: bool> {
 impl<const MIN: bool, const HIGH: bool> SplitRow<'_, MIN, HIGH> {
     /// The offset per unit of `d` of the formats without `m`.
     const ZERO: f32 = if HIGH { -16.0 } else { -8.0 };
+
+    /// Groups `k` and `k + 1`'s nibbles in one load: first halves low, second halves high.
+    #[inline(always)]
+    unsafe fn nibbles(&self, k: usize) -> (__m256i, __m256i) {
+        nibble_halves(_mm256_loadu_si256(
+            self.qs.as_ptr().add(k * 16) as *const __m256i
+        ))
+    }
 }
 
 impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
@@ -760,12 +775,32 @@ impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
         (d, c)
     }
     #[inline(always)]
+    unsafe fn pair8<const J: usize>(&self, g: usize) -> (__m256i, __m256i) {
+        let (lo, hi) = self.nibbles(g + J);
+        if !HIGH {
+            return (lo, hi);
+        }
+        // Bit `v` of each byte of the run's plane is vector `v`'s fifth bit (`rows`), the
+        // pair's vectors being `J` and `J + 1`: shifted to bit 4 in 16-bit lanes (no bit
+        // crosses into the bit 4 of the other byte for shifts up to 4) and masked.
+        let plane = _mm256_loadu_si256(self.qh.as_ptr().add(4 * g) as *const __m256i);
+        let (a, b) = match J {
+            0 => (_mm256_slli_epi16::<4>(plane), _mm256_slli_epi16::<3>(plane)),
+            2 => (_mm256_slli_epi16::<2>(plane), _mm256_slli_epi16::<1>(plane)),
+            4 => (plane, _mm256_srli_epi16::<1>(plane)),
+            _ => (_mm256_srli_epi16::<2>(plane), _mm256_srli_epi16::<3>(plane)),
+        };
+        let bit4 = _mm256_set1_epi8(0x10);
+        (
+            _mm256_or_si256(lo, _mm256_and_si256(a, bit4)),
+            _mm256_or_si256(hi, _mm256_and_si256(b, bit4)),
+        )
+    }
+    #[inline(always)]
     unsafe fn pair(&self, k: usize) -> (__m256i, __m256i) {
-        // Both blocks' nibbles in one load (first halves low, second halves high), and both
-        // `qh` in one quadword: bytes 0-1 and 4-5 hold the first halves' fifth bits.
-        let (lo, hi) = nibble_halves(_mm256_loadu_si256(
-            self.qs.as_ptr().add(k * 16) as *const __m256i
-        ));
+        // Only groups past the last whole run of eight come here, whose `qh` are ggml's
+        // words: both in one quadword, bytes 0-1 and 4-5 holding the first halves' fifth bits.
+        let (lo, hi) = self.nibbles(k);
         if !HIGH {
             return (lo, hi);
         }
@@ -784,6 +819,7 @@ impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
     }
     #[inline(always)]
     unsafe fn codes(&self, k: usize) -> __m256i {
+        // A group past the last whole run of eight, as in `pair`.
         let qs = self.qs.as_ptr().add(16 * k);
         if !HIGH {
             return nibbles32(qs);
@@ -928,7 +964,7 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
             }
             macro_rules! pair {
                 ($j:literal) => {
-                    let (lo, hi) = w.pair(g + $j);
+                    let (lo, hi) = w.pair8::<$j>(g);
                     let idx = _mm256_setr_epi32($j, $j, $j, $j, $j + 1, $j + 1, $j + 1, $j + 1);
                     // Integer scales: both groups' i16 scales spread over the halves their pair
                     // sums come out in, so `vpmaddwd` weights them and the step per token is a
@@ -1065,7 +1101,7 @@ unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(
                 let (x0, x1) = (_mm256_loadu_si256(xp), _mm256_loadu_si256(xp.add(1)));
                 let idx = _mm256_setr_epi32($k, $k, $k, $k, $k + 1, $k + 1, $k + 1, $k + 1);
                 for j in 0..RW {
-                    let (lo, hi) = w[j].pair(g + $k);
+                    let (lo, hi) = w[j].pair8::<$k>(g);
                     let s16 = _mm256_add_epi16(
                         _mm256_maddubs_epi16(lo, x0),
                         _mm256_maddubs_epi16(hi, x1),
