@@ -188,13 +188,22 @@ fn words_to_plane(words: &[u8]) -> [u8; 32] {
     })
 }
 
-/// [`words_to_plane`] undone.
+/// [`words_to_plane`] undone: bit `v` of 8 bytes at a time gathered into one byte by a
+/// multiply (each byte's bit lands on its own place of the top byte), as the f32 path joins
+/// every row on every token.
 fn plane_to_words(plane: &[u8]) -> [u8; 32] {
     let mut words = [0u32; PLANE_BLOCKS];
-    for (b, byte) in plane[..32].iter().enumerate() {
-        for v in (0..8).filter(|v| byte >> v & 1 == 1) {
-            let (j, e) = plane_source(b, v);
-            words[j] |= 1 << e;
+    for half in 0..2 {
+        let lanes = |at: usize| u64::from_le_bytes(std::array::from_fn(|i| plane[at + i]));
+        let (a, b) = (lanes(16 * half), lanes(16 * half + 8));
+        for v in 0..8 {
+            let gather = |y: u64| {
+                (((y >> v) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56)
+                    as u32
+            };
+            // Elements `b % 16` of the two 8-byte lanes, shifted to the half `v % 2` names.
+            let (j, e) = plane_source(16 * half, v);
+            words[j] |= (gather(a) | gather(b) << 8) << e;
         }
     }
     let mut out = [0u8; 32];
