@@ -46,9 +46,9 @@ pub fn validate(m: &ModelMeta) -> Result<(), CodegenError> {
     // 27), so the layout note written with the pack must be this engine's.
     for (name, doc) in &m.layouts {
         let ours = name.parse::<Dtype>().ok().and_then(format::layout_doc);
-        if ours.as_ref().is_some_and(|ours| ours != doc) {
+        if ours.is_some_and(|ours| &ours != doc) {
             return fail(format!(
-                "checking model.ie.json: {name} is laid out as \"{doc}\", not as this engine reads it; pack the model again with this clocher-pack"
+                "checking model.ie.json: its layout note for {name} is not the layout this engine reads (packed by another clocher-pack); pack the model again"
             ));
         }
     }

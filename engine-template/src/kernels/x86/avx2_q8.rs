@@ -926,10 +926,10 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
     let mut px = [std::ptr::null::<i8>(); T];
     let (mut xd, mut xsum) = ([std::ptr::null::<f32>(); T], [std::ptr::null::<f32>(); T]);
     // Where the scales are integers, `acc` is scaled by the row's `d` at the end and the
-    // offsets go to `accm`, which is not. With several tokens the scales also go into
-    // `vpmaddwd` (`int`); with one token ([`gemv_tile_q8`]) that measured 3.5% slower than a
-    // lane shuffle of the steps, as the weight-side work is not shared.
-    let int = const { R::INT_SCALES && T > 1 };
+    // offsets go to `accm`, which is not. The scales also go into `vpmaddwd` here (`int`),
+    // where several tokens share them; for one token ([`gemv_tile_q8`]) that measured 3.5%
+    // slower than a lane shuffle of the steps, as the weight-side work is not shared.
+    let int = R::INT_SCALES;
     let mut xdp = [std::ptr::null::<f32>(); T];
     for t in 0..T {
         px[t] = xs[t].pairs().as_ptr();
