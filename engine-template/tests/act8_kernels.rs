@@ -387,13 +387,13 @@ fn check_gemm_every_isa(
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
 
-/// Group counts with and without a tail past the last eight (a pair, an odd group, both): int4 (groups of 32 run the
-/// batched kernel, 64 the GEMV per token), the 4-bit GGUF blocks (every nibble code), and the
-/// 4- and 5-bit ones split by rows.
+/// Group counts with and without groups past the last run of eight (pairs, an odd group,
+/// both): int4 (groups of 32 run the batched kernel, 64 the GEMV per token), the
+/// 4-bit GGUF blocks (every nibble code), and the 4- and 5-bit ones split by rows.
 #[test]
 fn gemms_every_isa_match_reference() {
     let rows = 5;
-    for ng in [1usize, 2, 3, 8, 9, 18, 19] {
+    for ng in [1usize, 2, 3, 4, 7, 8, 9, 14, 18, 19, 20, 23] {
         for group in [32usize, 64] {
             let cols = group * ng;
             let w = values(rows * cols, (cols + 3) as u32);

@@ -440,8 +440,8 @@ impl Q4KRow<'_> {
 
 impl RowQ8 for Q4KRow<'_> {
     #[inline(always)]
-    fn prefetch(&self) {
-        crate::kernels::prefetch(self.0)
+    fn start(&self) -> *const u8 {
+        self.0.as_ptr() as *const u8
     }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
@@ -583,8 +583,10 @@ pub unsafe fn gemm_int4_q8_avx2(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f
     let rb = int::check_int4_rows("gemm_int4_q8_avx2", group, x0.len(), w.len(), rows);
     let ng = x0.len() / QK8;
     gemm_rows_q8(xs, y, |r| {
-        let (d, dmin, scales, mins, qs) = int::int4_row(w.get_unchecked(r * rb..(r + 1) * rb), ng);
+        let row = w.get_unchecked(r * rb..(r + 1) * rb);
+        let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
         Int4G32 {
+            row: row.as_ptr(),
             d,
             dmin,
             scales,
@@ -626,8 +628,9 @@ trait RowQ8 {
     unsafe fn scale(&self, k: usize) -> (f32, f32);
     /// Group `k`'s codes in element order.
     unsafe fn codes(&self, k: usize) -> __m256i;
-    /// Asks for the row's cache lines ([`crate::kernels::prefetch`]).
-    fn prefetch(&self);
+    /// Where the row's bytes start; the rows of one matrix lie back to back, so the tiles
+    /// prefetch the span from one row's start to a later row's.
+    fn start(&self) -> *const u8;
 }
 
 impl<B: Q8Pair> RowQ8 for &[B] {
@@ -653,13 +656,14 @@ impl<B: Q8Pair> RowQ8 for &[B] {
         self.get_unchecked(k).codes()
     }
     #[inline(always)]
-    fn prefetch(&self) {
-        crate::kernels::prefetch(self)
+    fn start(&self) -> *const u8 {
+        self.as_ptr() as *const u8
     }
 }
 
 /// An int4 g32 row's parts (`int::int4_row`).
 struct Int4G32<'a> {
+    row: *const u8,
     d: f32,
     dmin: f32,
     scales: &'a [u8],
@@ -699,10 +703,8 @@ impl RowQ8 for Int4G32<'_> {
         _mm256_broadcastsi128_si256(sc)
     }
     #[inline(always)]
-    fn prefetch(&self) {
-        crate::kernels::prefetch(self.scales);
-        crate::kernels::prefetch(self.mins);
-        crate::kernels::prefetch(self.qs);
+    fn start(&self) -> *const u8 {
+        self.row
     }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
@@ -736,6 +738,7 @@ impl RowQ8 for Int4G32<'_> {
 /// arrays, `m` empty without `MIN` (Q4_0's offset is `-8 d`, Q5_0's `-16 d`), `qh` without
 /// `HIGH` (the 4-bit formats).
 struct SplitRow<'a, const MIN: bool, const HIGH: bool> {
+    row: *const u8,
     d: &'a [u8],
     m: &'a [u8],
     qh: &'a [u8],
@@ -757,11 +760,8 @@ impl<const MIN: bool, const HIGH: bool> SplitRow<'_, MIN, HIGH> {
 
 impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
     #[inline(always)]
-    fn prefetch(&self) {
-        crate::kernels::prefetch(self.d);
-        crate::kernels::prefetch(self.m);
-        crate::kernels::prefetch(self.qh);
-        crate::kernels::prefetch(self.qs);
+    fn start(&self) -> *const u8 {
+        self.row
     }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
@@ -849,6 +849,7 @@ pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f
             gemm_rows_q8(xs, y, |r| {
                 let row = w.get_unchecked(r * rb..(r + 1) * rb);
                 SplitRow::<$min, $high> {
+                    row: row.as_ptr(),
                     d: row.get_unchecked(d.clone()),
                     m: row.get_unchecked(m.clone()),
                     qh: row.get_unchecked(qh.clone()),
@@ -1072,10 +1073,12 @@ unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(
     let rows = y.len();
     let ones = _mm256_set1_epi16(1);
     let (px, xd, xsum) = (x.pairs().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
-    for j in 0..RW {
-        if r + j + PREFETCH_ROWS < rows {
-            row(r + j + PREFETCH_ROWS).prefetch();
-        }
+    if r + PREFETCH_ROWS < rows {
+        // One run of lines over the tile's rows ahead, which lie back to back: a loop per
+        // field of each row (four for split rows) took a tenth of the int4 GEMV's samples.
+        // (The shard's last row is left to the hardware prefetcher.)
+        let end = row((r + PREFETCH_ROWS + RW).min(rows - 1)).start();
+        crate::kernels::prefetch_span(row(r + PREFETCH_ROWS).start(), end);
     }
     let w: [R; RW] = std::array::from_fn(|j| row(r + j));
     // Two accumulators per row (every other pair of groups), so FMA latency does not set the
