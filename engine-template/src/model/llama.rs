@@ -252,7 +252,7 @@ impl_for_layer_types! {
                     self.w_up.gemv_part(isa, a, t, nt, &u);
                     let (r0, r1) = shard(INTER, t, nt, GEMV_GRAIN);
                     // SAFETY: rows r0..r1 of both are this thread's alone.
-                    unsafe { r::silu_mul_ref(g.range(r0, r1 - r0), u.range(r0, r1 - r0)) };
+                    unsafe { kernels::silu_mul(isa, g.range(r0, r1 - r0), u.range(r0, r1 - r0)) };
                 });
                 let a = Acts::new(isa, &s.hb[..INTER], D::ACT8, &mut s.xq);
                 self.w_down.gemv(pool, a, &mut s.xb2);
@@ -265,7 +265,7 @@ impl_for_layer_types! {
                 // prefill's samples.
                 let up = &s.hb2[..n * INTER];
                 pool.par_rows(&mut s.hb[..n * INTER], GEMV_GRAIN, &|start, g| {
-                    r::silu_mul_ref(g, &up[start..start + g.len()])
+                    kernels::silu_mul(isa, g, &up[start..start + g.len()])
                 });
                 let hb = &s.hb[..n * INTER];
                 let xq = quantize_rows(isa, hb, INTER, D::GEMM_Q8, &mut s.xqs);

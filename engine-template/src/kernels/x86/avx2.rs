@@ -4,7 +4,7 @@
 //! four independent accumulators (32 floats a step) so FMA latency never stalls the stream, and
 //! widen bf16/f16 in registers so only 2 bytes a weight cross the memory bus.
 
-use super::{hsum_ps, load_bf16x8, load_f16x8};
+use super::{exp_ps, hmax_ps, hsum_ps, load_bf16x8, load_f16x8};
 use crate::kernels::{prefetch_row, reference};
 use half::{bf16, f16};
 use std::arch::x86_64::*;
@@ -219,7 +219,7 @@ pub unsafe fn attend_f32_avx2(
     for (t, o) in sc.iter_mut().enumerate().skip(t) {
         *o = dot_f32_avx2(q, std::slice::from_raw_parts(key(t), hd)) * scale;
     }
-    reference::softmax_ref(sc);
+    softmax_avx2(sc);
     // Values: 64 output floats at a time held in registers across all keys.
     let val = |t: usize, i: usize| v.as_ptr().add(t * stride + at + i);
     let mut i = 0;
@@ -712,4 +712,63 @@ pub unsafe fn dequant_int8_avx2(cols: usize, w: &[u8], out: &mut [f32]) {
             *o = d * *qp.add(j) as f32 + m;
         }
     }
+}
+
+/// [`reference::softmax_ref`] eight lanes at a time: the scalar `exp` of every score was a
+/// fifth of attention's samples in decode.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn softmax_avx2(x: &mut [f32]) {
+    let n8 = x.len() / 8 * 8;
+    let p = x.as_mut_ptr();
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in (0..n8).step_by(8) {
+        m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+    }
+    let max = x[n8..].iter().fold(hmax_ps(m), |a, &v| a.max(v));
+    let (mv, mut s) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+    for i in (0..n8).step_by(8) {
+        let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+        _mm256_storeu_ps(p.add(i), e);
+        s = _mm256_add_ps(s, e);
+    }
+    let mut sum = hsum_ps(s);
+    for v in &mut x[n8..] {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for i in (0..n8).step_by(8) {
+        _mm256_storeu_ps(
+            p.add(i),
+            _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), _mm256_set1_ps(inv)),
+        );
+    }
+    for v in &mut x[n8..] {
+        *v *= inv;
+    }
+}
+
+/// [`reference::silu_mul_ref`] eight lanes at a time: `gate = silu(gate) * up`. The scalar
+/// `exp` of every gate value was 2% of int4w's decode samples.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul_avx2: lengths differ");
+    let n8 = gate.len() / 8 * 8;
+    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+    let one = _mm256_set1_ps(1.0);
+    for i in (0..n8).step_by(8) {
+        let x = _mm256_loadu_ps(g.add(i));
+        let sig = _mm256_div_ps(
+            x,
+            _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), x))),
+        );
+        _mm256_storeu_ps(g.add(i), _mm256_mul_ps(sig, _mm256_loadu_ps(u.add(i))));
+    }
+    reference::silu_mul_ref(&mut gate[n8..], &up[n8..]);
 }

@@ -18,6 +18,61 @@ pub unsafe fn hsum_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// Largest of the 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX.
+#[inline(always)]
+pub unsafe fn hmax_ps(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// `e^x` in each lane, within a few ulp of `f32::exp` (Cephes' `expf`: `x = n ln 2 + r` with
+/// `|r| <= ln 2 / 2`, `e^r` by a polynomial, `2^n` written into the exponent bits). `x` is
+/// first clamped to `[-87.3, 88.3]`: below, lanes come out near `1e-38` rather than smaller;
+/// above, near `2e38` rather than larger (softmax and SiLU, its users, never get there).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline(always)]
+pub unsafe fn exp_ps(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(
+        _mm256_min_ps(x, _mm256_set1_ps(88.3)),
+        _mm256_set1_ps(-87.3),
+    );
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    // ln 2 in two parts, the first with few enough bits that `n` times it is exact.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    // e^r = 1 + r + r^2 p(r).
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let e = _mm256_fmadd_ps(
+        _mm256_mul_ps(p, r),
+        r,
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    let pow2 = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_mul_ps(e, _mm256_castsi256_ps(pow2))
+}
+
 /// 8 bf16 at `p` widened to f32: bf16 is the upper half of an f32, so zero-extend and shift.
 ///
 /// # Safety
