@@ -287,10 +287,11 @@ fn attend_matches_f64_math() {
     assert_none(fails);
 }
 
-/// SwiGLU's product on every ISA against f64 math: lengths past twice the lane count,
-/// misaligned slices, and gates from -90 to 90 (the vector `exp` clamps its input past 88).
+/// SwiGLU's product and RMSNorm on every ISA against f64 math: lengths past twice the lane
+/// count, misaligned slices, and gates from -90 to 90 (the vector `exp` clamps its input past
+/// 88).
 #[test]
-fn silu_mul_every_isa_matches_f64_math() {
+fn silu_mul_and_rmsnorm_every_isa_match_f64_math() {
     let mut fails = Vec::new();
     for isa in Isa::available() {
         for n in 0..=2 * 8 + 3 {
@@ -301,6 +302,23 @@ fn silu_mul_every_isa_matches_f64_math() {
                 let up = values(n + mis, n as u32 + 3);
                 let mut got = gate[mis..].to_vec();
                 kernels::silu_mul(isa, &mut got, &up[mis..]);
+                // RMSNorm of the same rows (the gates as input, `up` as weights).
+                let mut norm = vec![f32::NAN; n];
+                kernels::rmsnorm(isa, &gate[mis..], &up[mis..], 1e-5, &mut norm);
+                let ms =
+                    gate[mis..].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n.max(1) as f64;
+                for (i, (&g, &w)) in gate[mis..].iter().zip(&up[mis..]).enumerate() {
+                    let exp = w as f64 * g as f64 / (ms + 1e-5).sqrt();
+                    if !((norm[i] as f64 - exp).abs()
+                        <= tol::ELEMENTWISE_REL as f64 * exp.abs().max(1.0))
+                    {
+                        fails.push(format!(
+                            "rmsnorm isa={} n={n} misalign={mis} index={i}: expected {exp}, actual {}",
+                            isa.name(),
+                            norm[i]
+                        ));
+                    }
+                }
                 for (i, (&g, &u)) in gate[mis..].iter().zip(&up[mis..]).enumerate() {
                     let (g, u) = (g as f64, u as f64);
                     let exp = g / (1.0 + (-g).exp()) * u;

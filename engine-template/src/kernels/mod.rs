@@ -242,6 +242,18 @@ pub fn dot4x2_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     }
 }
 
+/// RMSNorm of `x` scaled by `w` into `out` ([`reference::rmsnorm_ref`]).
+#[inline]
+pub fn rmsnorm(isa: Isa, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2 and FMA.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::rmsnorm_avx2(x, w, eps, out) },
+        _ => reference::rmsnorm_ref(x, w, eps, out),
+    }
+}
+
 /// `gate = silu(gate) * up` ([`reference::silu_mul_ref`]), SwiGLU's product.
 #[inline]
 pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {

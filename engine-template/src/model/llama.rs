@@ -278,8 +278,9 @@ impl_for_layer_types! {
 
 /// RMSNorm of each `w.len()`-long row of `x` into `out`.
 fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let isa = kernels::isa();
     for (x, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        r::rmsnorm_ref(x, w, eps, o);
+        kernels::rmsnorm(isa, x, w, eps, o);
     }
 }
 

@@ -19,15 +19,24 @@ pub struct Sampler {
     probs: Vec<(f32, u32)>,
 }
 
-/// Index of the largest value; the first one on ties, as `torch.argmax` does.
+/// Index of the largest value; the first one on ties, as `torch.argmax` does. NaNs are skipped
+/// (0 if there is nothing else). The maximum is found first, eight running maxima at once (the compiler makes them
+/// one vector register), then its first index: one index-tracking pass was a chain of
+/// dependent compares, 17 us on a 49152-token vocabulary, every token.
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in x.iter().enumerate() {
-        if *v > x[best] {
-            best = i;
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
         }
     }
-    best as u32
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    x.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 impl Sampler {
@@ -95,6 +104,36 @@ mod tests {
             seed: 0,
         });
         assert_eq!(s.sample(&[1.0, 3.0, 3.0, -1.0]), 1);
+    }
+
+    /// Against the plain first-index scan over the values that aren't NaN: the maximum (and a tie after it) in every position of
+    /// lengths around the 8-lane chunks, with a NaN and an empty slice.
+    #[test]
+    fn argmax_matches_first_index_scan() {
+        let scan = |x: &[f32]| {
+            let mut best: Option<usize> = None;
+            for (i, v) in x.iter().enumerate() {
+                if !v.is_nan() && best.is_none_or(|b| *v > x[b]) {
+                    best = Some(i);
+                }
+            }
+            best.unwrap_or(0) as u32
+        };
+        assert_eq!(argmax(&[]), 0);
+        for n in 1..=19usize {
+            for at in 0..n {
+                let mut x: Vec<f32> = (0..n).map(|i| ((i * 7) % 5) as f32 - 9.0).collect();
+                x[at] = 4.0;
+                assert_eq!(argmax(&x), scan(&x), "n={n} max at {at}");
+                x[(at + 9) % n] = 4.0;
+                x[(at + 3) % n] = f32::NAN;
+                assert_eq!(
+                    argmax(&x),
+                    scan(&x),
+                    "n={n} max at {at} with a tie and a NaN"
+                );
+            }
+        }
     }
 
     #[test]
