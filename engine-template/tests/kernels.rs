@@ -260,8 +260,44 @@ fn attend_matches_f64_math() {
                     let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                     let p: Vec<f64> = e.iter().map(|x| x / e.iter().sum::<f64>()).collect();
                     let (mut sc, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
-                    kernels::attend_f32(isa, &q, (k, v), (stride, at), scale, &mut sc, &mut out);
-                    for (t, (&got, &exp)) in sc.iter().zip(&p).enumerate() {
+                    let (_, sum) = kernels::attend_f32(
+                        isa,
+                        &q,
+                        (k, v),
+                        (stride, at),
+                        scale,
+                        &mut sc,
+                        &mut out,
+                    );
+                    // The same positions in two parts (the first or second maybe empty), merged.
+                    let cut = n / 3;
+                    let mut merged = vec![f32::NAN; hd];
+                    let (mut sc0, mut sc1) = (vec![0.0; cut], vec![0.0; n - cut]);
+                    let (mut o0, mut o1) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
+                    let (m0, s0) = kernels::attend_f32(
+                        isa,
+                        &q,
+                        (k, v),
+                        (stride, at),
+                        scale,
+                        &mut sc0,
+                        &mut o0,
+                    );
+                    let rest = (&k[cut * stride..], &v[cut * stride..]);
+                    let (m1, s1) =
+                        kernels::attend_f32(isa, &q, rest, (stride, at), scale, &mut sc1, &mut o1);
+                    if n > 0 {
+                        let parts = [(m0, s0, &o0[..]), (m1, s1, &o1[..])];
+                        reference::merge_attention_ref(parts.into_iter(), &mut merged);
+                    }
+                    for (t, (&got, &exp)) in sc
+                        .iter()
+                        .map(|s| s / sum)
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .zip(&p)
+                        .enumerate()
+                    {
                         if !((got as f64 - exp).abs() <= tol::ELEMENTWISE_REL as f64) {
                             fails.push(format!(
                                 "attend_f32 scores isa={} hd={hd} n={n} misalign={mis} index={t}: expected {exp}, actual {got}",
@@ -269,15 +305,18 @@ fn attend_matches_f64_math() {
                             ));
                         }
                     }
-                    for (i, &got) in out.iter().enumerate() {
+                    for i in 0..if n > 0 { hd } else { 0 } {
                         let col: Vec<f64> = (0..n).map(|t| v[t * stride + at + i] as f64).collect();
                         let exp: f64 = col.iter().zip(&p).map(|(v, p)| v * p).sum();
                         let mag: f64 = col.iter().map(|v| v.abs()).fold(0.0, f64::max);
-                        if !((got as f64 - exp).abs() <= bound(n, mag)) {
-                            fails.push(format!(
-                                "attend_f32 output isa={} hd={hd} n={n} misalign={mis} index={i}: expected {exp}, actual {got}",
-                                isa.name()
-                            ));
+                        for (what, got) in [("output", out[i] / sum), ("merged output", merged[i])]
+                        {
+                            if !((got as f64 - exp).abs() <= bound(n, mag)) {
+                                fails.push(format!(
+                                    "attend_f32 {what} isa={} hd={hd} n={n} misalign={mis} index={i}: expected {exp}, actual {got}",
+                                    isa.name()
+                                ));
+                            }
                         }
                     }
                 }
@@ -355,15 +394,20 @@ fn rmsnorm_softmax_rope_silu_match_f64_math() {
     }
 
     let mut p = vec![1000.0, 1001.0, 999.0];
-    reference::softmax_ref(&mut p);
-    let e: Vec<f64> = [0.0f64, 1.0, -1.0].iter().map(|v| v.exp()).collect();
+    let (max, sum) = reference::exp_shifted_ref(&mut p);
+    assert_eq!(max, 1001.0);
+    let e: Vec<f64> = [-1.0f64, 0.0, -2.0].iter().map(|v| v.exp()).collect();
     let s: f64 = e.iter().sum();
+    let tol = tol::ELEMENTWISE_REL as f64;
+    assert!(
+        (sum as f64 - s).abs() < tol * s,
+        "softmax sum: expected {s}, actual {sum}"
+    );
     for i in 0..3 {
-        let tol = tol::ELEMENTWISE_REL as f64;
         assert!(
-            (p[i] as f64 - e[i] / s).abs() < tol,
+            (p[i] as f64 - e[i]).abs() < tol,
             "softmax index={i}: expected {}, actual {}",
-            e[i] / s,
+            e[i],
             p[i]
         );
     }

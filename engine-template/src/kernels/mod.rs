@@ -266,8 +266,10 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// One head's attention over `sc.len()` cached positions ([`reference::attend_ref`]).
+/// One head's unnormalized attention over `sc.len()` cached positions, returning `(max, sum)`
+/// ([`reference::attend_ref`]; [`reference::merge_attention_ref`] merges parts).
 #[inline]
+#[must_use = "the output is unnormalized: divide it by the sum, or merge it"]
 pub fn attend_f32(
     isa: Isa,
     q: &[f32],
@@ -276,7 +278,7 @@ pub fn attend_f32(
     scale: f32,
     sc: &mut [f32],
     out: &mut [f32],
-) {
+) -> (f32, f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature

@@ -71,9 +71,12 @@ pub fn axpy_f32_ref(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// One head's attention over `sc.len()` cached positions: `sc[t] = scale * dot(q, key t)`,
-/// softmax over `sc`, then `out = sum_t sc[t] * value t`. Key and value `t` are the `q.len()`
-/// floats at `t * stride + at` of `k` and `v` (a layer's caches, this head's slice of each row).
+/// One head's attention over `sc.len()` cached positions, unnormalized: `sc[t] = scale *
+/// dot(q, key t)`, then `sc[t] = e^(sc[t] - max)` ([`exp_shifted_ref`]) and `out = sum_t sc[t]
+/// * value t`; returns `(max, sum of sc)`, so `out / sum` is the attention and parts over
+/// disjoint positions can be merged ([`merge_attention_ref`]). Key and value `t` are the
+/// `q.len()` floats at `t * stride + at` of `k` and `v` (a layer's caches, this head's slice of
+/// each row). No positions give `(-inf, 0)` and a zero `out`.
 pub fn attend_ref(
     q: &[f32],
     (k, v): (&[f32], &[f32]),
@@ -81,16 +84,38 @@ pub fn attend_ref(
     scale: f32,
     sc: &mut [f32],
     out: &mut [f32],
-) {
+) -> (f32, f32) {
     let hd = q.len();
     for (t, s) in sc.iter_mut().enumerate() {
         *s = dot_f32_ref(q, &k[t * stride + at..][..hd]) * scale;
     }
-    softmax_ref(sc);
+    let (max, sum) = exp_shifted_ref(sc);
     out.fill(0.0);
     for (t, &p) in sc.iter().enumerate() {
         axpy_f32_ref(p, &v[t * stride + at..][..hd], out);
     }
+    (max, sum)
+}
+
+/// `out = (sum_i w_i out_i) / (sum_i w_i sum_i)` with `w_i = e^(max_i - max)`: one head's
+/// attention from the unnormalized parts [`attend_ref`] gave over disjoint positions, each
+/// `(max_i, sum_i, out_i)`. Parts over no positions (`sum_i == 0`) add nothing.
+pub fn merge_attention_ref<'a>(
+    parts: impl Iterator<Item = (f32, f32, &'a [f32])> + Clone,
+    out: &mut [f32],
+) {
+    let max = parts
+        .clone()
+        .fold(f32::NEG_INFINITY, |m, (pm, ..)| m.max(pm));
+    out.fill(0.0);
+    let mut total = 0.0;
+    for (pm, sum, o) in parts.filter(|p| p.1 > 0.0) {
+        let w = (pm - max).exp();
+        total += w * sum;
+        axpy_f32_ref(w, o, out);
+    }
+    let inv = 1.0 / total;
+    out.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// RMSNorm as transformers computes it: `w * (x / sqrt(mean(x²) + eps))`, in f32.
@@ -109,17 +134,16 @@ pub fn rmsnorm_ref(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// In-place softmax over the whole slice (max-subtracted, so large scores don't overflow).
-pub fn softmax_ref(x: &mut [f32]) {
+/// `x[t] = e^(x[t] - max)` in place, returning `(max, sum of the new x)`: a softmax without
+/// its division (max-subtracted, so large scores don't overflow). Empty: `(-inf, 0)`.
+pub fn exp_shifted_ref(x: &mut [f32]) -> (f32, f32) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
         sum += *v;
     }
-    for v in x.iter_mut() {
-        *v /= sum;
-    }
+    (max, sum)
 }
 
 /// RoPE in transformers' rotate-half convention, on `x` = `heads` vectors of `cos.len() * 2`:

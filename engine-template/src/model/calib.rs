@@ -101,15 +101,17 @@ pub fn capture<'w>(
             let scale = 1.0 / (hd as f32).sqrt();
             for h in 0..heads {
                 let g = h / (heads / kvh);
-                crate::kernels::attend_f32(
+                let out = &mut att[h * hd..(h + 1) * hd];
+                let (_, sum) = crate::kernels::attend_f32(
                     isa,
                     &q[h * hd..(h + 1) * hd],
                     (&kc[l], &vc[l]),
                     (kvd, g * hd),
                     scale,
                     &mut scores[..pos + 1],
-                    &mut att[h * hd..(h + 1) * hd],
+                    out,
                 );
+                out.iter_mut().for_each(|v| *v /= sum);
             }
             rec.attn_out[pos * qd..(pos + 1) * qd].copy_from_slice(&att);
             par_gemv_f32(pool, isa, lw(l, "self_attn.o_proj"), &att, &mut xb2);

@@ -101,6 +101,9 @@ pub struct Llama<
     pub theta: f32,
 }
 
+/// Positions a thread's share of attention is rounded to (the scores go four keys at a time).
+const ATT_GRAIN: usize = 4;
+
 /// Tokens a forward call processes together (prefill and perplexity run in batches of this).
 pub const BATCH: usize = 32;
 
@@ -124,6 +127,7 @@ pub struct LlamaState {
     logits: Vec<f32>,          // [tokens asked for, VOCAB]
     xq: ActQ8,                 // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
     xqs: Vec<ActQ8>,           // [BATCH] tokens' activations in 8 bits, each as `xq`
+    att_parts: Vec<f32>,       // [threads, Q_DIM + 2 * HEADS] attention's parts, merged per token
     ctx: usize,
 }
 
@@ -213,22 +217,40 @@ impl_for_layer_types! {
             let layer_k = &s.k_cache[l * s.ctx * KV_DIM..(l + 1) * s.ctx * KV_DIM];
             let layer_v = &s.v_cache[l * s.ctx * KV_DIM..(l + 1) * s.ctx * KV_DIM];
             let ctx = s.ctx;
+            // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
+            let part = Q_DIM + 2 * HEADS;
+            let nt = pool.threads();
+            if s.att_parts.len() < nt * part {
+                s.att_parts.resize(nt * part, 0.0);
+            }
             for i in 0..n {
                 // Token i sees positions 0..=pos + i (causal).
                 let (seen, q) = (pos + i + 1, &s.q[i * Q_DIM..(i + 1) * Q_DIM]);
-                let scores = SyncSlice::new(&mut s.scores);
-                // Sharded by whole heads (grain HEAD_DIM): each thread owns its heads' output and scores.
-                pool.par_rows(&mut s.att_out[i * Q_DIM..(i + 1) * Q_DIM], HEAD_DIM, &|start, out| {
-                    for (j, out_h) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
-                        let h = start / HEAD_DIM + j;
-                        let kvh = h / (HEADS / KV_HEADS);
+                let (scores, parts) = (SyncSlice::new(&mut s.scores), SyncSlice::new(&mut s.att_parts));
+                // Each thread takes a contiguous share of the positions, for every head, and the
+                // shares are merged below. Sharded by heads instead, 9 heads gave one thread 5 and
+                // the other 4, and the threads both read the rows of the key-value head they shared.
+                pool.broadcast(&|t, nt| {
+                    let (p0, p1) = shard(seen, t, nt, ATT_GRAIN);
+                    // SAFETY: part `t` of the scratch, and positions p0..p1 of every head's
+                    // scores, are this thread's alone.
+                    let (outs, max_sum) = unsafe { parts.range(t * part, part) }.split_at_mut(Q_DIM);
+                    let kv = (&layer_k[p0 * KV_DIM..], &layer_v[p0 * KV_DIM..]);
+                    for (h, out_h) in outs.chunks_exact_mut(HEAD_DIM).enumerate() {
+                        let at = h / (HEADS / KV_HEADS) * HEAD_DIM;
+                        let sc = unsafe { scores.range(h * ctx + p0, p1 - p0) };
                         let q_h = &q[h * HEAD_DIM..(h + 1) * HEAD_DIM];
-                        // SAFETY: head `h` belongs to this thread alone.
-                        let sc = unsafe { scores.range(h * ctx, seen) };
-                        let at = kvh * HEAD_DIM;
-                        kernels::attend_f32(isa, q_h, (layer_k, layer_v), (KV_DIM, at), scale, sc, out_h);
+                        let (m, sum) = kernels::attend_f32(isa, q_h, kv, (KV_DIM, at), scale, sc, out_h);
+                        (max_sum[2 * h], max_sum[2 * h + 1]) = (m, sum);
                     }
                 });
+                let parts = &s.att_parts[..nt * part];
+                for (h, out_h) in s.att_out[i * Q_DIM..(i + 1) * Q_DIM].chunks_exact_mut(HEAD_DIM).enumerate() {
+                    let each = parts
+                        .chunks_exact(part)
+                        .map(|p| (p[Q_DIM + 2 * h], p[Q_DIM + 2 * h + 1], &p[h * HEAD_DIM..(h + 1) * HEAD_DIM]));
+                    r::merge_attention_ref(each, out_h);
+                }
             }
             if n == 1 {
                 let a = Acts::new(isa, &s.att_out[..Q_DIM], O::ACT8, &mut s.xq);
@@ -355,6 +377,7 @@ impl<
             logits: z(VOCAB),
             xq: ActQ8::default(),
             xqs: Vec::new(),
+            att_parts: Vec::new(),
             ctx,
         }
     }

@@ -163,7 +163,7 @@ pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     out
 }
 
-/// One head's attention, as [`reference::attend_ref`] (which checks nothing more: the caller
+/// One head's unnormalized attention, as [`reference::attend_ref`] (which checks nothing more: the caller
 /// slices `k` and `v` to the layer). Decode ran it as a dot and an axpy call per key, 7% of
 /// int4w's samples; here the scores go four keys at a time (one load of `q` feeds four FMA
 /// chains, and one `vhaddps` tree sums them), and the output stays in eight registers while
@@ -179,7 +179,7 @@ pub unsafe fn attend_f32_avx2(
     scale: f32,
     sc: &mut [f32],
     out: &mut [f32],
-) {
+) -> (f32, f32) {
     let (hd, n) = (q.len(), sc.len());
     assert!(
         out.len() == hd && (n == 0 || (n - 1) * stride + at + hd <= k.len().min(v.len())),
@@ -219,7 +219,7 @@ pub unsafe fn attend_f32_avx2(
     for (t, o) in sc.iter_mut().enumerate().skip(t) {
         *o = dot_f32_avx2(q, std::slice::from_raw_parts(key(t), hd)) * scale;
     }
-    softmax_avx2(sc);
+    let max_sum = exp_shifted_avx2(sc);
     // Values: 64 output floats at a time held in registers across all keys.
     let val = |t: usize, i: usize| v.as_ptr().add(t * stride + at + i);
     let mut i = 0;
@@ -247,6 +247,7 @@ pub unsafe fn attend_f32_avx2(
     for (o, e) in out.iter_mut().enumerate().skip(i) {
         *e = sc.iter().enumerate().map(|(t, &p)| p * *val(t, o)).sum();
     }
+    max_sum
 }
 
 // ---- GGUF block formats -------------------------------------------------------------------
@@ -714,13 +715,13 @@ pub unsafe fn dequant_int8_avx2(cols: usize, w: &[u8], out: &mut [f32]) {
     }
 }
 
-/// [`reference::softmax_ref`] eight lanes at a time: the scalar `exp` of every score was a
-/// fifth of attention's samples in decode.
+/// [`reference::exp_shifted_ref`] eight lanes at a time: the scalar `exp` of every score was
+/// a fifth of attention's samples in decode.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn softmax_avx2(x: &mut [f32]) {
+pub unsafe fn exp_shifted_avx2(x: &mut [f32]) -> (f32, f32) {
     let n8 = x.len() / 8 * 8;
     let p = x.as_mut_ptr();
     let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
@@ -739,16 +740,7 @@ pub unsafe fn softmax_avx2(x: &mut [f32]) {
         *v = (*v - max).exp();
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    for i in (0..n8).step_by(8) {
-        _mm256_storeu_ps(
-            p.add(i),
-            _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), _mm256_set1_ps(inv)),
-        );
-    }
-    for v in &mut x[n8..] {
-        *v *= inv;
-    }
+    (max, sum)
 }
 
 /// [`reference::silu_mul_ref`] eight lanes at a time: `gate = silu(gate) * up`. The scalar
