@@ -379,6 +379,9 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
     }
     let mut pressure = MemPressure::from_env(blob)?;
     let (mut pp, mut tg, mut p50, mut p95) = (vec![], vec![], vec![], vec![]);
+    // Each run's decode against the read bandwidth probed right after it (ADR 30); the peak
+    // RSS is taken after the first run, before the probe's buffer exists.
+    let (mut gbps, mut fractions, mut rss, mut probe) = (vec![], vec![], 0.0, None);
     for run in 1..=a.runs {
         for (i, ids) in ids.iter().enumerate() {
             let mut state = model.new_state(ids.len() + a.max_new);
@@ -402,6 +405,13 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
                 },
             )?;
             let decoded = g.tokens.len().saturating_sub(1);
+            let run_tg = decoded as f64 / g.decode_s;
+            let probe = probe.get_or_insert_with(|| {
+                rss = metrics::rss_peak_mb();
+                bench::Probe::new()
+            });
+            let run_gbps = probe.read_gbps(&pool);
+            let fraction = run_tg * info.bytes_per_token as f64 / 1e9 / run_gbps;
             let line = serde_json::json!({
                 "bench": "run",
                 "run": run,
@@ -409,23 +419,24 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
                 "prompt_tokens": ids.len(),
                 "generated_tokens": g.tokens.len(),
                 "pp_tps": ids.len() as f64 / g.prefill_s,
-                "tg_tps": decoded as f64 / g.decode_s,
+                "tg_tps": run_tg,
                 "ttft_ms": g.prefill_s * 1e3,
                 "latency_p50_ms": metrics::percentile(&g.latencies, 50.0),
                 "latency_p95_ms": metrics::percentile(&g.latencies, 95.0),
+                "read_gbps": run_gbps,
+                "bandwidth_fraction": fraction,
             });
             println!("{line}");
             pp.push(ids.len() as f64 / g.prefill_s);
-            tg.push(decoded as f64 / g.decode_s);
+            tg.push(run_tg);
+            gbps.push(run_gbps);
+            fractions.push(fraction);
             p50.push(metrics::percentile(&g.latencies, 50.0));
             p95.push(metrics::percentile(&g.latencies, 95.0));
         }
     }
-    // Peak RSS before the bandwidth probe allocates its buffer.
-    let rss = metrics::rss_peak_mb();
-    let gbps = bench::read_bandwidth(&pool);
-    let tg_med = metrics::percentile(&tg, 50.0);
-    let fraction = tg_med * info.bytes_per_token as f64 / 1e9 / gbps;
+    let gbps = metrics::percentile(&gbps, 50.0);
+    let fraction = metrics::percentile(&fractions, 50.0);
     let (cpu, flags) = bench::cpu();
     let isa = crate::kernels::isa().name();
     let (pp_s, tg_s) = (bench::spread(&pp), bench::spread(&tg));

@@ -9,18 +9,38 @@ use std::time::Instant;
 /// Bytes streamed by [`read_bandwidth`].
 pub const BANDWIDTH_BYTES: usize = 512 << 20;
 
+/// The read-bandwidth probe's buffer, allocated once: `bench` probes after every run, so each
+/// run's decode is set against the bandwidth of the same moment (ADR 30).
+pub struct Probe(Vec<f32>);
+
+impl Probe {
+    pub fn new() -> Probe {
+        // Filled with ones, so every page is faulted in before timing.
+        Probe(vec![1.0f32; BANDWIDTH_BYTES / 4])
+    }
+
+    /// Read bandwidth in GB/s (1e9 bytes/s) with the pool's threads ([`read_bandwidth`]).
+    pub fn read_gbps(&self, pool: &Pool) -> f64 {
+        read_bandwidth(pool, &self.0)
+    }
+}
+
+impl Default for Probe {
+    fn default() -> Probe {
+        Probe::new()
+    }
+}
+
 /// Read bandwidth in GB/s (1e9 bytes/s) with the pool's threads: the best of three passes of
-/// a plain sum over [`BANDWIDTH_BYTES`], each thread summing its own contiguous shard, as a
-/// decode GEMV streams its rows.
-pub fn read_bandwidth(pool: &Pool) -> f64 {
-    // Filled with ones, so every page is faulted in before timing.
-    let buf = vec![1.0f32; BANDWIDTH_BYTES / 4];
+/// a plain sum over `buf`, each thread summing its own contiguous shard, as a decode GEMV
+/// streams its rows.
+fn read_bandwidth(pool: &Pool, buf: &[f32]) -> f64 {
     let mut sums = vec![0.0f32; pool.threads()];
     let mut best = 0.0f64;
     for _ in 0..3 {
         let t0 = Instant::now();
         let out = SyncSlice::new(&mut sums);
-        let data = &buf;
+        let data = buf;
         pool.broadcast(&|t, nt| {
             let (a, b) = crate::pool::shard(data.len(), t, nt, 1024);
             // 16 independent lanes: the compiler vectorizes it without reassociating.
@@ -35,7 +55,7 @@ pub fn read_bandwidth(pool: &Pool) -> f64 {
         });
         let secs = t0.elapsed().as_secs_f64();
         std::hint::black_box(&sums);
-        best = best.max(BANDWIDTH_BYTES as f64 / secs / 1e9);
+        best = best.max(std::mem::size_of_val(buf) as f64 / secs / 1e9);
     }
     best
 }
