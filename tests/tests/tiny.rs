@@ -584,7 +584,10 @@ fn tiny_bench_lines_summary_and_merge() {
         .collect();
     fractions.sort_by(f64::total_cmp);
     let f = s["bandwidth_fraction"].as_f64().unwrap();
-    assert!(f > 0.0 && f >= fractions[1] && f <= fractions[2], "{s} against {fractions:?}");
+    assert!(
+        f > 0.0 && f >= fractions[1] && f <= fractions[2],
+        "{s} against {fractions:?}"
+    );
     assert!(
         s["memory_pressure"].is_null() && s["affinity"].is_null(),
         "{s}"
