@@ -164,10 +164,10 @@ pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
 }
 
 /// One head's unnormalized attention, as [`reference::attend_ref`] (which checks nothing more:
-/// the caller slices `k` and `v` to the layer). Decode ran it as a dot and an axpy call per key, 7% of
-/// int4w's samples; here the scores go four keys at a time (one load of `q` feeds four FMA
-/// chains, and one `vhaddps` tree sums them), and the output stays in eight registers while
-/// every key's value is added to it.
+/// the caller slices `k` and `v` to the layer). Decode ran it as a dot and an axpy call per
+/// key, 7% of int4w's samples; here the scores go four keys at a time (one load of `q` feeds
+/// four FMA chains, and one `vhaddps` tree sums them), and the output stays in eight registers
+/// while every key's value is added to it.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
