@@ -198,8 +198,10 @@ pub fn run<M: CausalLm>(
     let load_time = start.elapsed();
 
     let mut pressure = MemPressure::from_env(blob)?;
+    let mut model = model;
     let g = generate(
-        &model,
+        &mut model,
+        &mut huge_pages(info, offsets, blob),
         &mut state,
         &pool,
         &ids,
@@ -281,6 +283,23 @@ fn load<M: CausalLm>(
     Ok((blob, model, taken(tok)?))
 }
 
+/// The model on the weights moved into huge pages ([`weights::into_huge_pages`], ADR 31), the
+/// first time it is called where the kernel gives them; `None` after that, or without them.
+fn huge_pages<'a, M: CausalLm>(
+    info: &'a BakedInfo,
+    offsets: &'a M::Offsets,
+    blob: &'static [u8],
+) -> impl FnMut(&Pool) -> Option<M> + 'a {
+    let mut done = false;
+    move |pool| {
+        if std::mem::replace(&mut done, true) || info.embedded.is_some() {
+            return None;
+        }
+        let blob = weights::into_huge_pages(blob, pool)?;
+        M::load(blob, offsets, info.rms_norm_eps, info.rope_theta).ok()
+    }
+}
+
 /// When a generation stops, and what it does on the way.
 struct Stop<'a> {
     max_new: usize,
@@ -299,9 +318,11 @@ struct Generation {
     decode_s: f64,
 }
 
-/// Prefill (batched), then decoding one token at a time.
+/// Prefill (batched), then decoding one token at a time. Between the two, `upgrade` may give
+/// a model on the same weights moved into huge pages (ADR 31), which decode then runs.
 fn generate<M: CausalLm>(
-    model: &M,
+    model: &mut M,
+    upgrade: &mut dyn FnMut(&Pool) -> Option<M>,
     state: &mut M::State,
     pool: &Pool,
     ids: &[u32],
@@ -326,6 +347,11 @@ fn generate<M: CausalLm>(
     let t1 = Instant::now();
     let mut last = t1;
     let mut touched = 0u64;
+    if out.len() < stop.max_new && !stop.eos.contains(&next) {
+        if let Some(m) = upgrade(pool) {
+            *model = m;
+        }
+    }
     while out.len() < stop.max_new && !stop.eos.contains(&next) {
         let pos = ids.len() + out.len() - 1;
         let logits = model
@@ -378,6 +404,7 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         )));
     }
     let mut pressure = MemPressure::from_env(blob)?;
+    let (mut model, mut upgrade) = (model, huge_pages(info, offsets, blob));
     let (mut pp, mut tg, mut p50, mut p95) = (vec![], vec![], vec![], vec![]);
     // Each run's decode against the read bandwidth probed right after it (ADR 30); the peak
     // RSS is taken after the first run, before the probe's buffer exists.
@@ -392,7 +419,8 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
                 seed: 0,
             });
             let g = generate(
-                &model,
+                &mut model,
+                &mut upgrade,
                 &mut state,
                 &pool,
                 ids,
