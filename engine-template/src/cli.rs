@@ -283,20 +283,27 @@ fn load<M: CausalLm>(
     Ok((blob, model, taken(tok)?))
 }
 
-/// The model on the weights moved into huge pages ([`weights::into_huge_pages`], ADR 31), the
-/// first time it is called where the kernel gives them; `None` after that, or without them.
+/// The weights moved into huge pages, and a model on them.
+type Moved<M> = Option<(&'static [u8], M)>;
+
+/// The weights moved into huge pages ([`weights::into_huge_pages`], ADR 31) and the model on
+/// them, the first time it is called where the kernel gives them; `None` after that, or
+/// without them.
 fn huge_pages<'a, M: CausalLm>(
     info: &'a BakedInfo,
     offsets: &'a M::Offsets,
     blob: &'static [u8],
-) -> impl FnMut(&Pool) -> Option<M> + 'a {
+) -> impl FnMut(&Pool) -> Moved<M> + 'a {
     let mut done = false;
     move |pool| {
         if std::mem::replace(&mut done, true) || info.embedded.is_some() {
             return None;
         }
         let blob = weights::into_huge_pages(blob, pool)?;
-        M::load(blob, offsets, info.rms_norm_eps, info.rope_theta).ok()
+        Some((
+            blob,
+            M::load(blob, offsets, info.rms_norm_eps, info.rope_theta).ok()?,
+        ))
     }
 }
 
@@ -318,11 +325,12 @@ struct Generation {
     decode_s: f64,
 }
 
-/// Prefill (batched), then decoding one token at a time. Between the two, `upgrade` may give
-/// a model on the same weights moved into huge pages (ADR 31), which decode then runs.
+/// Prefill (batched), then decoding one token at a time. Before each decode step, `upgrade`
+/// may give the weights moved into huge pages and a model on them (ADR 31), which decode then
+/// runs.
 fn generate<M: CausalLm>(
     model: &mut M,
-    upgrade: &mut dyn FnMut(&Pool) -> Option<M>,
+    upgrade: &mut dyn FnMut(&Pool) -> Moved<M>,
     state: &mut M::State,
     pool: &Pool,
     ids: &[u32],
@@ -347,12 +355,13 @@ fn generate<M: CausalLm>(
     let t1 = Instant::now();
     let mut last = t1;
     let mut touched = 0u64;
-    if out.len() < stop.max_new && !stop.eos.contains(&next) {
-        if let Some(m) = upgrade(pool) {
-            *model = m;
-        }
-    }
     while out.len() < stop.max_new && !stop.eos.contains(&next) {
+        if let Some((blob, m)) = upgrade(pool) {
+            *model = m;
+            if let Some(p) = stop.pressure.as_deref_mut() {
+                p.follow(blob);
+            }
+        }
         let pos = ids.len() + out.len() - 1;
         let logits = model
             .step(state, pool, next, pos, true)

@@ -172,18 +172,8 @@ dispatch_widen!(widen_f16, f16, widen_f16_ref, widen_f16_avx2);
 /// x86-64. Only a hint: it never faults, whatever the addresses.
 #[inline(always)]
 pub fn prefetch<T>(s: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let (p, bytes) = (s.as_ptr() as *const i8, std::mem::size_of_val(s));
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: SSE is part of x86-64, and a prefetch is a hint that never faults; the
-            // offsets stay within `s` anyway.
-            unsafe { _mm_prefetch(p.wrapping_add(off), _MM_HINT_T1) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = s;
+    let start = s.as_ptr() as *const u8;
+    prefetch_span(start, start.wrapping_add(std::mem::size_of_val(s)));
 }
 
 /// Asks for every cache line from `start` up to `end` to be brought into L2, without waiting

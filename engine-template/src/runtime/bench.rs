@@ -6,7 +6,7 @@ use crate::pool::{Pool, SyncSlice};
 use std::path::Path;
 use std::time::Instant;
 
-/// Bytes streamed by [`read_bandwidth`].
+/// Bytes streamed by [`Probe::read_gbps`].
 pub const BANDWIDTH_BYTES: usize = 512 << 20;
 
 /// The read-bandwidth probe's buffer, allocated once: `bench` probes after every run, so each
@@ -19,9 +19,33 @@ impl Probe {
         Probe(vec![1.0f32; BANDWIDTH_BYTES / 4])
     }
 
-    /// Read bandwidth in GB/s (1e9 bytes/s) with the pool's threads ([`read_bandwidth`]).
+    /// Read bandwidth in GB/s (1e9 bytes/s) with the pool's threads: the best of three passes
+    /// of a plain sum over the buffer, each thread summing its own contiguous shard, as a
+    /// decode GEMV streams its rows.
     pub fn read_gbps(&self, pool: &Pool) -> f64 {
-        read_bandwidth(pool, &self.0)
+        let data = &self.0[..];
+        let mut sums = vec![0.0f32; pool.threads()];
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let out = SyncSlice::new(&mut sums);
+            pool.broadcast(&|t, nt| {
+                let (a, b) = crate::pool::shard(data.len(), t, nt, 1024);
+                // 16 independent lanes: the compiler vectorizes it without reassociating.
+                let mut acc = [0.0f32; 16];
+                for c in data[a..b].chunks_exact(16) {
+                    for (s, v) in acc.iter_mut().zip(c) {
+                        *s += v;
+                    }
+                }
+                // SAFETY: slot `t` belongs to thread `t` alone.
+                unsafe { out.range(t, 1)[0] = acc.iter().sum() };
+            });
+            let secs = t0.elapsed().as_secs_f64();
+            std::hint::black_box(&sums);
+            best = best.max(std::mem::size_of_val(data) as f64 / secs / 1e9);
+        }
+        best
     }
 }
 
@@ -29,35 +53,6 @@ impl Default for Probe {
     fn default() -> Probe {
         Probe::new()
     }
-}
-
-/// Read bandwidth in GB/s (1e9 bytes/s) with the pool's threads: the best of three passes of
-/// a plain sum over `buf`, each thread summing its own contiguous shard, as a decode GEMV
-/// streams its rows.
-fn read_bandwidth(pool: &Pool, buf: &[f32]) -> f64 {
-    let mut sums = vec![0.0f32; pool.threads()];
-    let mut best = 0.0f64;
-    for _ in 0..3 {
-        let t0 = Instant::now();
-        let out = SyncSlice::new(&mut sums);
-        let data = buf;
-        pool.broadcast(&|t, nt| {
-            let (a, b) = crate::pool::shard(data.len(), t, nt, 1024);
-            // 16 independent lanes: the compiler vectorizes it without reassociating.
-            let mut acc = [0.0f32; 16];
-            for c in data[a..b].chunks_exact(16) {
-                for (s, v) in acc.iter_mut().zip(c) {
-                    *s += v;
-                }
-            }
-            // SAFETY: slot `t` belongs to thread `t` alone.
-            unsafe { out.range(t, 1)[0] = acc.iter().sum() };
-        });
-        let secs = t0.elapsed().as_secs_f64();
-        std::hint::black_box(&sums);
-        best = best.max(std::mem::size_of_val(buf) as f64 / secs / 1e9);
-    }
-    best
 }
 
 /// `IE_BYTES_PER_TOKEN` / `IE_STRIDE_BYTES`: after every generated token, read one byte every
@@ -96,6 +91,13 @@ impl MemPressure {
             blob,
             pos: 0,
         }))
+    }
+
+    /// Touches `blob` from now on: the same weights, moved (ADR 31), so the pages given back
+    /// are not faulted in again.
+    pub fn follow(&mut self, blob: &'static [u8]) {
+        debug_assert_eq!(blob.len(), self.blob.len());
+        self.blob = blob;
     }
 
     /// Reads this token's share; returns a value the caller must not let the compiler drop.

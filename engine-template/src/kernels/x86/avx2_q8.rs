@@ -583,10 +583,8 @@ pub unsafe fn gemm_int4_q8_avx2(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f
     let rb = int::check_int4_rows("gemm_int4_q8_avx2", group, x0.len(), w.len(), rows);
     let ng = x0.len() / QK8;
     gemm_rows_q8(xs, y, |r| {
-        let row = w.get_unchecked(r * rb..(r + 1) * rb);
-        let (d, dmin, scales, mins, qs) = int::int4_row(row, ng);
+        let (d, dmin, scales, mins, qs) = int::int4_row(w.get_unchecked(r * rb..(r + 1) * rb), ng);
         Int4G32 {
-            row: row.as_ptr(),
             d,
             dmin,
             scales,
@@ -663,7 +661,6 @@ impl<B: Q8Pair> RowQ8 for &[B] {
 
 /// An int4 g32 row's parts (`int::int4_row`).
 struct Int4G32<'a> {
-    row: *const u8,
     d: f32,
     dmin: f32,
     scales: &'a [u8],
@@ -704,7 +701,8 @@ impl RowQ8 for Int4G32<'_> {
     }
     #[inline(always)]
     fn start(&self) -> *const u8 {
-        self.row
+        // The header `d`, `dmin` comes before the scales.
+        self.scales.as_ptr().wrapping_sub(int::INT4_HEADER)
     }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
@@ -738,7 +736,6 @@ impl RowQ8 for Int4G32<'_> {
 /// arrays, `m` empty without `MIN` (Q4_0's offset is `-8 d`, Q5_0's `-16 d`), `qh` without
 /// `HIGH` (the 4-bit formats).
 struct SplitRow<'a, const MIN: bool, const HIGH: bool> {
-    row: *const u8,
     d: &'a [u8],
     m: &'a [u8],
     qh: &'a [u8],
@@ -761,7 +758,8 @@ impl<const MIN: bool, const HIGH: bool> SplitRow<'_, MIN, HIGH> {
 impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
     #[inline(always)]
     fn start(&self) -> *const u8 {
-        self.row
+        // A split row begins with its scales (`rows::fields`).
+        self.d.as_ptr()
     }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
@@ -849,7 +847,6 @@ pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f
             gemm_rows_q8(xs, y, |r| {
                 let row = w.get_unchecked(r * rb..(r + 1) * rb);
                 SplitRow::<$min, $high> {
-                    row: row.as_ptr(),
                     d: row.get_unchecked(d.clone()),
                     m: row.get_unchecked(m.clone()),
                     qh: row.get_unchecked(qh.clone()),
