@@ -1,6 +1,8 @@
 //! Decode GEMVs, one thread, on SmolLM2-135M's shapes (gate/up: 1536 x 576; down: 576 x 1536):
 //! each format with f32 activations and with 8-bit ones (activation quantization included),
-//! reported as weight bytes streamed per second. `cargo bench -p clocher-engine --bench gemv`.
+//! reported as weight bytes streamed per second; and prefill's batched 8-bit kernels on 64 rows
+//! (one chunk of `Mat::matmul`, cache-resident) against 8 tokens, reported as weights times
+//! tokens per second. `cargo bench -p clocher-engine --bench gemv`.
 
 use clocher_engine::kernels::act8::{self, ActQ8};
 use clocher_engine::kernels::blocks::GgmlType;
@@ -153,5 +155,31 @@ fn gemvs(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, gemvs);
+fn gemms(c: &mut Criterion) {
+    let (isa, rows, tokens) = (isa(), 64usize, 8usize);
+    for cols in [576usize, 1536] {
+        let w = values(rows * cols, 1);
+        let xs: Vec<ActQ8> = (0..tokens)
+            .map(|i| {
+                let mut q = ActQ8::default();
+                q.quantize(isa, &values(cols, 2 + i as u32));
+                q
+            })
+            .collect();
+        let mut y = vec![0.0f32; rows * tokens];
+        let mut g = c.benchmark_group(format!("gemm {rows}x{cols} x{tokens} {}", isa.name()));
+        g.throughput(Throughput::Elements((rows * cols * tokens) as u64));
+        let i4 = int::quantize_int4(&w, cols, 32, Scheme::Asym, Clip::None).unwrap();
+        g.bench_function("int4_g32 q8", |b| {
+            b.iter(|| act8::gemm_int4_q8(isa, 32, black_box(&i4), &xs, &mut y))
+        });
+        let q80 = blocks::quantize_q8_0_ref(&w);
+        g.bench_function("q8_0 q8", |b| {
+            b.iter(|| act8::gemm_q8_0_q8(isa, black_box(&q80), &xs, &mut y))
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, gemvs, gemms);
 criterion_main!(benches);

@@ -566,7 +566,7 @@ impl ActPath {
 }
 
 /// How prefill's batched GEMMs take activations: `"i8"` where the decode path is 8-bit and the
-/// weights have a batched 8-bit kernel (int4, Q4_0, Q4_1: [`CausalLm::GEMM_Q8`]), `"f32"`
+/// weights have a batched 8-bit kernel (int4, Q4_0, Q4_1, Q8_0: [`CausalLm::GEMM_Q8`]), `"f32"`
 /// otherwise.
 fn prefill_activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
     if M::GEMM_Q8 && ActPath::of::<M>(info) == ActPath::I8 {
@@ -668,6 +668,20 @@ pub fn perplexity<M: CausalLm>(
             (nll / scored as f64).exp()
         );
     }
+    // Batches run prefill's GEMM; a forward call of one token takes the decode kernels.
+    let path = ActPath::of::<M>(info);
+    let batched = match path {
+        ActPath::I8 if M::GEMM_Q8 => "i8",
+        ActPath::I8 if M::HEAD_GEMM_Q8 => "f32, head i8",
+        _ => "f32",
+    };
+    let activations = if a.batch == 1 {
+        path.label()
+    } else if single_token_calls(a.ctx - 1, a.batch) && batched != path.label() {
+        "mixed"
+    } else {
+        batched
+    };
     let line = serde_json::json!({
         "model": info.name,
         "precision": info.precision,
@@ -677,17 +691,7 @@ pub fn perplexity<M: CausalLm>(
         "ctx": a.ctx,
         "chunks": chunks,
         "batch": a.batch,
-        // Batches run prefill's GEMM; a forward call of one token takes the decode kernels.
-        "activations": match (
-            ActPath::of::<M>(info),
-            a.batch > 1,
-            single_token_calls(a.ctx - 1, a.batch),
-        ) {
-            (path, false, _) => path.label(),
-            (ActPath::I8, true, _) if prefill_activations::<M>(info) == "i8" => "i8",
-            (ActPath::I8 | ActPath::HeadI8, true, true) => "mixed",
-            _ => "f32",
-        },
+        "activations": activations,
         "threads": threads,
         "seconds": t0.elapsed().as_secs_f64(),
         "load_time_ms": (t0 - start).as_secs_f64() * 1e3,

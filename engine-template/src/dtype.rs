@@ -146,7 +146,7 @@ block_weight!(/// GGUF Q5_1.
     act8: act8::gemv_q5_1_q8);
 block_weight!(/// GGUF Q8_0.
     Q8_0, b::BlockQ8_0, Dtype::Ggml(Gt::Q8_0), QK, quant::dequant_q8_0_model, quant::gemv_q8_0,
-    act8: act8::gemv_q8_0_q8);
+    act8: act8::gemv_q8_0_q8, act8::gemm_q8_0_q8);
 block_weight!(/// GGUF Q3_K.
     Q3K, b::BlockQ3K, Dtype::Ggml(Gt::Q3K), QK_K, b::dequant_q3_k_ref, quant::gemv_q3_k);
 block_weight!(/// GGUF Q4_K.

@@ -164,27 +164,31 @@ fn q5_blocks(n: usize) -> (Vec<BlockQ5_0>, Vec<BlockQ5_1>) {
     (q50, q51)
 }
 
+/// `n` Q8_0 blocks, rows of `nb`, through every byte code; block 0 of each row is all -128
+/// (the largest |w| that `vpmaddubsw` sees).
+fn q8_0_blocks(n: usize, nb: usize) -> Vec<BlockQ8_0> {
+    (0..n)
+        .map(|i| BlockQ8_0 {
+            d: block_scale(i),
+            qs: std::array::from_fn(|j| {
+                if i % nb.max(1) == 0 {
+                    -128
+                } else {
+                    (i * 31 + j * 7) as u8 as i8
+                }
+            }),
+        })
+        .collect()
+}
+
 #[test]
 fn block_gemvs_every_isa_match_reference() {
     for nb in 0..=5usize {
         for rows in [0usize, 1, 3, 17] {
             let (cols, n) = (nb * QK8, nb * rows);
-            let scale = block_scale;
             // Every nibble code in every position, and every byte code.
             let (q40, q41) = (q4_0_blocks(n), q4_1_blocks(n));
-            // Block 0 of each row is all -128 (the largest |w| that `vpmaddubsw` sees).
-            let q80: Vec<BlockQ8_0> = (0..n)
-                .map(|i| BlockQ8_0 {
-                    d: scale(i),
-                    qs: std::array::from_fn(|j| {
-                        if i % nb.max(1) == 0 {
-                            -128
-                        } else {
-                            (i * 31 + j * 7) as u8 as i8
-                        }
-                    }),
-                })
-                .collect();
+            let q80 = q8_0_blocks(n, nb);
             let (q50, q51) = q5_blocks(n);
             let mut deq = vec![0.0f32; n * QK8];
             blocks::dequant_q5_0_ref(&q50, &mut deq);
@@ -449,6 +453,16 @@ fn gemms_every_isa_match_reference() {
             &as_bytes(&q41),
             &deq,
             &|isa, w, xs, y| act8::gemm_q4_1_q8(isa, &blocks_of(w), xs, y),
+        );
+        let q80 = q8_0_blocks(n, ng);
+        blocks::dequant_q8_0_ref(&q80, &mut deq);
+        check_gemm_every_isa(
+            "gemm_q8_0_q8",
+            cols,
+            rows,
+            &as_bytes(&q80),
+            &deq,
+            &|isa, w, xs, y| act8::gemm_q8_0_q8(isa, &blocks_of(w), xs, y),
         );
     }
 }

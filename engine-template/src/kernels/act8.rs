@@ -253,7 +253,8 @@ q8_gemv!(/// GGUF Q5_0 weights · 8-bit activations.
 q8_gemv!(/// GGUF Q5_1 weights · 8-bit activations.
     gemv_q5_1_q8, gemv_q5_1_q8_ref, gemv_q5_1_q8_avx2, b::BlockQ5_1, QK, b::dequant_q5_1_ref);
 q8_gemv!(/// GGUF Q8_0 weights · 8-bit activations.
-    gemv_q8_0_q8, gemv_q8_0_q8_ref, gemv_q8_0_q8_avx2, b::BlockQ8_0, QK, b::dequant_q8_0_ref);
+    gemv_q8_0_q8, gemv_q8_0_q8_ref, gemv_q8_0_q8_avx2,
+    gemm_q8_0_q8, gemm_q8_0_q8_ref, gemm_q8_0_q8_avx2, b::BlockQ8_0, QK, b::dequant_q8_0_ref);
 q8_gemv!(/// GGUF Q4_K weights · 8-bit activations (each 32-weight group is one activation block).
     gemv_q4_k_q8, gemv_q4_k_q8_ref, gemv_q4_k_q8_avx2,
     gemm_q4_k_q8, gemm_q4_k_q8_ref, gemm_q4_k_q8_avx2, b::BlockQ4K, QK_K, b::dequant_q4_k_ref);

@@ -345,6 +345,7 @@ impl<
     const CONTEXT: usize = CONTEXT;
     const GEMM_Q8: bool = L::GEMM_Q8;
     const HEAD_ACT8: bool = H::ACT8;
+    const HEAD_GEMM_Q8: bool = H::GEMM_Q8;
 
     fn load(blob: &'static [u8], o: &LlamaOffsets<LAYERS>, eps: f32, theta: f32) -> Result<Self> {
         Ok(Llama {

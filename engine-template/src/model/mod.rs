@@ -333,6 +333,9 @@ pub trait CausalLm: Sized + Send + Sync {
     const GEMM_Q8: bool;
     /// Whether the output head's weight type has an 8-bit activation GEMV.
     const HEAD_ACT8: bool;
+    /// Whether the output head's weight type has a batched 8-bit kernel (batches of positions
+    /// that all want logits, as in `perplexity`, take it on the 8-bit path).
+    const HEAD_GEMM_Q8: bool;
     fn load(
         blob: &'static [u8],
         offsets: &Self::Offsets,

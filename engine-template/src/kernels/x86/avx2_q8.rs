@@ -334,6 +334,131 @@ pub unsafe fn gemv_q8_0_q8_avx2(w: &[BlockQ8_0], x: &ActQ8, y: &mut [f32]) {
     gemv_blocks_q8(w, x, y)
 }
 
+/// Q8_0 rows · several tokens' 8-bit activations (prefill): `y[i * rows + r] = dot(row r,
+/// xs[i])`, `y` being `[xs.len(), rows]`. Four tokens at a time ([`gemm_q8_0_tile`]), the rest
+/// in tiles of three or two; one token left over runs the GEMV.
+///
+/// # Safety
+/// As [`gemm_q4_0_q8_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemm_q8_0_q8_avx2(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut [f32]) {
+    let rows = y.len() / xs.len().max(1);
+    let mut i = 0;
+    while i + 4 <= xs.len() {
+        gemm_q8_0_tile::<4>(w, &xs[i..i + 4], &mut y[i * rows..(i + 4) * rows]);
+        i += 4;
+    }
+    let (xs, y) = (&xs[i..], &mut y[i * rows..]);
+    match xs.len() {
+        3 => gemm_q8_0_tile::<3>(w, xs, y),
+        2 => gemm_q8_0_tile::<2>(w, xs, y),
+        1 => gemv_blocks_q8(w, &xs[0], y),
+        _ => {}
+    }
+}
+
+/// `T` tokens against every Q8_0 row, two blocks at a time. As in the 4-bit tiles
+/// ([`gemm_tile_q8`]), a pair of blocks is taken as both first halves, then both second halves
+/// (a lane shuffle per half), to meet the activations' [`ActQ8::pairs`]: the pair's dot comes
+/// out with block `k` in lanes 0-3 and `k + 1` in lanes 4-7, so one convert and one FMA serve
+/// two blocks. The weights' side of llama.cpp's sign trick ([`dot_i8_i8`]: the shuffles, `|w|`,
+/// the pair's two scales in their lanes) is done once for all `T` tokens. A token then costs
+/// two `vpsignb`, two `vpmaddubsw`, two `vpmaddwd` and an add (the halves' pair sums, up to
+/// 2 * 128 * 127, can't be added in i16 as the 4-bit tiles do), a convert, a multiply by its
+/// [`ActQ8::d_pairs`] and an FMA per 64 weights.
+///
+/// One block at a time (a convert, a step and an FMA each) ran prefill 10-12% slower; steps of
+/// eight blocks per token kept in registers, as the 4-bit tiles do, spilled and were slower
+/// still, about as fast as widening the rows to f32 for the float tiles.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut [f32]) {
+    assert!(
+        xs.iter().all(ActQ8::pairs_sized),
+        "gemm_q8_0_tile: activations not filled by ActQ8::quantize"
+    );
+    let nb = xs[0].len() / QK8;
+    let rows = y.len() / T;
+    let ones = _mm256_set1_epi16(1);
+    let px: [*const i8; T] = std::array::from_fn(|t| xs[t].pairs().as_ptr());
+    let xdp: [*const f32; T] = std::array::from_fn(|t| xs[t].d_pairs().as_ptr());
+    // Blocks `k` and `k + 1` (`dw`: their scales in the lanes of their sums) against every
+    // token, into `acc[t][a]`.
+    macro_rules! pair {
+        ($row:ident, $acc:ident, $a:expr, $k:expr, $dw:expr) => {
+            let (k, dw) = ($k, $dw);
+            let b0 = _mm256_loadu_si256($row.get_unchecked(k).qs.as_ptr() as *const __m256i);
+            let b1 = _mm256_loadu_si256($row.get_unchecked(k + 1).qs.as_ptr() as *const __m256i);
+            let lo = _mm256_permute2x128_si256::<0x20>(b0, b1);
+            let hi = _mm256_permute2x128_si256::<0x31>(b0, b1);
+            let (alo, ahi) = (_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(hi, hi));
+            for t in 0..T {
+                let xp = px[t].add(k * QK8) as *const __m256i;
+                let (x0, x1) = (_mm256_loadu_si256(xp), _mm256_loadu_si256(xp.add(1)));
+                let p = _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(x0, lo)), ones),
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(x1, hi)), ones),
+                );
+                let step = _mm256_mul_ps(dw, _mm256_loadu_ps(xdp[t].add(k * 4)));
+                $acc[t][$a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), step, $acc[t][$a]);
+            }
+        };
+    }
+    for r in 0..rows {
+        let row = w.get_unchecked(r * nb..(r + 1) * nb);
+        // Tiles of two tokens also send every other pair to a second accumulator per token,
+        // so FMA latency does not set the pace.
+        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        let mut k = 0;
+        while k + 8 <= nb {
+            // Eight blocks' scales gathered once, then spread over each pair's lanes.
+            let mut dw = [0.0f32; 8];
+            for (j, d) in dw.iter_mut().enumerate() {
+                *d = f16_to_f32(row.get_unchecked(k + j).d);
+            }
+            let dw = _mm256_loadu_ps(dw.as_ptr());
+            macro_rules! lanes {
+                ($j:literal) => {
+                    let idx = _mm256_setr_epi32($j, $j, $j, $j, $j + 1, $j + 1, $j + 1, $j + 1);
+                    let a = if T <= 2 { $j / 2 % 2 } else { 0 };
+                    pair!(row, acc, a, k + $j, _mm256_permutevar8x32_ps(dw, idx));
+                };
+            }
+            lanes!(0);
+            lanes!(2);
+            lanes!(4);
+            lanes!(6);
+            k += 8;
+        }
+        // The blocks past the last run of eight: pairs with their scales put in the lanes by
+        // hand, then an odd last block alone.
+        while k + 2 <= nb {
+            let (d0, d1) = (f16_to_f32(row[k].d), f16_to_f32(row[k + 1].d));
+            pair!(
+                row,
+                acc,
+                0,
+                k,
+                _mm256_setr_m128(_mm_set1_ps(d0), _mm_set1_ps(d1))
+            );
+            k += 2;
+        }
+        if k < nb {
+            let b = row.get_unchecked(k);
+            let wq = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
+            for (t, x) in xs.iter().enumerate() {
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(k * QK8) as *const __m256i);
+                let step = _mm256_set1_ps(f16_to_f32(b.d) * *x.d.get_unchecked(k));
+                let p = _mm256_cvtepi32_ps(dot_i8_i8(wq, xq));
+                acc[t][0] = _mm256_fmadd_ps(p, step, acc[t][0]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            *y.get_unchecked_mut(t * rows + r) = hsum_ps(_mm256_add_ps(a[0], a[1]));
+        }
+    }
+}
+
 /// Int8 rows: the unsigned codes flip their top bit to become `q - 128` (signed), so a weight
 /// is `d * (q - 128) + (m + 128 d)`; the second term needs only the total activation sum.
 ///
