@@ -326,6 +326,7 @@ impl<'a> SyncSlice<'a> {
     /// # Safety
     /// No two threads may hold overlapping ranges at the same time.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
         assert!(
             start + len <= self.len,

@@ -211,18 +211,33 @@ fn dot_matches_reference() {
                         isa.name()
                     ));
                 }
-                // dot4x2: four rows (one of them `a`) against two tokens (one of them `b`).
-                let others: Vec<Vec<f32>> = (1..5).map(|k| values(n, (n * 7 + k) as u32)).collect();
+                // The tiles: four rows (one of them `a`) against two or three tokens (one of
+                // them `b`).
+                let others: Vec<Vec<f32>> = (1..6).map(|k| values(n, (n * 7 + k) as u32)).collect();
                 let ws = [a, &others[0][..], &others[1][..], &others[2][..]];
-                let xs = [&others[3][..], b];
-                for (r, row) in kernels::dot4x2_f32(isa, ws, xs).into_iter().enumerate() {
-                    for (t, got) in row.into_iter().enumerate() {
-                        let (exp, mag) = dot_f64(ws[r], xs[t]);
-                        if !((got as f64 - exp).abs() <= bound(n, mag)) {
-                            fails.push(format!(
-                                "dot4x2_f32 isa={} n={n} misalign={mis} row={r} token={t}: expected {exp}, actual {got}",
-                                isa.name()
-                            ));
+                let x3 = [&others[3][..], &others[4][..], b];
+                let tiles = [
+                    (
+                        "dot4x2_f32",
+                        kernels::dot4x2_f32(isa, ws, [x3[0], b]).map(|r| vec![r[0], r[1]]),
+                        vec![x3[0], b],
+                    ),
+                    (
+                        "dot4x3_f32",
+                        kernels::dot4x3_f32(isa, ws, x3).map(|r| r.to_vec()),
+                        x3.to_vec(),
+                    ),
+                ];
+                for (name, out, xs) in tiles {
+                    for (r, row) in out.into_iter().enumerate() {
+                        for (t, got) in row.into_iter().enumerate() {
+                            let (exp, mag) = dot_f64(ws[r], xs[t]);
+                            if !((got as f64 - exp).abs() <= bound(n, mag)) {
+                                fails.push(format!(
+                                    "{name} isa={} n={n} misalign={mis} row={r} token={t}: expected {exp}, actual {got}",
+                                    isa.name()
+                                ));
+                            }
                         }
                     }
                 }

@@ -220,7 +220,8 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// `out[r][t] = dot(w[r], x[t])` for 4 rows and 2 tokens (the batched-prefill GEMM's tile).
+/// `out[r][t] = dot(w[r], x[t])` for 4 rows and 2 tokens (the batched-prefill GEMM's tile for a
+/// pair of tokens left after the 4 x 3 tiles).
 #[inline]
 pub fn dot4x2_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     match isa {
@@ -228,7 +229,19 @@ pub fn dot4x2_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
         // detection, and both imply AVX2.
         Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4x2_f32_avx2(w, x) },
-        _ => reference::dot4x2_f32_ref(w, x),
+        _ => reference::dot4xt_f32_ref(w, x),
+    }
+}
+
+/// `out[r][t] = dot(w[r], x[t])` for 4 rows and 3 tokens (the batched-prefill GEMM's main tile).
+#[inline]
+pub fn dot4x3_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4x3_f32_avx2(w, x) },
+        _ => reference::dot4xt_f32_ref(w, x),
     }
 }
 

@@ -8,9 +8,9 @@ pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `out[r][t] = dot(w[r], x[t])`: four weight rows against two tokens (the GEMM tile of
+/// `out[r][t] = dot(w[r], x[t])`: four weight rows against `T` tokens (the GEMM tiles of
 /// batched prefill).
-pub fn dot4x2_f32_ref(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
+pub fn dot4xt_f32_ref<const T: usize>(w: [&[f32]; 4], x: [&[f32]; T]) -> [[f32; T]; 4] {
     w.map(|w| x.map(|x| dot_f32_ref(w, x)))
 }
 

@@ -195,9 +195,10 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
     /// its rows [`Self::Q8_CHUNK`] at a time (L1-resident) and hands them to the kernel with
     /// [`Q8_TILE`] tokens at a time (ADR 18). Otherwise each thread widens
     /// four of its weight rows at a time into f32 scratch on its stack (L1/L2-resident; f32
-    /// rows are read in place), then runs 4-row by 2-token tiles over every token, so each
-    /// token's activations are read once per four rows, prefetching the next four rows as the
-    /// tiles run.
+    /// rows are read in place), then runs 4-row by 3-token tiles over every token (a pair
+    /// left runs 4 x 2), so each token's activations are read once per four rows, prefetching
+    /// the next four rows as the tiles run. 4 x 3 over 4 x 2: int8w's prefill +25%, fp32's
+    /// +3% (paired A/B, 14-token prompt, two threads).
     pub fn matmul(&self, pool: &Pool, n: usize, x: &[f32], q: Option<&[ActQ8]>, y: &mut [f32]) {
         if n == 1 {
             let a = Acts {
@@ -251,8 +252,21 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
                     // no faster; spread over the tiles, fp32's prefill gained 17%.
                     let next = &self.data
                         [(r0 + 4).min(b) * Self::ROW_ELEMS..(r0 + 8).min(b) * Self::ROW_ELEMS];
-                    let per = next.len().div_ceil(n / 2).max(1);
+                    let per = next.len().div_ceil((n / 3).max(1)).max(1);
                     let mut chunks = next.chunks(per);
+                    while i + 3 <= n {
+                        if let Some(c) = chunks.next() {
+                            crate::kernels::prefetch(c);
+                        }
+                        let out =
+                            crate::kernels::dot4x3_f32(isa, ws, [tok(i), tok(i + 1), tok(i + 2)]);
+                        for (r, t) in out.iter().enumerate() {
+                            put(i, r, t[0]);
+                            put(i + 1, r, t[1]);
+                            put(i + 2, r, t[2]);
+                        }
+                        i += 3;
+                    }
                     while i + 2 <= n {
                         if let Some(c) = chunks.next() {
                             crate::kernels::prefetch(c);

@@ -163,6 +163,60 @@ pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     out
 }
 
+/// Four weight rows against three tokens: twelve accumulators, the three tokens' vectors and
+/// one row's vector fill the sixteen registers; 7 loads feed 12 FMAs (the 4 x 2 tile: 6 for 8).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4x3_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
+    let n = x[0].len();
+    assert!(
+        x.iter().all(|x| x.len() == n) && w.iter().all(|w| w.len() == n),
+        "dot4x3_f32_avx2: lengths differ"
+    );
+    let (wp, xp) = (w.map(|w| w.as_ptr()), x.map(|x| x.as_ptr()));
+    let z = _mm256_setzero_ps();
+    let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12) = (z, z, z, z, z, z);
+    let (mut a20, mut a21, mut a22, mut a30, mut a31, mut a32) = (z, z, z, z, z, z);
+    let mut i = 0;
+    while i + 8 <= n {
+        let x0 = _mm256_loadu_ps(xp[0].add(i));
+        let x1 = _mm256_loadu_ps(xp[1].add(i));
+        let x2 = _mm256_loadu_ps(xp[2].add(i));
+        let w0 = _mm256_loadu_ps(wp[0].add(i));
+        a00 = _mm256_fmadd_ps(w0, x0, a00);
+        a01 = _mm256_fmadd_ps(w0, x1, a01);
+        a02 = _mm256_fmadd_ps(w0, x2, a02);
+        let w1 = _mm256_loadu_ps(wp[1].add(i));
+        a10 = _mm256_fmadd_ps(w1, x0, a10);
+        a11 = _mm256_fmadd_ps(w1, x1, a11);
+        a12 = _mm256_fmadd_ps(w1, x2, a12);
+        let w2 = _mm256_loadu_ps(wp[2].add(i));
+        a20 = _mm256_fmadd_ps(w2, x0, a20);
+        a21 = _mm256_fmadd_ps(w2, x1, a21);
+        a22 = _mm256_fmadd_ps(w2, x2, a22);
+        let w3 = _mm256_loadu_ps(wp[3].add(i));
+        a30 = _mm256_fmadd_ps(w3, x0, a30);
+        a31 = _mm256_fmadd_ps(w3, x1, a31);
+        a32 = _mm256_fmadd_ps(w3, x2, a32);
+        i += 8;
+    }
+    let sums = [
+        [a00, a01, a02],
+        [a10, a11, a12],
+        [a20, a21, a22],
+        [a30, a31, a32],
+    ];
+    let mut out = [[0.0f32; 3]; 4];
+    for (r, (o, s)) in out.iter_mut().zip(sums).enumerate() {
+        for (t, (o, s)) in o.iter_mut().zip(s).enumerate() {
+            *o = hsum_ps(s) + reference::dot_f32_ref(&w[r][i..], &x[t][i..]);
+        }
+    }
+    out
+}
+
 /// One head's unnormalized attention, as [`reference::attend_ref`] (which checks nothing more:
 /// the caller slices `k` and `v` to the layer). Decode ran it as a dot and an axpy call per
 /// key, 7% of int4w's samples; here the scores go four keys at a time (one load of `q` feeds
