@@ -153,14 +153,7 @@ pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
         a31 = _mm256_fmadd_ps(w3, x1, a31);
         i += 8;
     }
-    let sums = [[a00, a01], [a10, a11], [a20, a21], [a30, a31]];
-    let mut out = [[0.0f32; 2]; 4];
-    for (r, (o, s)) in out.iter_mut().zip(sums).enumerate() {
-        for (t, (o, s)) in o.iter_mut().zip(s).enumerate() {
-            *o = hsum_ps(s) + reference::dot_f32_ref(&w[r][i..], &x[t][i..]);
-        }
-    }
-    out
+    tile_sums([[a00, a01], [a10, a11], [a20, a21], [a30, a31]], w, x, i)
 }
 
 /// Four weight rows against three tokens: twelve accumulators, the three tokens' vectors and
@@ -184,22 +177,19 @@ pub unsafe fn dot4x3_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
         let x0 = _mm256_loadu_ps(xp[0].add(i));
         let x1 = _mm256_loadu_ps(xp[1].add(i));
         let x2 = _mm256_loadu_ps(xp[2].add(i));
-        let w0 = _mm256_loadu_ps(wp[0].add(i));
-        a00 = _mm256_fmadd_ps(w0, x0, a00);
-        a01 = _mm256_fmadd_ps(w0, x1, a01);
-        a02 = _mm256_fmadd_ps(w0, x2, a02);
-        let w1 = _mm256_loadu_ps(wp[1].add(i));
-        a10 = _mm256_fmadd_ps(w1, x0, a10);
-        a11 = _mm256_fmadd_ps(w1, x1, a11);
-        a12 = _mm256_fmadd_ps(w1, x2, a12);
-        let w2 = _mm256_loadu_ps(wp[2].add(i));
-        a20 = _mm256_fmadd_ps(w2, x0, a20);
-        a21 = _mm256_fmadd_ps(w2, x1, a21);
-        a22 = _mm256_fmadd_ps(w2, x2, a22);
-        let w3 = _mm256_loadu_ps(wp[3].add(i));
-        a30 = _mm256_fmadd_ps(w3, x0, a30);
-        a31 = _mm256_fmadd_ps(w3, x1, a31);
-        a32 = _mm256_fmadd_ps(w3, x2, a32);
+        // One row's vector at a time, into its three accumulators.
+        macro_rules! row {
+            ($r:literal, $a0:ident, $a1:ident, $a2:ident) => {
+                let w = _mm256_loadu_ps(wp[$r].add(i));
+                $a0 = _mm256_fmadd_ps(w, x0, $a0);
+                $a1 = _mm256_fmadd_ps(w, x1, $a1);
+                $a2 = _mm256_fmadd_ps(w, x2, $a2);
+            };
+        }
+        row!(0, a00, a01, a02);
+        row!(1, a10, a11, a12);
+        row!(2, a20, a21, a22);
+        row!(3, a30, a31, a32);
         i += 8;
     }
     let sums = [
@@ -208,7 +198,19 @@ pub unsafe fn dot4x3_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
         [a20, a21, a22],
         [a30, a31, a32],
     ];
-    let mut out = [[0.0f32; 3]; 4];
+    tile_sums(sums, w, x, i)
+}
+
+/// The 4 x `T` tiles' results: each accumulator's horizontal sum plus the elements from `i`
+/// on, past the last whole vector.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_sums<const T: usize>(
+    sums: [[__m256; T]; 4],
+    w: [&[f32]; 4],
+    x: [&[f32]; T],
+    i: usize,
+) -> [[f32; T]; 4] {
+    let mut out = [[0.0f32; T]; 4];
     for (r, (o, s)) in out.iter_mut().zip(sums).enumerate() {
         for (t, (o, s)) in o.iter_mut().zip(s).enumerate() {
             *o = hsum_ps(s) + reference::dot_f32_ref(&w[r][i..], &x[t][i..]);
