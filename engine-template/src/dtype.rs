@@ -155,7 +155,7 @@ block_weight!(/// GGUF Q4_K.
 block_weight!(/// GGUF Q5_K.
     Q5K, b::BlockQ5K, Dtype::Ggml(Gt::Q5K), QK_K, b::dequant_q5_k_ref, quant::gemv_q5_k);
 block_weight!(/// GGUF Q6_K.
-    Q6K, b::BlockQ6K, Dtype::Ggml(Gt::Q6K), QK_K, b::dequant_q6_k_ref, quant::gemv_q6_k,
+    Q6K, b::BlockQ6K, Dtype::Ggml(Gt::Q6K), QK_K, quant::dequant_q6_k_model, quant::gemv_q6_k,
     act8: act8::gemv_q6_k_q8);
 block_weight!(/// GGUF IQ4_NL.
     IQ4NL, b::BlockIQ4NL, Dtype::Ggml(Gt::IQ4NL), QK, b::dequant_iq4_nl_ref, quant::gemv_iq4_nl);

@@ -269,5 +269,22 @@ fn widening_every_isa_is_bit_identical_to_reference() {
         quant::dequant_q8_0,
         b::dequant_q8_0_ref,
     ));
+    // Q6_K: the fixture's real blocks, then every byte in `ql` and every byte in `qh` (so
+    // every 6-bit code in every run), under `d` of both signs and scales at the extremes.
+    let mut q6_k = from_fixture::<b::BlockQ6K>(GgmlType::Q6K);
+    for (i, d) in [0.75f32, -3e-4, 1.5, -0.125].into_iter().enumerate() {
+        q6_k.extend((0..2).map(|blk| b::BlockQ6K {
+            ql: std::array::from_fn(|j| (blk * 128 + j) as u8),
+            qh: std::array::from_fn(|j| (blk * 64 + j * 4 + i) as u8),
+            scales: std::array::from_fn(|j| [-128i8, 127, -1, 1, 0, 64, -77, 33][(j + blk) % 8]),
+            d: f16::from_f32(d),
+        }));
+    }
+    fails.extend(same(
+        GgmlType::Q6K,
+        &q6_k,
+        quant::dequant_q6_k,
+        b::dequant_q6_k_ref,
+    ));
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }

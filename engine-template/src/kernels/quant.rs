@@ -224,3 +224,10 @@ dequant_on!(
     b::BlockQ8_0,
     b::dequant_q8_0_ref
 );
+dequant_on!(
+    dequant_q6_k,
+    dequant_q6_k_model,
+    dequant_q6_k_avx2,
+    b::BlockQ6K,
+    b::dequant_q6_k_ref
+);
