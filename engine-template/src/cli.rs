@@ -566,9 +566,8 @@ impl ActPath {
 }
 
 /// How prefill's batched GEMMs take activations: `"i8"` where the decode path is 8-bit and the
-/// weights have a batched 8-bit kernel (int4, Q4_0-Q5_1, Q4_K, Q8_0:
-/// [`CausalLm::GEMM_Q8`]), `"f32"`
-/// otherwise.
+/// weights have a batched 8-bit kernel (int4, Q4_0-Q5_1, Q4_K, Q8_0: [`CausalLm::GEMM_Q8`]),
+/// `"f32"` otherwise.
 fn prefill_activations<M: CausalLm>(info: &BakedInfo) -> &'static str {
     if M::GEMM_Q8 && ActPath::of::<M>(info) == ActPath::I8 {
         "i8"
