@@ -313,7 +313,7 @@ use crate::kernels::blocks::{self as b, QK, QK_K};
 use crate::kernels::int;
 
 macro_rules! via_dequant_avx2 {
-    ($name:ident, $block:ty, $elems:expr, $dequant:path) => {
+    ($name:ident, $block:ty, $elems:expr, $dequant:expr) => {
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C.
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -334,12 +334,10 @@ macro_rules! via_dequant_avx2 {
 via_dequant_avx2!(gemv_q3_k_avx2, b::BlockQ3K, QK_K, b::dequant_q3_k_ref);
 via_dequant_avx2!(gemv_q4_k_avx2, b::BlockQ4K, QK_K, b::dequant_q4_k_ref);
 via_dequant_avx2!(gemv_q5_k_avx2, b::BlockQ5K, QK_K, b::dequant_q5_k_ref);
-via_dequant_avx2!(
-    gemv_q6_k_avx2,
-    b::BlockQ6K,
-    QK_K,
-    crate::kernels::quant::dequant_q6_k_model
-);
+via_dequant_avx2!(gemv_q6_k_avx2, b::BlockQ6K, QK_K, |w, out| {
+    // SAFETY: only called inside `gemv_q6_k_avx2`, whose caller guarantees AVX2, FMA and F16C.
+    unsafe { dequant_q6_k_avx2(w, out) }
+});
 via_dequant_avx2!(gemv_iq4_nl_avx2, b::BlockIQ4NL, QK, b::dequant_iq4_nl_ref);
 via_dequant_avx2!(gemv_tq1_0_avx2, b::BlockTQ1_0, QK_K, b::dequant_tq1_0_ref);
 via_dequant_avx2!(gemv_tq2_0_avx2, b::BlockTQ2_0, QK_K, b::dequant_tq2_0_ref);
