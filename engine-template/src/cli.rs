@@ -248,13 +248,14 @@ fn threads(arg: Option<usize>) -> Result<usize> {
     }
 }
 
-/// Builds the tokenizer on this thread while the pool's last worker maps and checks the
-/// weights and binds the model. The tokenizer takes about twice as long, and a worker thread
-/// just spawned often first runs about 5 ms late (a halted virtual CPU waking up), so the
-/// caller, already running, takes the longer job. Loading on the pool, not on a thread of its
-/// own, leaves that worker running on its own core when prefill starts: a worker spawned after
-/// the load shared the caller's core for the first 10-15 ms of prefill (its first ten layers
-/// ran at half speed) until the scheduler moved it.
+/// Builds the tokenizer on this thread while the pool's last worker parses its vocabulary,
+/// then maps and checks the weights and binds the model (ADR 24, ADR 33). The tokenizer's
+/// part is the longer (merges and `BpeBuilder`), and a worker thread just spawned often first
+/// runs about 5 ms late (a halted virtual CPU waking up), so the caller, already running, takes
+/// it, and parses the vocabulary itself if the worker has not started on it by then. Loading
+/// on the pool, not on a thread of its own, leaves that worker running on its own core when
+/// prefill starts: a worker spawned after the load shared the caller's core for the first
+/// 10-15 ms of prefill (its first ten layers ran at half speed) until the scheduler moved it.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
@@ -262,8 +263,10 @@ fn load<M: CausalLm>(
     pool: &Pool,
 ) -> Result<(&'static [u8], M, tokenizers::Tokenizer)> {
     let (weights, tok) = (Mutex::new(None), Mutex::new(None));
+    let tok_load = text::TokenizerLoad::new(info.tokenizer_json);
     pool.broadcast(&|t, nt| {
         if t == nt - 1 {
+            tok_load.help();
             let w = weights::load(info, model_dir).and_then(|blob| {
                 Ok((
                     blob,
@@ -273,7 +276,7 @@ fn load<M: CausalLm>(
             *weights.lock().unwrap() = Some(w);
         }
         if t == 0 {
-            *tok.lock().unwrap() = Some(text::load_tokenizer(info.tokenizer_json));
+            *tok.lock().unwrap() = Some(tok_load.finish());
         }
     });
     fn taken<T>(m: Mutex<Option<T>>) -> T {

@@ -186,22 +186,37 @@ pub fn run_json_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
     serde_json::from_str(&stdout).expect("stdout is JSON")
 }
 
-/// The model binaries' tokenizer loader (`runtime::text::load_tokenizer`) must give the same
-/// tokenizer as `tokenizers`' own: the same serialization (vocabulary, merges, added tokens,
-/// every component), and the same ids for `texts`. Returns the fast-loaded tokenizer.
+/// The model binaries' tokenizer loader (`runtime::text`) must give the same tokenizer as
+/// `tokenizers`' own, on one thread (`load_tokenizer`) and with the vocabulary parsed on
+/// another (`TokenizerLoad::help`, as the binaries' load does): the same serialization
+/// (vocabulary, merges, added tokens, every component), and the same ids for `texts`. Returns
+/// the fast-loaded tokenizer.
 pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokenizer {
-    let fast = clocher_engine::runtime::text::load_tokenizer(json).expect("fast load");
+    use clocher_engine::runtime::text::{load_tokenizer, TokenizerLoad};
+    let fast = load_tokenizer(json).expect("fast load");
+    let split = TokenizerLoad::new(json);
+    std::thread::scope(|s| s.spawn(|| split.help()).join().unwrap());
+    let split = split.finish().expect("split load");
     let slow = tokenizers::Tokenizer::from_bytes(json).expect("tokenizers load");
     let ser = |t: &tokenizers::Tokenizer| -> Value {
         serde_json::from_str(&t.to_string(false).unwrap()).unwrap()
     };
-    assert!(
-        ser(&fast) == ser(&slow),
-        "the fast-loaded tokenizer serializes differently"
-    );
-    for text in texts {
-        let ids = |t: &tokenizers::Tokenizer| t.encode(*text, true).unwrap().get_ids().to_vec();
-        assert_eq!(ids(&fast), ids(&slow), "{text:?}: fast vs tokenizers ids");
+    for (t, how) in [
+        (&fast, "one thread"),
+        (&split, "vocabulary on another thread"),
+    ] {
+        assert!(
+            ser(t) == ser(&slow),
+            "the fast-loaded tokenizer ({how}) serializes differently"
+        );
+        for text in texts {
+            let ids = |t: &tokenizers::Tokenizer| t.encode(*text, true).unwrap().get_ids().to_vec();
+            assert_eq!(
+                ids(t),
+                ids(&slow),
+                "{text:?}: fast ({how}) vs tokenizers ids"
+            );
+        }
     }
     fast
 }
