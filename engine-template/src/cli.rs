@@ -248,15 +248,6 @@ fn threads(arg: Option<usize>) -> Result<usize> {
     }
 }
 
-/// Builds the tokenizer on this thread while the pool's last worker maps and checks the
-/// weights and binds the model, parsing the tokenizer's vocabulary first where the weights are
-/// the shorter job ([`VOCAB_ON_WORKER_MAX`]; ADR 24, ADR 33). The tokenizer's part is the
-/// longer for small models (merges and `BpeBuilder`), and a worker thread just spawned often
-/// first runs about 5 ms late (a halted virtual CPU waking up), so the caller, already running,
-/// takes it, and parses the vocabulary itself if the worker has not started on it by then. Loading
-/// on the pool, not on a thread of its own, leaves that worker running on its own core when
-/// prefill starts: a worker spawned after the load shared the caller's core for the first
-/// 10-15 ms of prefill (its first ten layers ran at half speed) until the scheduler moved it.
 /// The largest weights blob, as a multiple of `tokenizer.json`'s size, for which the load's
 /// worker parses the vocabulary before the weights (ADR 33). Measured on SmolLM2 (1.37 MB of
 /// `tokenizer.json`): the caller's part of the tokenizer past the vocabulary (merges and
@@ -266,6 +257,15 @@ fn threads(arg: Option<usize>) -> Result<usize> {
 /// not int8w's 138 MB, Q8_0's 143 MB or the float precisions, whose weights are the longer job.
 const VOCAB_ON_WORKER_MAX: u64 = 80;
 
+/// Builds the tokenizer on this thread while the pool's last worker maps and checks the
+/// weights and binds the model, parsing the tokenizer's vocabulary first where the weights are
+/// the shorter job ([`VOCAB_ON_WORKER_MAX`]; ADR 24, ADR 33). The tokenizer's part is the
+/// longer for small models (merges and `BpeBuilder`), and a worker thread just spawned often
+/// first runs about 5 ms late (a halted virtual CPU waking up), so the caller, already running,
+/// takes it, and parses the vocabulary itself if the worker has not started on it by then.
+/// Loading on the pool, not on a thread of its own, leaves that worker running on its own core
+/// when prefill starts: a worker spawned after the load shared the caller's core for the first
+/// 10-15 ms of prefill (its first ten layers ran at half speed) until the scheduler moved it.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
