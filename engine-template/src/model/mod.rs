@@ -254,30 +254,25 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
                         [(r0 + 4).min(b) * Self::ROW_ELEMS..(r0 + 8).min(b) * Self::ROW_ELEMS];
                     let per = next.len().div_ceil((n / 3).max(1)).max(1);
                     let mut chunks = next.chunks(per);
-                    while i + 3 <= n {
-                        if let Some(c) = chunks.next() {
-                            crate::kernels::prefetch(c);
-                        }
-                        let out =
-                            crate::kernels::dot4x3_f32(isa, ws, [tok(i), tok(i + 1), tok(i + 2)]);
-                        for (r, t) in out.iter().enumerate() {
-                            put(i, r, t[0]);
-                            put(i + 1, r, t[1]);
-                            put(i + 2, r, t[2]);
-                        }
-                        i += 3;
+                    // Tiles of `$t` tokens (tokens `i + $j`) while that many are left.
+                    macro_rules! tiles {
+                        ($t:literal, $dot:path, [$($j:literal),*]) => {
+                            while i + $t <= n {
+                                if let Some(c) = chunks.next() {
+                                    crate::kernels::prefetch(c);
+                                }
+                                let out = $dot(isa, ws, [$(tok(i + $j)),*]);
+                                for (r, row) in out.iter().enumerate() {
+                                    for (j, &v) in row.iter().enumerate() {
+                                        put(i + j, r, v);
+                                    }
+                                }
+                                i += $t;
+                            }
+                        };
                     }
-                    while i + 2 <= n {
-                        if let Some(c) = chunks.next() {
-                            crate::kernels::prefetch(c);
-                        }
-                        let out = crate::kernels::dot4x2_f32(isa, ws, [tok(i), tok(i + 1)]);
-                        for (r, pair) in out.iter().enumerate() {
-                            put(i, r, pair[0]);
-                            put(i + 1, r, pair[1]);
-                        }
-                        i += 2;
-                    }
+                    tiles!(3, crate::kernels::dot4x3_f32, [0, 1, 2]);
+                    tiles!(2, crate::kernels::dot4x2_f32, [0, 1]);
                 }
                 for i in i..n {
                     for r in 0..rows {
