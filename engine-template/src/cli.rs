@@ -168,7 +168,8 @@ pub fn run<M: CausalLm>(
         )));
     }
     let pool = Pool::new(threads);
-    let (blob, model, tok) = load::<M>(info, offsets, args.common.model_dir.as_deref(), &pool)?;
+    let (blob, model, check, tok) =
+        load::<M>(info, offsets, args.common.model_dir.as_deref(), &pool)?;
     let prompt = args.prompt.clone().unwrap_or_default();
     let prompt = if args.chat {
         let tmpl = info
@@ -236,6 +237,7 @@ pub fn run<M: CausalLm>(
         "prefill_tps": ids.len() as f64 / prefill,
         "rss_peak_mb": metrics::rss_peak_mb(),
         "load_time_ms": load_time.as_secs_f64() * 1e3,
+        "weights_check": check.label(),
         "memory_pressure": pressure.as_ref().map(MemPressure::json),
     });
     Ok(line.to_string())
@@ -248,60 +250,68 @@ fn threads(arg: Option<usize>) -> Result<usize> {
     }
 }
 
-/// The largest weights blob, as a multiple of `tokenizer.json`'s size, for which the load's
-/// worker parses the vocabulary before the weights (ADR 33). Measured on SmolLM2 (1.37 MB of
-/// `tokenizer.json`): the caller's part of the tokenizer past the vocabulary (merges and
-/// `BpeBuilder`) takes about 14 ms per MB of it, the vocabulary about 3.6, and mapping and
-/// hashing the weights about 0.13 ms per MB of blob. The worker's part stays the shorter with
-/// the vocabulary in it below about 78 times: int4w's 82 MB and the 4-bit GGUFs' 97-104 MB,
-/// not int8w's 138 MB, Q8_0's 143 MB or the float precisions, whose weights are the longer job.
+/// The largest weights blob to hash, as a multiple of `tokenizer.json`'s size, for which the
+/// load's worker parses the tokenizer's vocabulary before the weights (ADR 33). Measured on
+/// SmolLM2 (1.37 MB of `tokenizer.json`): the caller's part of the tokenizer past the
+/// vocabulary (merges and `BpeBuilder`) takes about 14 ms per MB of it, the vocabulary about
+/// 3.6, and mapping and hashing the weights about 0.13 ms per MB of blob. The worker's part
+/// stays the shorter with the vocabulary in it below about 78 times: int4w's 82 MB and the
+/// 4-bit GGUFs' 97-104 MB, not int8w's 138 MB, Q8_0's 143 MB or the float precisions, whose
+/// hash is the longer job. A stamped blob needs no hash (ADR 34): the worker then always
+/// takes the vocabulary, and the caller helps fault the weights in once the tokenizer is built.
 const VOCAB_ON_WORKER_MAX: u64 = 80;
 
+/// What [`load`] gives: the weights, the model on them, how they were checked, and the
+/// tokenizer.
+type Loaded<M> = (&'static [u8], M, weights::Check, tokenizers::Tokenizer);
+
 /// Builds the tokenizer on this thread while the pool's last worker maps and checks the
-/// weights and binds the model, parsing the tokenizer's vocabulary first where the weights are
-/// the shorter job ([`VOCAB_ON_WORKER_MAX`]; ADR 24, ADR 33). The tokenizer's part is the
-/// longer for small models (merges and `BpeBuilder`), and a worker thread just spawned often
-/// first runs about 5 ms late (a halted virtual CPU waking up), so the caller, already running,
-/// takes it, and parses the vocabulary itself if the worker has not started on it by then.
-/// Loading on the pool, not on a thread of its own, leaves that worker running on its own core
-/// when prefill starts: a worker spawned after the load shared the caller's core for the first
-/// 10-15 ms of prefill (its first ten layers ran at half speed) until the scheduler moved it.
+/// weights and binds the model (ADR 24). The worker parses the tokenizer's vocabulary first
+/// where the weights are the shorter job ([`VOCAB_ON_WORKER_MAX`], ADR 33), and both threads
+/// fault the weights' pages in, the caller once its tokenizer is built (ADR 34). The
+/// tokenizer's part is the longer for small models (merges and `BpeBuilder`), and a worker
+/// thread just spawned often first runs about 5 ms late (a halted virtual CPU waking up), so
+/// the caller, already running, takes it, and parses the vocabulary itself if the worker has
+/// not started on it by then. Loading on the pool, not on a thread of its own, leaves that
+/// worker running on its own core when prefill starts: a worker spawned after the load shared
+/// the caller's core for the first 10-15 ms of prefill (its first ten layers ran at half
+/// speed) until the scheduler moved it.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
     model_dir: Option<&std::path::Path>,
     pool: &Pool,
-) -> Result<(&'static [u8], M, tokenizers::Tokenizer)> {
+) -> Result<Loaded<M>> {
     let (weights, tok) = (Mutex::new(None), Mutex::new(None));
+    let mapped = std::sync::OnceLock::new();
     let tok_load = text::TokenizerLoad::new(info.tokenizer_json);
-    let weights_bytes = if info.embedded.is_some() {
-        0
-    } else {
-        info.blob_size
-    };
-    let vocab_on_worker = weights_bytes <= VOCAB_ON_WORKER_MAX * info.tokenizer_json.len() as u64;
+    let hash_max = VOCAB_ON_WORKER_MAX * info.tokenizer_json.len() as u64;
     pool.broadcast(&|t, nt| {
         if t == nt - 1 {
-            if vocab_on_worker {
-                tok_load.help();
-            }
-            let w = weights::load(info, model_dir).and_then(|blob| {
-                Ok((
-                    blob,
-                    M::load(blob, offsets, info.rms_norm_eps, info.rope_theta)?,
-                ))
+            let w = weights::map(info, model_dir).and_then(|m| {
+                let m: &weights::Mapped = mapped.get_or_init(|| m);
+                if !m.needs_hash() || m.blob.len() as u64 <= hash_max {
+                    tok_load.help();
+                }
+                m.populate();
+                let check = m.check()?;
+                let model = M::load(m.blob, offsets, info.rms_norm_eps, info.rope_theta)?;
+                Ok((m.blob, model, check))
             });
             *weights.lock().unwrap() = Some(w);
         }
         if t == 0 {
             *tok.lock().unwrap() = Some(tok_load.finish());
+            if let Some(m) = mapped.get() {
+                m.populate();
+            }
         }
     });
     fn taken<T>(m: Mutex<Option<T>>) -> T {
         m.into_inner().unwrap().expect("the pool ran every part")
     }
-    let (blob, model) = taken(weights)?;
-    Ok((blob, model, taken(tok)?))
+    let (blob, model, check) = taken(weights)?;
+    Ok((blob, model, check, taken(tok)?))
 }
 
 /// The weights moved into huge pages, and a model on them.
@@ -420,7 +430,7 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         )));
     }
     let pool = Pool::new(threads);
-    let (blob, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
+    let (blob, model, _, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| text::encode(&tok, p))
@@ -645,7 +655,7 @@ pub fn perplexity<M: CausalLm>(
         source,
     })?;
     let pool = Pool::new(threads);
-    let (_, model, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
+    let (_, model, _, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
     let ids = text::encode(&tok, &text)?;
     let chunks = (ids.len() / a.ctx).min(a.chunks.unwrap_or(usize::MAX));
     if chunks == 0 {

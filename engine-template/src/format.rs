@@ -11,6 +11,8 @@ pub const VERSION: u32 = 1;
 pub const ALIGN: u64 = 64;
 pub const BLOB_FILE: &str = "model.ie.bin";
 pub const META_FILE: &str = "model.ie.json";
+/// Written by a generated binary beside the blob once its hash matched (ADR 34).
+pub const STAMP_FILE: &str = "model.ie.verified";
 pub const VOCAB_FILE: &str = "vocab.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Architectures the packer and runtime support, by their Hugging Face class name.

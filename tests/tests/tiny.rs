@@ -65,6 +65,7 @@ fn check_against_oracle(
         "prefill_tps",
         "rss_peak_mb",
         "load_time_ms",
+        "weights_check",
     ] {
         assert!(!v[key].is_null(), "JSON line lacks {key}: {v}");
     }
