@@ -188,6 +188,18 @@ fn tiny_fp32_untied_matches_f64_oracle_and_cli_contract() {
     // Weights missing, truncated, or not the ones it was built for: one line, non-zero exit.
     let blob = work.path().join("tiny-fp32/model.ie.bin");
     let original = std::fs::read(&blob).unwrap();
+    // A blob older than the stamp's 2 s is hashed once, stamped, and trusted by its stamp
+    // after that (ADR 34); the in-place change below must still be caught.
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let f = std::fs::File::options().write(true).open(&blob).unwrap();
+    f.set_modified(an_hour_ago).unwrap();
+    drop(f);
+    let stamp = work.path().join("tiny-fp32/model.ie.verified");
+    let _ = std::fs::remove_file(&stamp);
+    let check = || run_json(&bin, &["--prompt", PROMPT, "--max-new", "1"])["weights_check"].clone();
+    assert_eq!(check(), "hash");
+    assert!(stamp.exists(), "a verified blob was not stamped");
+    assert_eq!(check(), "stamp");
     let expect_err = |needle: &str| {
         let out = run(&bin, &["--prompt", PROMPT]);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -243,6 +255,7 @@ fn tiny_embedded_weights_run_as_a_lone_file() {
     std::fs::remove_dir_all(&hf).unwrap();
     let v = run_json(&lone.join("tiny"), &["--prompt", PROMPT, "--max-new", "6"]);
     assert_eq!(token_ids(&v), model.greedy(&PROMPT_IDS, 6, |x| x));
+    assert_eq!(v["weights_check"], "embedded");
 }
 
 #[test]
