@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Clocher and llama.cpp side by side, in one run, on the same machine: same GGUF weights, same
-# prompt, same token counts, same threads. Prints each side and the ratio for every pair.
+# prompt, same token counts, same threads. Prints each side and the ratio for every pair: decode
+# and prefill tok/s, then time to first token including load, from fresh processes (ratio:
+# llama.cpp's time over Clocher's, so above 1 is Clocher faster).
 #
 #   scripts/bench-vs-llamacpp.sh
 #   PAIRS="q4_1:gguf q4_0:int4w" THREADS=2 MAX_NEW=128 RUNS=3 scripts/bench-vs-llamacpp.sh
@@ -21,6 +23,8 @@ THREADS=${THREADS:-2}
 MAX_NEW=${MAX_NEW:-128}
 RUNS=${RUNS:-3}
 PROMPT=${PROMPT:-"The history of computing is a story of people trying to make machines do"}
+# Time to first token, including load, is taken on its own prompt: 16 tokens for SmolLM2.
+TTFT_PROMPT=${TTFT_PROMPT:-"The history of computing is a story of people trying to make machines do our work"}
 CACHE=models/.cache
 VENV=$CACHE/bench-venv
 WORK=$CACHE/bench
@@ -88,6 +92,30 @@ print(json.dumps({"prompt_tokens": len(toks), "pp": pp, "tg": tg}))
 PY
 }
 
+llama_ttft() { # GGUF -> one JSON line: one fresh load, prompt and first token, timed in-process
+  "$VENV/bin/python" - "$1" "$TTFT_PROMPT" "$THREADS" <<'PY'
+import json, sys, time
+import numpy as np
+from llama_cpp import Llama
+path, prompt, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t0 = time.perf_counter()  # after the interpreter and the import, which Clocher has no match for
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
+toks = llm.tokenize(prompt.encode(), add_bos=True)
+t1 = time.perf_counter()
+llm.eval(toks)
+int(np.argmax(llm.scores[llm.n_tokens - 1]))
+t2 = time.perf_counter()
+print(json.dumps({"prompt_tokens": len(toks), "load_ms": (t1 - t0) * 1e3, "ms": (t2 - t0) * 1e3}))
+PY
+}
+
+clocher_ttft() { # BINARY -> one JSON line, as llama_ttft's: the binary's own load and first token
+  "$1" --prompt "$TTFT_PROMPT" --max-new 1 --threads "$THREADS" | tail -n 1 | python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+print(json.dumps({"prompt_tokens": d["prompt_tokens"], "load_ms": d["load_time_ms"], "ms": d["load_time_ms"] + d["ttft_ms"]}))'
+}
+
 clocher_build() { # GGUF PRECISION -> the binary
   local name="bench-$2-$(basename "$1" .gguf | tr 'A-Z_.' 'a-z--')"
   local crate
@@ -104,6 +132,7 @@ clocher_bench() { # BINARY MODE (default: IE_ACT8 unset, else its value) -> the 
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, prompt of $(wc -w <<< "$PROMPT") words, $MAX_NEW new tokens, median of $RUNS runs (llama.cpp: of $RUNS before and $RUNS after each Clocher binary)"
 printf '%-14s %-22s %10s %10s %10s %10s %8s %8s\n' pair clocher-kernels "llama tg" "clocher tg" "llama pp" "clocher pp" "tg ratio" "pp ratio"
+ttft=()
 for pair in $PAIRS; do
   ltype=${pair%%:*}; prec=${pair##*:}
   file=$(gguf_of "$ltype")
@@ -120,6 +149,18 @@ for pair in $PAIRS; do
   cs=()
   for act8 in $acts; do cs+=("$act8 $(clocher_bench "$bin" "$act8")"); done
   l2=$(llama_bench "$file")
+  # Time to first token: RUNS fresh processes a side, alternating.
+  tt=()
+  for _ in $(seq "$RUNS"); do tt+=("$(llama_ttft "$file")" "$(clocher_ttft "$bin")"); done
+  ttft+=("$(python3 - "$pair" "${tt[@]}" <<'PY'
+import json, statistics, sys
+pair, runs = sys.argv[1], [json.loads(a) for a in sys.argv[2:]]
+med = lambda side, k: statistics.median(r[k] for r in runs[side::2])
+l, c = med(0, "ms"), med(1, "ms")
+print(f'{pair:<14} {l:10.1f} {c:10.1f} {med(0, "load_ms"):10.1f} {med(1, "load_ms"):10.1f} {l / c:7.2f}x   '
+      f'(prompt tokens: llama.cpp {runs[0]["prompt_tokens"]}, clocher {runs[1]["prompt_tokens"]})')
+PY
+)")
   for mc in "${cs[@]}"; do
     python3 - "$pair" "$l" "$l2" "${mc#* }" "${mc%% *}" <<'PY'
 import json, statistics, sys
@@ -134,3 +175,7 @@ print(f'{pair:<14} {kern:<22} {l["tg_tps"]:10.1f} {ctg:10.1f} {l["pp_tps"]:10.1f
 PY
   done
 done
+echo
+echo "time to first token, including load (ms; median of $RUNS fresh processes a side, alternating; \"$TTFT_PROMPT\")"
+printf '%-14s %10s %10s %10s %10s %8s\n' pair "llama" "clocher" "llama load" "clo. load" "ratio"
+printf '%s\n' "${ttft[@]}"
