@@ -71,7 +71,9 @@ import json, statistics, sys, time
 import numpy as np
 from llama_cpp import Llama
 path, prompt, n_new, threads, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
+n_ctx = max(512, -(-(n_new + 64) // 256) * 256)  # room for the prompt and MAX_NEW tokens
+# n_batch = n_ctx: llama-cpp-python keeps the last logits in a row per position up to n_batch.
+llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, n_batch=n_ctx, verbose=False)
 toks = llm.tokenize(prompt.encode(), add_bos=True)
 pp, tg = [], []
 for _ in range(runs):
@@ -110,7 +112,11 @@ PY
 }
 
 clocher_ttft() { # BINARY -> one JSON line, as llama_ttft's: the binary's own load and first token
-  "$1" --prompt "$TTFT_PROMPT" --max-new 1 --threads "$THREADS" | tail -n 1 | python3 -c '
+  # The output is parsed after the binary has exited: a parser started beside it in a pipe
+  # took one of the two cores from its prefill (40-100 ms instead of 20).
+  local out
+  out=$("$1" --prompt "$TTFT_PROMPT" --max-new 1 --threads "$THREADS")
+  tail -n 1 <<< "$out" | python3 -c '
 import json, sys
 d = json.loads(sys.stdin.read())
 print(json.dumps({"prompt_tokens": d["prompt_tokens"], "load_ms": d["load_time_ms"], "ms": d["load_time_ms"] + d["ttft_ms"]}))'
