@@ -122,8 +122,8 @@ pub struct LlamaState {
     scores: Vec<f32>,          // [HEADS, ctx]
     cos: Vec<f32>,             // [BATCH, HEAD_DIM / 2]
     sin: Vec<f32>,             // [BATCH, HEAD_DIM / 2]
-    k_cache: super::ZeroedF32, // [LAYERS, ctx, KV_DIM]
-    v_cache: super::ZeroedF32, // [LAYERS, ctx, KV_DIM]
+    k_cache: super::ZeroedF32, // [LAYERS, KV_HEADS, ctx, HEAD_DIM]
+    v_cache: super::ZeroedF32, // [LAYERS, KV_HEADS, ctx, HEAD_DIM]
     logits: Vec<f32>,          // [tokens asked for, VOCAB]
     xq: ActQ8,                 // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
     xqs: Vec<ActQ8>,           // [BATCH] tokens' activations in 8 bits, each as `xq`
@@ -210,13 +210,18 @@ impl_for_layer_types! {
                 r::rope_ref(&mut s.q[i * Q_DIM..(i + 1) * Q_DIM], cos, sin);
                 r::rope_ref(&mut s.k[i * KV_DIM..(i + 1) * KV_DIM], cos, sin);
             }
-            let base = (l * s.ctx + pos) * KV_DIM;
-            s.k_cache[base..base + n * KV_DIM].copy_from_slice(&s.k[..n * KV_DIM]);
-            s.v_cache[base..base + n * KV_DIM].copy_from_slice(&s.v[..n * KV_DIM]);
-
-            let layer_k = &s.k_cache[l * s.ctx * KV_DIM..(l + 1) * s.ctx * KV_DIM];
-            let layer_v = &s.v_cache[l * s.ctx * KV_DIM..(l + 1) * s.ctx * KV_DIM];
+            // The cache is head-major, [LAYERS, KV_HEADS, ctx, HEAD_DIM]: one head's keys (and
+            // values) are one contiguous run, which attention streams.
             let ctx = s.ctx;
+            for i in 0..n {
+                for g in 0..KV_HEADS {
+                    let (at, row) = (((l * KV_HEADS + g) * ctx + pos + i) * HEAD_DIM, i * KV_DIM + g * HEAD_DIM);
+                    s.k_cache[at..at + HEAD_DIM].copy_from_slice(&s.k[row..row + HEAD_DIM]);
+                    s.v_cache[at..at + HEAD_DIM].copy_from_slice(&s.v[row..row + HEAD_DIM]);
+                }
+            }
+            let layer = l * KV_HEADS * ctx * HEAD_DIM..(l + 1) * KV_HEADS * ctx * HEAD_DIM;
+            let (layer_k, layer_v) = (&s.k_cache[layer.clone()], &s.v_cache[layer]);
             // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
             let part = Q_DIM + 2 * HEADS;
             let nt = pool.threads();
@@ -235,12 +240,12 @@ impl_for_layer_types! {
                     // SAFETY: part `t` of the scratch, and positions p0..p1 of every head's
                     // scores, are this thread's alone.
                     let (outs, max_sum) = unsafe { parts.range(t * part, part) }.split_at_mut(Q_DIM);
-                    let kv = (&layer_k[p0 * KV_DIM..], &layer_v[p0 * KV_DIM..]);
                     for (h, out_h) in outs.chunks_exact_mut(HEAD_DIM).enumerate() {
-                        let at = h / (HEADS / KV_HEADS) * HEAD_DIM;
+                        let first = (h / (HEADS / KV_HEADS) * ctx + p0) * HEAD_DIM;
+                        let kv = (&layer_k[first..], &layer_v[first..]);
                         let sc = unsafe { scores.range(h * ctx + p0, p1 - p0) };
                         let q_h = &q[h * HEAD_DIM..(h + 1) * HEAD_DIM];
-                        let (m, sum) = kernels::attend_f32(isa, q_h, kv, (KV_DIM, at), scale, sc, out_h);
+                        let (m, sum) = kernels::attend_f32(isa, q_h, kv, (HEAD_DIM, 0), scale, sc, out_h);
                         (max_sum[2 * h], max_sum[2 * h + 1]) = (m, sum);
                     }
                 });
