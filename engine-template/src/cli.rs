@@ -124,6 +124,7 @@ pub fn main<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets) -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
     crate::kernels::init_act8(info.precision != "int8w");
+    crate::model::init_kv_f16(matches!(info.precision, "int8w" | "int4w" | "gguf"));
     let common = match &cli.command {
         Some(Command::Perplexity(a)) => &a.common,
         Some(Command::Bench(a)) => &a.common,
@@ -223,6 +224,7 @@ pub fn run<M: CausalLm>(
         "isa": crate::kernels::isa().name(),
         "activations": ActPath::of::<M>(info).label(),
         "prefill_activations": prefill_activations::<M>(info),
+        "kv_cache": kv_cache(),
         "threads": threads,
         "affinity": pool.affinity(),
         "prompt_tokens": ids.len(),
@@ -241,6 +243,15 @@ pub fn run<M: CausalLm>(
         "memory_pressure": pressure.as_ref().map(MemPressure::json),
     });
     Ok(line.to_string())
+}
+
+/// The KV cache's element type, as the JSON lines report it.
+fn kv_cache() -> &'static str {
+    if crate::model::kv_f16() {
+        "f16"
+    } else {
+        "f32"
+    }
 }
 
 fn threads(arg: Option<usize>) -> Result<usize> {
@@ -515,6 +526,7 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         "isa": isa,
         "activations": ActPath::of::<M>(info).label(),
         "prefill_activations": prefill_activations::<M>(info),
+        "kv_cache": kv_cache(),
         "threads": threads,
         "affinity": pool.affinity(),
         "runs": a.runs,
@@ -723,6 +735,7 @@ pub fn perplexity<M: CausalLm>(
         "chunks": chunks,
         "batch": a.batch,
         "activations": activations,
+        "kv_cache": kv_cache(),
         "threads": threads,
         "seconds": t0.elapsed().as_secs_f64(),
         "load_time_ms": (t0 - start).as_secs_f64() * 1e3,

@@ -247,98 +247,126 @@ fn dot_matches_reference() {
     assert_none(fails);
 }
 
-/// One head's attention against f64 math: head sizes around the 8-lane and 64-float register
-/// blocks, 0 to 9 positions (whole groups of four keys and every remainder), this head's slice
-/// in the middle of each cache row, the caches misaligned.
+/// Attention of 1 to 4 query heads sharing one key-value head (4: a group of three, then one),
+/// on f32 and f16 caches (the f16 values as stored), against f64 math: head sizes around the 8-lane and 32- and 64-float register blocks, 0 to 9
+/// positions (whole groups of four keys and every remainder), the head's slice in the middle of
+/// each cache row, the caches misaligned, and the positions also taken in two parts and merged.
 #[test]
 fn attend_matches_f64_math() {
     let mut fails = Vec::new();
     for isa in Isa::available() {
-        for hd in [1usize, 8, 13, 64, 72, 136] {
-            // Past 8 and 16 positions: the softmax's vector loops and their tails.
-            for n in (0..=9usize).chain([16, 17, 23]) {
-                for mis in 0..2 {
-                    let (stride, at) = (3 * hd + 1, hd + 1);
-                    let len = n * stride + mis;
-                    let (k, v) = (
-                        values(len, (hd + n) as u32),
-                        values(len, (hd * n + 5) as u32),
-                    );
-                    let (k, v) = (&k[mis..], &v[mis..]);
-                    let q = values(hd, hd as u32 + 7);
-                    let scale = 1.0 / (hd as f32).sqrt();
-                    // f64 scores, softmax and weighted sum.
-                    let s: Vec<f64> = (0..n)
-                        .map(|t| dot_f64(&q, &k[t * stride + at..][..hd]).0 * scale as f64)
-                        .collect();
-                    let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
-                    let p: Vec<f64> = e.iter().map(|x| x / e.iter().sum::<f64>()).collect();
-                    let (mut sc, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
-                    let (_, sum) = kernels::attend_f32(
-                        isa,
-                        &q,
-                        (k, v),
-                        (stride, at),
-                        scale,
-                        &mut sc,
-                        &mut out,
-                    );
-                    // The same positions in two parts (the first or second maybe empty), merged.
-                    let cut = n / 3;
-                    let mut merged = vec![f32::NAN; hd];
-                    let (mut sc0, mut sc1) = (vec![0.0; cut], vec![0.0; n - cut]);
-                    let (mut o0, mut o1) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
-                    let (m0, s0) = kernels::attend_f32(
-                        isa,
-                        &q,
-                        (k, v),
-                        (stride, at),
-                        scale,
-                        &mut sc0,
-                        &mut o0,
-                    );
-                    let rest = (&k[cut * stride..], &v[cut * stride..]);
-                    let (m1, s1) =
-                        kernels::attend_f32(isa, &q, rest, (stride, at), scale, &mut sc1, &mut o1);
-                    if n > 0 {
-                        let parts = [(m0, s0, &o0[..]), (m1, s1, &o1[..])];
-                        reference::merge_attention_ref(parts.into_iter(), &mut merged);
-                    }
-                    for (t, (&got, &exp)) in sc
-                        .iter()
-                        .map(|s| s / sum)
-                        .collect::<Vec<_>>()
-                        .iter()
-                        .zip(&p)
-                        .enumerate()
-                    {
-                        if !((got as f64 - exp).abs() <= tol::ELEMENTWISE_REL as f64) {
-                            fails.push(format!(
-                                "attend_f32 scores isa={} hd={hd} n={n} misalign={mis} index={t}: expected {exp}, actual {got}",
-                                isa.name()
-                            ));
-                        }
-                    }
-                    for i in 0..if n > 0 { hd } else { 0 } {
-                        let col: Vec<f64> = (0..n).map(|t| v[t * stride + at + i] as f64).collect();
-                        let exp: f64 = col.iter().zip(&p).map(|(v, p)| v * p).sum();
-                        let mag: f64 = col.iter().map(|v| v.abs()).fold(0.0, f64::max);
-                        for (what, got) in [("output", out[i] / sum), ("merged output", merged[i])]
-                        {
-                            if !((got as f64 - exp).abs() <= bound(n, mag)) {
-                                fails.push(format!(
-                                    "attend_f32 {what} isa={} hd={hd} n={n} misalign={mis} index={i}: expected {exp}, actual {got}",
-                                    isa.name()
-                                ));
-                            }
-                        }
+        for heads in 1..=4usize {
+            for hd in [1usize, 8, 13, 32, 64, 72, 136] {
+                // Past 8 and 16 positions: the softmax's vector loops and their tails.
+                for n in (0..=9usize).chain([16, 17, 23]) {
+                    for mis in 0..2 {
+                        check_attend::<f32>(isa, heads, hd, n, mis, &mut fails);
+                        check_attend::<half::f16>(isa, heads, hd, n, mis, &mut fails);
                     }
                 }
             }
         }
     }
     assert_none(fails);
+}
+
+fn check_attend<T: kernels::KvElem>(
+    isa: Isa,
+    heads: usize,
+    hd: usize,
+    n: usize,
+    mis: usize,
+    fails: &mut Vec<String>,
+) {
+    let (stride, at) = (3 * hd + 1, hd + 1);
+    let len = n * stride + mis;
+    let cache = |seed: u32| -> Vec<T> { values(len, seed).into_iter().map(T::from_f32).collect() };
+    let (k, v) = (cache((hd + n) as u32), cache((hd * n + 5) as u32));
+    let (k, v) = (&k[mis..], &v[mis..]);
+    // The reference reads what the cache holds.
+    let k32: Vec<f32> = k.iter().map(|x| x.to_f32()).collect();
+    let q: Vec<f32> = (0..heads)
+        .flat_map(|h| values(hd, (hd + 7 * h) as u32 + 7))
+        .collect();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let attend = |k: &[T], v: &[T], n: usize| {
+        let (mut sc, mut out) = (vec![f32::NAN; heads * n], vec![f32::NAN; heads * hd]);
+        let mut ms = vec![f32::NAN; 2 * heads];
+        kernels::attend(
+            isa,
+            &q,
+            (k, v),
+            (stride, at),
+            scale,
+            &mut sc,
+            &mut out,
+            &mut ms,
+        );
+        (sc, out, ms)
+    };
+    let (sc, out, ms) = attend(k, v, n);
+    // The same positions in two parts (the first or second maybe empty), merged per head.
+    let cut = n / 3;
+    let (_, o0, ms0) = attend(k, v, cut);
+    let (_, o1, ms1) = attend(&k[cut * stride..], &v[cut * stride..], n - cut);
+    let case = format!(
+        "attend isa={} cache={} heads={heads} hd={hd} n={n} misalign={mis}",
+        isa.name(),
+        std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("?")
+    );
+    for h in 0..heads {
+        let q = &q[h * hd..(h + 1) * hd];
+        // f64 scores, softmax and weighted sum.
+        let s: Vec<f64> = (0..n)
+            .map(|t| dot_f64(q, &k32[t * stride + at..][..hd]).0 * scale as f64)
+            .collect();
+        let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+        let p: Vec<f64> = e.iter().map(|x| x / e.iter().sum::<f64>()).collect();
+        let sum = ms[2 * h + 1];
+        for (t, &exp) in p.iter().enumerate() {
+            let got = sc[h * n + t] / sum;
+            if !((got as f64 - exp).abs() <= tol::ELEMENTWISE_REL as f64) {
+                fails.push(format!(
+                    "{case} scores head={h} index={t}: expected {exp}, actual {got}"
+                ));
+            }
+        }
+        let mut merged = vec![f32::NAN; hd];
+        if n > 0 {
+            let part = |o: &[f32], ms: &[f32]| {
+                (ms[2 * h], ms[2 * h + 1], o[h * hd..(h + 1) * hd].to_vec())
+            };
+            let parts = [part(&o0, &ms0), part(&o1, &ms1)];
+            let parts = parts.iter().map(|(m, s, o)| (*m, *s, &o[..]));
+            reference::merge_attention_ref(parts, &mut merged);
+        } else if ms[2 * h + 1] != 0.0 || out[h * hd..(h + 1) * hd].iter().any(|&o| o != 0.0) {
+            fails.push(format!(
+                "{case} head={h}: no positions gave {:?} and a non-zero output",
+                &ms[2 * h..2 * h + 2]
+            ));
+        }
+        for i in 0..if n > 0 { hd } else { 0 } {
+            let col: Vec<f64> = (0..n)
+                .map(|t| v[t * stride + at + i].to_f32() as f64)
+                .collect();
+            let exp: f64 = col.iter().zip(&p).map(|(v, p)| v * p).sum();
+            let mag: f64 = col.iter().map(|v| v.abs()).fold(0.0, f64::max);
+            for (what, got) in [
+                ("output", out[h * hd + i] / sum),
+                ("merged output", merged[i]),
+            ] {
+                if !((got as f64 - exp).abs() <= bound(n, mag)) {
+                    fails.push(format!(
+                        "{case} {what} head={h} index={i}: expected {exp}, actual {got}"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// SwiGLU's product and RMSNorm on every ISA against f64 math: lengths past twice the lane

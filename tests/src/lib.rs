@@ -148,11 +148,15 @@ pub fn build_crate(crate_dir: &Path, name: &str) -> PathBuf {
     e2e_target().join("release").join(name)
 }
 
-/// Runs a model binary with f32 activations (`IE_ACT8=0`), so its results are exact against
-/// the stored weights, which is what the oracle and reference comparisons check; tests of the
-/// 8-bit activation path use [`run_env`]. Returns its output.
+/// The environment of [`run`]: f32 activations and an f32 KV cache.
+pub const EXACT: [(&str, &str); 2] = [("IE_ACT8", "0"), ("IE_KV_TYPE", "f32")];
+
+/// Runs a model binary with f32 activations (`IE_ACT8=0`) and an f32 KV cache
+/// (`IE_KV_TYPE=f32`; the quantized precisions keep f16 by default, ADR 36), so its results are
+/// exact against the stored weights, which is what the oracle and reference comparisons check;
+/// tests of the 8-bit activation path and the f16 cache use [`run_env`]. Returns its output.
 pub fn run(bin: &Path, args: &[&str]) -> Output {
-    run_env(bin, args, &[("IE_ACT8", "0")])
+    run_env(bin, args, &EXACT)
 }
 
 /// Runs a model binary with `env` set; returns its output. Runs are serialized within a test
@@ -167,10 +171,10 @@ pub fn run_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("running the model binary")
 }
 
-/// Runs a model binary that must succeed (f32 activations, as [`run`]); returns its one JSON
-/// line.
+/// Runs a model binary that must succeed (f32 activations and KV cache, as [`run`]); returns
+/// its one JSON line.
 pub fn run_json(bin: &Path, args: &[&str]) -> Value {
-    run_json_env(bin, args, &[("IE_ACT8", "0")])
+    run_json_env(bin, args, &EXACT)
 }
 
 /// [`run_json`] with `env` set.

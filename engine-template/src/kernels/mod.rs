@@ -269,24 +269,72 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// One head's unnormalized attention over `sc.len()` cached positions, returning `(max, sum)`
-/// ([`reference::attend_ref`]; [`reference::merge_attention_ref`] merges parts).
+/// An element of the KV cache: f32, or f16 as llama.cpp keeps it by default (ADR 36).
+pub trait KvElem: bytemuck::Pod + Send + Sync + 'static {
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// Eight elements from `p`, widened to f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX and F16C, and `p` must point at eight readable elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> f16 {
+        f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        x86::load_f16x8(p)
+    }
+}
+
+/// The unnormalized attention of `ms.len() / 2` query heads that share one key-value head over
+/// `sc.len() / heads` cached positions, each head's `(max, sum)` into `ms`
+/// ([`reference::attend_heads_ref`]; [`reference::merge_attention_ref`] merges parts).
 #[inline]
-#[must_use = "the output is unnormalized: divide it by the sum, or merge it"]
-pub fn attend_f32(
+#[allow(clippy::too_many_arguments)] // the reference's signature, which every ISA's keeps
+pub fn attend<T: KvElem>(
     isa: Isa,
     q: &[f32],
-    kv: (&[f32], &[f32]),
+    kv: (&[T], &[T]),
     at: (usize, usize),
     scale: f32,
     sc: &mut [f32],
     out: &mut [f32],
-) -> (f32, f32) {
+    ms: &mut [f32],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
-        // detection, and both imply AVX2.
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::attend_f32_avx2(q, kv, at, scale, sc, out) },
-        _ => reference::attend_ref(q, kv, at, scale, sc, out),
+        // detection, and both imply AVX2, FMA and F16C.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            x86::avx2::attend_heads_avx2(q, kv, at, scale, sc, out, ms)
+        },
+        _ => reference::attend_heads_ref(q, kv, at, scale, sc, out, ms),
     }
 }

@@ -1,6 +1,7 @@
 //! Scalar reference kernels: plain safe Rust, written to read like the math.
 //! They are the oracle of every SIMD kernel test and the fallback without AVX2.
 
+use super::KvElem;
 use half::{bf16, f16};
 
 pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
@@ -75,11 +76,11 @@ pub fn axpy_f32_ref(a: f32, x: &[f32], y: &mut [f32]) {
 /// dot(q, key t)`, then `sc[t] = e^(sc[t] - max)` ([`exp_shifted_ref`]) and `out = sum_t sc[t]
 /// * value t`; returns `(max, sum of sc)`, so `out / sum` is the attention and parts over
 /// disjoint positions can be merged ([`merge_attention_ref`]). Key and value `t` are the
-/// `q.len()` floats at `t * stride + at` of `k` and `v` (a layer's caches, this head's slice of
-/// each row). No positions give `(-inf, 0)` and a zero `out`.
-pub fn attend_ref(
+/// `q.len()` elements at `t * stride + at` of `k` and `v` (a layer's caches, this head's slice
+/// of each row; f32 or f16, [`KvElem`]). No positions give `(-inf, 0)` and a zero `out`.
+pub fn attend_ref<T: KvElem>(
     q: &[f32],
-    (k, v): (&[f32], &[f32]),
+    (k, v): (&[T], &[T]),
     (stride, at): (usize, usize),
     scale: f32,
     sc: &mut [f32],
@@ -87,14 +88,47 @@ pub fn attend_ref(
 ) -> (f32, f32) {
     let hd = q.len();
     for (t, s) in sc.iter_mut().enumerate() {
-        *s = dot_f32_ref(q, &k[t * stride + at..][..hd]) * scale;
+        *s = dot_kv_ref(q, &k[t * stride + at..][..hd]) * scale;
     }
     let (max, sum) = exp_shifted_ref(sc);
     out.fill(0.0);
     for (t, &p) in sc.iter().enumerate() {
-        axpy_f32_ref(p, &v[t * stride + at..][..hd], out);
+        for (o, x) in out.iter_mut().zip(&v[t * stride + at..][..hd]) {
+            *o += p * x.to_f32();
+        }
     }
     (max, sum)
+}
+
+/// `dot(q, key)` for a key of the KV cache, in order (as [`dot_f32_ref`] for f32 keys).
+pub fn dot_kv_ref<T: KvElem>(q: &[f32], key: &[T]) -> f32 {
+    assert_eq!(q.len(), key.len(), "dot_kv_ref: lengths differ");
+    q.iter().zip(key).map(|(x, y)| x * y.to_f32()).sum()
+}
+
+/// [`attend_ref`] for `ms.len() / 2` query heads that share one key-value head (GQA): head
+/// `h`'s query is `q[h * hd..]`, its scores `sc[h * n..]` (`n` positions each), its output
+/// `out[h * hd..]`, and its `(max, sum)` goes to `ms[2 * h]` and `ms[2 * h + 1]`.
+pub fn attend_heads_ref<T: KvElem>(
+    q: &[f32],
+    kv: (&[T], &[T]),
+    at: (usize, usize),
+    scale: f32,
+    sc: &mut [f32],
+    out: &mut [f32],
+    ms: &mut [f32],
+) {
+    let g = ms.len() / 2;
+    let (hd, n) = (out.len() / g.max(1), sc.len() / g.max(1));
+    assert!(
+        ms.len() == 2 * g && q.len() == g * hd && out.len() == g * hd && sc.len() == g * n,
+        "attend_heads_ref: {g} heads of {hd} over {n} positions do not match their buffers"
+    );
+    for h in 0..g {
+        let (q, sc) = (&q[h * hd..(h + 1) * hd], &mut sc[h * n..(h + 1) * n]);
+        (ms[2 * h], ms[2 * h + 1]) =
+            attend_ref(q, kv, at, scale, sc, &mut out[h * hd..(h + 1) * hd]);
+    }
 }
 
 /// `out = (sum_i w_i out_i) / (sum_i w_i sum_i)` with `w_i = e^(max_i - max)`: one head's

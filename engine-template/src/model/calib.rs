@@ -102,7 +102,8 @@ pub fn capture<'w>(
             for h in 0..heads {
                 let g = h / (heads / kvh);
                 let out = &mut att[h * hd..(h + 1) * hd];
-                let (_, sum) = crate::kernels::attend_f32(
+                let mut ms = [0.0; 2];
+                crate::kernels::attend(
                     isa,
                     &q[h * hd..(h + 1) * hd],
                     (&kc[l], &vc[l]),
@@ -110,8 +111,9 @@ pub fn capture<'w>(
                     scale,
                     &mut scores[..pos + 1],
                     out,
+                    &mut ms,
                 );
-                out.iter_mut().for_each(|v| *v /= sum);
+                out.iter_mut().for_each(|v| *v /= ms[1]);
             }
             rec.attn_out[pos * qd..(pos + 1) * qd].copy_from_slice(&att);
             par_gemv_f32(pool, isa, lw(l, "self_attn.o_proj"), &att, &mut xb2);

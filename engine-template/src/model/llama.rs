@@ -10,8 +10,9 @@ use super::{bind_vec, quantize_rows, Acts, CausalLm, Logits, Mat, GEMV_GRAIN};
 use crate::dtype::WeightType;
 use crate::error::Result;
 use crate::kernels::act8::ActQ8;
-use crate::kernels::{self, reference as r};
+use crate::kernels::{self, reference as r, Isa, KvElem};
 use crate::pool::{shard, Pool, SyncSlice};
+use half::f16;
 
 /// Byte offsets of one block's tensors in the blob.
 #[derive(Debug, Clone, Copy)]
@@ -110,25 +111,47 @@ pub const BATCH: usize = 32;
 /// Activations, KV cache and scratch of one sequence; the per-token buffers hold [`BATCH`]
 /// tokens, row after row.
 pub struct LlamaState {
-    x: Vec<f32>,               // [BATCH, DIM] residual stream
-    xb: Vec<f32>,              // [BATCH, DIM] normed input
-    xb2: Vec<f32>,             // [BATCH, DIM] projection output
-    q: Vec<f32>,               // [BATCH, Q_DIM]
-    att_out: Vec<f32>,         // [BATCH, Q_DIM]
-    k: Vec<f32>,               // [BATCH, KV_DIM]
-    v: Vec<f32>,               // [BATCH, KV_DIM]
-    hb: Vec<f32>,              // [BATCH, INTER]
-    hb2: Vec<f32>,             // [BATCH, INTER]
-    scores: Vec<f32>,          // [HEADS, ctx]
-    cos: Vec<f32>,             // [BATCH, HEAD_DIM / 2]
-    sin: Vec<f32>,             // [BATCH, HEAD_DIM / 2]
-    k_cache: super::ZeroedF32, // [LAYERS, KV_HEADS, ctx, HEAD_DIM]
-    v_cache: super::ZeroedF32, // [LAYERS, KV_HEADS, ctx, HEAD_DIM]
-    logits: Vec<f32>,          // [tokens asked for, VOCAB]
-    xq: ActQ8,                 // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
-    xqs: Vec<ActQ8>,           // [BATCH] tokens' activations in 8 bits, each as `xq`
-    att_parts: Vec<f32>,       // [threads, Q_DIM + 2 * HEADS] attention's parts, merged per token
+    x: Vec<f32>,         // [BATCH, DIM] residual stream
+    xb: Vec<f32>,        // [BATCH, DIM] normed input
+    xb2: Vec<f32>,       // [BATCH, DIM] projection output
+    q: Vec<f32>,         // [BATCH, Q_DIM]
+    att_out: Vec<f32>,   // [BATCH, Q_DIM]
+    k: Vec<f32>,         // [BATCH, KV_DIM]
+    v: Vec<f32>,         // [BATCH, KV_DIM]
+    hb: Vec<f32>,        // [BATCH, INTER]
+    hb2: Vec<f32>,       // [BATCH, INTER]
+    scores: Vec<f32>,    // [HEADS * ctx]: positions p0..p1's, head by head, at HEADS * p0
+    cos: Vec<f32>,       // [BATCH, HEAD_DIM / 2]
+    sin: Vec<f32>,       // [BATCH, HEAD_DIM / 2]
+    kv: KvCache,         // [LAYERS, ctx, KV_DIM] keys, then values
+    logits: Vec<f32>,    // [tokens asked for, VOCAB]
+    xq: ActQ8,           // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
+    xqs: Vec<ActQ8>,     // [BATCH] tokens' activations in 8 bits, each as `xq`
+    att_parts: Vec<f32>, // [threads, Q_DIM + 2 * HEADS] attention's parts, merged per token
     ctx: usize,
+}
+
+/// The KV cache: f32, or f16 as llama.cpp keeps it by default, half the bytes attention
+/// reads each token (ADR 36).
+enum KvCache {
+    F32(super::Zeroed<f32>, super::Zeroed<f32>),
+    F16(super::Zeroed<f16>, super::Zeroed<f16>),
+}
+
+impl KvCache {
+    fn new(f16: bool, len: usize) -> KvCache {
+        use super::Zeroed;
+        match f16 {
+            true => KvCache::F16(Zeroed::new(len), Zeroed::new(len)),
+            false => KvCache::F32(Zeroed::new(len), Zeroed::new(len)),
+        }
+    }
+}
+
+/// New keys or values into an f16 cache, rounded to nearest.
+fn store_f16(x: &[f32], out: &mut [f16]) {
+    use half::slice::HalfFloatSliceExt;
+    out.convert_from_f32_slice(x);
 }
 
 macro_rules! impl_for_layer_types {
@@ -180,11 +203,71 @@ impl_for_layer_types! {
             })
         }
 
+        /// Attention of `n` tokens at positions `pos..pos + n` over one layer's cached keys and
+        /// values (`[ctx, KV_DIM]` each, the new tokens' rows written): `q` is `[n, Q_DIM]`, the
+        /// output `att_out` `[n, Q_DIM]`.
+        #[allow(clippy::type_complexity)]
+        fn attention<T: KvElem>(
+            isa: Isa,
+            pool: &Pool,
+            (layer_k, layer_v): (&[T], &[T]),
+            (q_all, scores, att_parts, att_out): (&[f32], &mut [f32], &mut Vec<f32>, &mut [f32]),
+            pos: usize,
+            n: usize,
+        ) {
+            let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+            // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
+            let part = Q_DIM + 2 * HEADS;
+            let nt = pool.threads();
+            if att_parts.len() < nt * part {
+                att_parts.resize(nt * part, 0.0);
+            }
+            for i in 0..n {
+                // Token i sees positions 0..=pos + i (causal).
+                let (seen, q) = (pos + i + 1, &q_all[i * Q_DIM..(i + 1) * Q_DIM]);
+                let (scores, parts) = (SyncSlice::new(scores), SyncSlice::new(att_parts));
+                // Each thread takes a contiguous share of the positions, for every head, and the
+                // shares are merged below. Sharded by heads instead, 9 heads gave one thread 5 and
+                // the other 4, and the threads both read the rows of the key-value head they shared.
+                pool.broadcast(&|t, nt| {
+                    let (p0, p1) = shard(seen, t, nt, ATT_GRAIN);
+                    // SAFETY: part `t` of the scratch, and the scores of positions p0..p1 (every
+                    // head's, `HEADS * p0..HEADS * p1`), are this thread's alone.
+                    let (outs, max_sum) = unsafe { parts.range(t * part, part) }.split_at_mut(Q_DIM);
+                    let sc = unsafe { scores.range(HEADS * p0, HEADS * (p1 - p0)) };
+                    let ctx = layer_k.len() / KV_DIM;
+                    // The query heads that share a key-value head (h0..h1) go together.
+                    let m = p1 - p0;
+                    for g in 0..KV_HEADS {
+                        let (h0, h1) = (g * (HEADS / KV_HEADS), (g + 1) * (HEADS / KV_HEADS));
+                        // Head-major cache (ADR 35): head `g`'s keys are `layer_k[g * ctx * HEAD_DIM..]`.
+                        let first = (g * ctx + p0) * HEAD_DIM;
+                        kernels::attend(
+                            isa,
+                            &q[h0 * HEAD_DIM..h1 * HEAD_DIM],
+                            (&layer_k[first..], &layer_v[first..]),
+                            (HEAD_DIM, 0),
+                            scale,
+                            &mut sc[h0 * m..h1 * m],
+                            &mut outs[h0 * HEAD_DIM..h1 * HEAD_DIM],
+                            &mut max_sum[2 * h0..2 * h1],
+                        );
+                    }
+                });
+                let parts = &att_parts[..nt * part];
+                for (h, out_h) in att_out[i * Q_DIM..(i + 1) * Q_DIM].chunks_exact_mut(HEAD_DIM).enumerate() {
+                    let each = parts
+                        .chunks_exact(part)
+                        .map(|p| (p[Q_DIM + 2 * h], p[Q_DIM + 2 * h + 1], &p[h * HEAD_DIM..(h + 1) * HEAD_DIM]));
+                    r::merge_attention_ref(each, out_h);
+                }
+            }
+        }
+
         /// Block `l` on the `n` tokens in `s` at positions `pos..pos + n`:
         /// `x += attn(norm(x)); x += mlp(norm(x))`.
         pub fn forward(&self, l: usize, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32) {
             let isa = kernels::isa();
-            let scale = 1.0 / (HEAD_DIM as f32).sqrt();
             let half = HEAD_DIM / 2;
 
             // Attention: rmsnorm, q/k/v projections, rope, cache, scaled-dot-product, output.
@@ -210,51 +293,26 @@ impl_for_layer_types! {
                 r::rope_ref(&mut s.q[i * Q_DIM..(i + 1) * Q_DIM], cos, sin);
                 r::rope_ref(&mut s.k[i * KV_DIM..(i + 1) * KV_DIM], cos, sin);
             }
-            // The cache is head-major, [LAYERS, KV_HEADS, ctx, HEAD_DIM]: one head's keys (and
-            // values) are one contiguous run, which attention streams.
-            let ctx = s.ctx;
-            for i in 0..n {
-                for g in 0..KV_HEADS {
-                    let (at, row) = (((l * KV_HEADS + g) * ctx + pos + i) * HEAD_DIM, i * KV_DIM + g * HEAD_DIM);
-                    s.k_cache[at..at + HEAD_DIM].copy_from_slice(&s.k[row..row + HEAD_DIM]);
-                    s.v_cache[at..at + HEAD_DIM].copy_from_slice(&s.v[row..row + HEAD_DIM]);
-                }
-            }
-            let layer = l * KV_HEADS * ctx * HEAD_DIM..(l + 1) * KV_HEADS * ctx * HEAD_DIM;
-            let (layer_k, layer_v) = (&s.k_cache[layer.clone()], &s.v_cache[layer]);
-            // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
-            let part = Q_DIM + 2 * HEADS;
-            let nt = pool.threads();
-            if s.att_parts.len() < nt * part {
-                s.att_parts.resize(nt * part, 0.0);
-            }
-            for i in 0..n {
-                // Token i sees positions 0..=pos + i (causal).
-                let (seen, q) = (pos + i + 1, &s.q[i * Q_DIM..(i + 1) * Q_DIM]);
-                let (scores, parts) = (SyncSlice::new(&mut s.scores), SyncSlice::new(&mut s.att_parts));
-                // Each thread takes a contiguous share of the positions, for every head, and the
-                // shares are merged below. Sharded by heads instead, 9 heads gave one thread 5 and
-                // the other 4, and the threads both read the rows of the key-value head they shared.
-                pool.broadcast(&|t, nt| {
-                    let (p0, p1) = shard(seen, t, nt, ATT_GRAIN);
-                    // SAFETY: part `t` of the scratch, and positions p0..p1 of every head's
-                    // scores, are this thread's alone.
-                    let (outs, max_sum) = unsafe { parts.range(t * part, part) }.split_at_mut(Q_DIM);
-                    for (h, out_h) in outs.chunks_exact_mut(HEAD_DIM).enumerate() {
-                        let first = (h / (HEADS / KV_HEADS) * ctx + p0) * HEAD_DIM;
-                        let kv = (&layer_k[first..], &layer_v[first..]);
-                        let sc = unsafe { scores.range(h * ctx + p0, p1 - p0) };
-                        let q_h = &q[h * HEAD_DIM..(h + 1) * HEAD_DIM];
-                        let (m, sum) = kernels::attend_f32(isa, q_h, kv, (HEAD_DIM, 0), scale, sc, out_h);
-                        (max_sum[2 * h], max_sum[2 * h + 1]) = (m, sum);
+            // The new keys and values into the head-major cache (ADR 35; rounded to f16 where it
+            // is), then every token's attention over the layer's cached positions.
+            let (ctx, len) = (s.ctx, s.ctx * KV_DIM);
+            let (k, v) = (&s.k[..n * KV_DIM], &s.v[..n * KV_DIM]);
+            let rows = (0..n).flat_map(|i| (0..KV_HEADS).map(move |g| (((l * KV_HEADS + g) * ctx + pos + i) * HEAD_DIM, i * KV_DIM + g * HEAD_DIM)));
+            let st = (&s.q[..n * Q_DIM], &mut s.scores[..], &mut s.att_parts, &mut s.att_out[..n * Q_DIM]);
+            match &mut s.kv {
+                KvCache::F32(kc, vc) => {
+                    for (at, row) in rows {
+                        kc[at..at + HEAD_DIM].copy_from_slice(&k[row..row + HEAD_DIM]);
+                        vc[at..at + HEAD_DIM].copy_from_slice(&v[row..row + HEAD_DIM]);
                     }
-                });
-                let parts = &s.att_parts[..nt * part];
-                for (h, out_h) in s.att_out[i * Q_DIM..(i + 1) * Q_DIM].chunks_exact_mut(HEAD_DIM).enumerate() {
-                    let each = parts
-                        .chunks_exact(part)
-                        .map(|p| (p[Q_DIM + 2 * h], p[Q_DIM + 2 * h + 1], &p[h * HEAD_DIM..(h + 1) * HEAD_DIM]));
-                    r::merge_attention_ref(each, out_h);
+                    Self::attention(isa, pool, (&kc[l * len..][..len], &vc[l * len..][..len]), st, pos, n);
+                }
+                KvCache::F16(kc, vc) => {
+                    for (at, row) in rows {
+                        store_f16(&k[row..row + HEAD_DIM], &mut kc[at..at + HEAD_DIM]);
+                        store_f16(&v[row..row + HEAD_DIM], &mut vc[at..at + HEAD_DIM]);
+                    }
+                    Self::attention(isa, pool, (&kc[l * len..][..len], &vc[l * len..][..len]), st, pos, n);
                 }
             }
             if n == 1 {
@@ -378,8 +436,7 @@ impl<
             scores: z(HEADS * ctx),
             cos: z(BATCH * HEAD_DIM / 2),
             sin: z(BATCH * HEAD_DIM / 2),
-            k_cache: super::ZeroedF32::new(LAYERS * ctx * KV_DIM),
-            v_cache: super::ZeroedF32::new(LAYERS * ctx * KV_DIM),
+            kv: KvCache::new(super::kv_f16(), LAYERS * ctx * KV_DIM),
             logits: z(VOCAB),
             xq: ActQ8::default(),
             xqs: Vec::new(),

@@ -49,54 +49,88 @@ impl<'a> Acts<'a> {
     }
 }
 
-/// Zeroed f32s mapped straight from the OS in 4 KiB pages (the KV cache): a page costs
-/// nothing until a position in it is written, whatever the allocator does. Allocators may back
-/// big blocks with 2 MiB pages (mimalloc does, ADR 21), and then a 14-token prompt zeroed two
-/// of them per layer for K and V, 120 MB, most of its prefill.
-pub struct ZeroedF32 {
+/// Zeroed elements (the KV cache's f32 or f16) mapped straight from the OS in 4 KiB pages: a
+/// page costs nothing until a position in it is written, whatever the allocator does.
+/// Allocators may back big blocks with 2 MiB pages (mimalloc does, ADR 21), and then a 14-token
+/// prompt zeroed two of them per layer for K and V, 120 MB, most of its prefill.
+pub struct Zeroed<T> {
     map: memmap2::MmapMut,
     len: usize,
+    _elem: std::marker::PhantomData<T>,
 }
 
-impl ZeroedF32 {
-    pub fn new(len: usize) -> ZeroedF32 {
-        let bytes = len * std::mem::size_of::<f32>();
+impl<T: bytemuck::Pod> Zeroed<T> {
+    pub fn new(len: usize) -> Zeroed<T> {
+        let bytes = len * std::mem::size_of::<T>();
         // An empty map is an error on some systems: map a byte and never show it.
         let map = memmap2::MmapMut::map_anon(bytes.max(1))
             .unwrap_or_else(|e| panic!("mapping {bytes} bytes of KV cache: {e}"));
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::NoHugePage);
-        ZeroedF32 { map, len }
+        Zeroed {
+            map,
+            len,
+            _elem: std::marker::PhantomData,
+        }
     }
 }
 
-impl std::ops::Deref for ZeroedF32 {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        // The map is page-aligned and holds at least `len` f32s.
-        bytemuck::cast_slice(&self.map[..self.len * std::mem::size_of::<f32>()])
+impl<T: bytemuck::Pod> std::ops::Deref for Zeroed<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // The map is page-aligned and holds at least `len` elements.
+        bytemuck::cast_slice(&self.map[..self.len * std::mem::size_of::<T>()])
     }
 }
 
-impl std::ops::DerefMut for ZeroedF32 {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        bytemuck::cast_slice_mut(&mut self.map[..self.len * std::mem::size_of::<f32>()])
+impl<T: bytemuck::Pod> std::ops::DerefMut for Zeroed<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        bytemuck::cast_slice_mut(&mut self.map[..self.len * std::mem::size_of::<T>()])
+    }
+}
+
+static KV_F16: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether the KV cache holds f16 (ADR 36): `IE_KV_TYPE=f16` / `IE_KV_TYPE=f32` force it;
+/// otherwise the binary's precision decides ([`init_kv_f16`]; f32 when nothing called it).
+/// Fixed once per process; generated binaries report it as `kv_cache` in their JSON line.
+pub fn kv_f16() -> bool {
+    *KV_F16.get_or_init(|| decide_kv_f16(false))
+}
+
+/// Fixes [`kv_f16()`] for this process with `default` where `IE_KV_TYPE` is unset; returns it.
+/// The generated binaries call it before their first forward pass: the quantized precisions
+/// keep f16, as llama.cpp does; fp32 and bf16 keep f32, since fp32's promise is transformers'
+/// logits to 2e-3. A later call changes nothing.
+pub fn init_kv_f16(default: bool) -> bool {
+    *KV_F16.get_or_init(|| decide_kv_f16(default))
+}
+
+fn decide_kv_f16(default: bool) -> bool {
+    match std::env::var("IE_KV_TYPE").as_deref() {
+        Ok("f16") => true,
+        Ok("f32") => false,
+        _ => default,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ZeroedF32;
+    use super::Zeroed;
 
     #[test]
-    fn zeroed_f32_starts_zeroed_holds_writes_and_may_be_empty() {
-        assert!(ZeroedF32::new(0).is_empty());
-        let mut z = ZeroedF32::new(3000);
+    fn zeroed_starts_zeroed_holds_writes_and_may_be_empty() {
+        assert!(Zeroed::<f32>::new(0).is_empty());
+        let mut z = Zeroed::<f32>::new(3000);
         assert_eq!(z.len(), 3000);
         assert!(z.iter().all(|&v| v == 0.0));
         z[2999] = 1.5;
         z[0] = -2.0;
         assert_eq!((z[0], z[1], z[2999]), (-2.0, 0.0, 1.5));
+        let mut h = Zeroed::<half::f16>::new(5);
+        assert!(h.iter().all(|v| v.to_f32() == 0.0));
+        h[4] = half::f16::from_f32(0.5);
+        assert_eq!(h[4].to_f32(), 0.5);
     }
 }
 

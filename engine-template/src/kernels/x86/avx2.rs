@@ -5,7 +5,7 @@
 //! widen bf16/f16 in registers so only 2 bytes a weight cross the memory bus.
 
 use super::{exp_ps, hmax_ps, hsum_ps, load_bf16x8, load_f16x8};
-use crate::kernels::{prefetch_row, reference};
+use crate::kernels::{prefetch_row, reference, KvElem};
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -219,91 +219,177 @@ unsafe fn tile_sums<const T: usize>(
     out
 }
 
-/// One head's unnormalized attention, as [`reference::attend_ref`] (which checks nothing more:
-/// the caller slices `k` and `v` to the layer). Decode ran it as a dot and an axpy call per
-/// key, 7% of int4w's samples; here the scores go four keys at a time (one load of `q` feeds
-/// four FMA chains, and one `vhaddps` tree sums them), and the output stays in eight registers
-/// while every key's value is added to it.
+/// The unnormalized attention of query heads that share one key-value head (GQA), as
+/// [`reference::attend_heads_ref`]. Decode ran it as a dot and an axpy call per key, 7% of
+/// int4w's samples; then one head at a time, four keys at a time, where each head of a group
+/// read the same keys and values again, out of L2 by then (a layer's share of them is larger
+/// than L1), and those loads were where its samples sat. Here up to three heads go together:
+/// each key's and value's eight floats are loaded once for all of them, while they are in L1.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend_f32_avx2(
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend_heads_avx2<T: KvElem>(
     q: &[f32],
-    (k, v): (&[f32], &[f32]),
+    (k, v): (&[T], &[T]),
     (stride, at): (usize, usize),
     scale: f32,
     sc: &mut [f32],
     out: &mut [f32],
-) -> (f32, f32) {
-    let (hd, n) = (q.len(), sc.len());
+    ms: &mut [f32],
+) {
+    let g = ms.len() / 2;
+    let (hd, n) = (out.len() / g.max(1), sc.len() / g.max(1));
     assert!(
-        out.len() == hd && (n == 0 || (n - 1) * stride + at + hd <= k.len().min(v.len())),
-        "attend_f32_avx2: {n} positions of {hd} at {at} (stride {stride}) overrun the caches"
+        ms.len() == 2 * g
+            && q.len() == g * hd
+            && out.len() == g * hd
+            && sc.len() == g * n
+            && (n == 0 || (n - 1) * stride + at + hd <= k.len().min(v.len())),
+        "attend_heads_avx2: {g} heads of {hd} over {n} positions at {at} (stride {stride}) \
+         do not match their buffers or overrun the caches"
     );
+    let mut h = 0;
+    while h < g {
+        let part = Heads {
+            q: &q[h * hd..],
+            sc: &mut sc[h * n..],
+            out: &mut out[h * hd..],
+            ms: &mut ms[2 * h..],
+        };
+        // Wrapping: with no positions, `at` may lie past the caches' ends.
+        let kv = (k.as_ptr().wrapping_add(at), v.as_ptr().wrapping_add(at));
+        // Registers: three heads' 4-key score sums or 32-float outputs are 12 accumulators.
+        // An f32 cache goes one head at a time: there the group saves only loads, and over 1024
+        // tokens it ran 0.977x; an f16 one goes by groups, so each widening serves every head.
+        let together = if std::mem::size_of::<T>() == 4 {
+            1
+        } else {
+            g - h
+        };
+        h += match together {
+            1 => attend_group::<T, 1, 8>(part, kv, stride, hd, n, scale),
+            2 => attend_group::<T, 2, 4>(part, kv, stride, hd, n, scale),
+            _ => attend_group::<T, 3, 4>(part, kv, stride, hd, n, scale),
+        };
+    }
+}
+
+/// The buffers of the heads [`attend_group`] takes, from the first of them on.
+struct Heads<'a> {
+    q: &'a [f32],
+    sc: &'a mut [f32],
+    out: &'a mut [f32],
+    ms: &'a mut [f32],
+}
+
+/// [`attend_heads_avx2`] for `NH` heads, whose outputs are summed `8 * C` floats at a time;
+/// returns `NH`. `k` and `v` point at the key-value head's slice of position 0's row.
+#[inline(always)]
+unsafe fn attend_group<T: KvElem, const NH: usize, const C: usize>(
+    b: Heads,
+    (k, v): (*const T, *const T),
+    stride: usize,
+    hd: usize,
+    n: usize,
+    scale: f32,
+) -> usize {
     let h8 = hd / 8 * 8;
-    let key = |t: usize| k.as_ptr().add(t * stride + at);
+    let qp = |h: usize, i: usize| b.q.as_ptr().add(h * hd + i);
     let mut t = 0;
     while t + 4 <= n {
-        let kp = [key(t), key(t + 1), key(t + 2), key(t + 3)];
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
+        let kp: [*const T; 4] = std::array::from_fn(|j| k.add((t + j) * stride));
+        let mut a = [[_mm256_setzero_ps(); 4]; NH];
         let mut i = 0;
         while i < h8 {
-            let qv = _mm256_loadu_ps(q.as_ptr().add(i));
-            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[0].add(i)), a0);
-            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[1].add(i)), a1);
-            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[2].add(i)), a2);
-            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[3].add(i)), a3);
+            for (j, kj) in kp.iter().enumerate() {
+                let kv = T::load8(kj.add(i));
+                for (h, ah) in a.iter_mut().enumerate() {
+                    ah[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qp(h, i)), kv, ah[j]);
+                }
+            }
             i += 8;
         }
-        // Lane j of `s` ends up as key j's sum.
-        let s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let mut four = [0.0f32; 4];
-        _mm_storeu_ps(four.as_mut_ptr(), s);
-        for (j, (o, f)) in sc[t..t + 4].iter_mut().zip(four).enumerate() {
-            let rest = std::slice::from_raw_parts(kp[j].add(h8), hd - h8);
-            *o = (f + reference::dot_f32_ref(&q[h8..], rest)) * scale;
+        for (h, ah) in a.iter().enumerate() {
+            // Lane j of `s` ends up as key j's sum.
+            let s = _mm256_hadd_ps(_mm256_hadd_ps(ah[0], ah[1]), _mm256_hadd_ps(ah[2], ah[3]));
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let mut four = [0.0f32; 4];
+            _mm_storeu_ps(four.as_mut_ptr(), s);
+            let q_rest = std::slice::from_raw_parts(qp(h, h8), hd - h8);
+            for (j, f) in four.into_iter().enumerate() {
+                let rest = std::slice::from_raw_parts(kp[j].add(h8), hd - h8);
+                *b.sc.get_unchecked_mut(h * n + t + j) =
+                    (f + reference::dot_kv_ref(q_rest, rest)) * scale;
+            }
         }
         t += 4;
     }
-    for (t, o) in sc.iter_mut().enumerate().skip(t) {
-        *o = dot_f32_avx2(q, std::slice::from_raw_parts(key(t), hd)) * scale;
+    for t in t..n {
+        let kp = k.add(t * stride);
+        let rest = std::slice::from_raw_parts(kp.add(h8), hd - h8);
+        let mut a = [_mm256_setzero_ps(); NH];
+        let mut i = 0;
+        while i < h8 {
+            let kv = T::load8(kp.add(i));
+            for (h, ah) in a.iter_mut().enumerate() {
+                *ah = _mm256_fmadd_ps(_mm256_loadu_ps(qp(h, i)), kv, *ah);
+            }
+            i += 8;
+        }
+        for (h, ah) in a.iter().enumerate() {
+            let q_rest = std::slice::from_raw_parts(qp(h, h8), hd - h8);
+            *b.sc.get_unchecked_mut(h * n + t) =
+                (hsum_ps(*ah) + reference::dot_kv_ref(q_rest, rest)) * scale;
+        }
     }
-    let max_sum = exp_shifted_avx2(sc);
-    // Values: 64 output floats at a time held in registers across all keys.
-    let val = |t: usize, i: usize| v.as_ptr().add(t * stride + at + i);
+    for h in 0..NH {
+        let (m, sum) = exp_shifted_avx2(&mut b.sc[h * n..(h + 1) * n]);
+        (b.ms[2 * h], b.ms[2 * h + 1]) = (m, sum);
+    }
+    // Values: `8 * C` output floats of every head held in registers across all keys.
+    let val = |t: usize, i: usize| v.add(t * stride + i);
     let mut i = 0;
-    while i + 64 <= hd {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (t, &p) in sc.iter().enumerate() {
-            let p = _mm256_set1_ps(p);
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(val(t, i + 8 * j)), *a);
+    while i + 8 * C <= hd {
+        let mut acc = [[_mm256_setzero_ps(); C]; NH];
+        for t in 0..n {
+            let p: [__m256; NH] =
+                std::array::from_fn(|h| _mm256_set1_ps(*b.sc.get_unchecked(h * n + t)));
+            for c in 0..C {
+                let x = T::load8(val(t, i + 8 * c));
+                for (ah, &ph) in acc.iter_mut().zip(&p) {
+                    ah[c] = _mm256_fmadd_ps(ph, x, ah[c]);
+                }
             }
         }
-        for (j, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(i + 8 * j), *a);
+        for (h, ah) in acc.iter().enumerate() {
+            for (c, a) in ah.iter().enumerate() {
+                _mm256_storeu_ps(b.out.as_mut_ptr().add(h * hd + i + 8 * c), *a);
+            }
         }
-        i += 64;
+        i += 8 * C;
     }
     while i + 8 <= hd {
-        let mut acc = _mm256_setzero_ps();
-        for (t, &p) in sc.iter().enumerate() {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(p), _mm256_loadu_ps(val(t, i)), acc);
+        let mut acc = [_mm256_setzero_ps(); NH];
+        for t in 0..n {
+            let x = T::load8(val(t, i));
+            for (h, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(*b.sc.get_unchecked(h * n + t)), x, *a);
+            }
         }
-        _mm256_storeu_ps(out.as_mut_ptr().add(i), acc);
+        for (h, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(b.out.as_mut_ptr().add(h * hd + i), *a);
+        }
         i += 8;
     }
-    for (o, e) in out.iter_mut().enumerate().skip(i) {
-        *e = sc.iter().enumerate().map(|(t, &p)| p * *val(t, o)).sum();
+    for h in 0..NH {
+        for o in i..hd {
+            b.out[h * hd + o] = (0..n)
+                .map(|t| b.sc[h * n + t] * (*val(t, o)).to_f32())
+                .sum();
+        }
     }
-    max_sum
+    NH
 }
 
 // ---- GGUF block formats -------------------------------------------------------------------
