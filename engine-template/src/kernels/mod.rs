@@ -76,7 +76,7 @@ pub fn isa() -> Isa {
     })
 }
 
-static ACT8: OnceLock<bool> = OnceLock::new();
+static ACT8: Switch = Switch::new("IE_ACT8", "1", "0");
 
 /// Whether decode GEMVs over the formats that have one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
 /// Q6_K, int8, int4) quantize a token's activations to 8 bits and run integer dots ([`act8`]),
@@ -86,17 +86,17 @@ static ACT8: OnceLock<bool> = OnceLock::new();
 /// it as `activations` in their JSON line. The perplexity it costs is in `docs/PRECISIONS.md`
 /// (ADR 16).
 pub fn act8() -> bool {
-    *ACT8.get_or_init(|| decide_act8(true))
+    ACT8.get(isa() != Isa::Scalar)
 }
 
-static ACT8_HEAD: OnceLock<bool> = OnceLock::new();
+static ACT8_HEAD: Switch = Switch::new("IE_ACT8", "1", "0");
 
 /// Whether the output head's decode GEMV takes 8-bit activations: as [`act8()`] under
 /// `IE_ACT8=1` / `IE_ACT8=0`, and on by default for every precision where the process runs SIMD
 /// kernels, int8w included. The head's rounding costs nothing measurable there (int8w's
 /// perplexity on gpl-3 moved by 0.01%), while its Q8_0 GEMV runs a third faster (ADR 20).
 pub fn act8_head() -> bool {
-    *ACT8_HEAD.get_or_init(|| decide_act8(true))
+    ACT8_HEAD.get(isa() != Isa::Scalar)
 }
 
 /// Fixes [`act8()`] for this process with `default` where `IE_ACT8` is unset; returns it. The
@@ -104,15 +104,36 @@ pub fn act8_head() -> bool {
 /// default (its +0.5% perplexity gate does not hold on 8-bit activations), the other quantized
 /// precisions take them. A later call changes nothing.
 pub fn init_act8(default: bool) -> bool {
-    *ACT8.get_or_init(|| decide_act8(default))
+    // Forced on, it runs on any ISA: the scalar `*_ref` kernels are its oracle.
+    ACT8.get(default && isa() != Isa::Scalar)
 }
 
-fn decide_act8(default: bool) -> bool {
-    match std::env::var("IE_ACT8").as_deref() {
-        // Forced on, it runs on any ISA: the scalar `*_ref` kernels are its oracle.
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => default && isa() != Isa::Scalar,
+/// A process-wide choice, fixed on first use: the environment variable `var` set to `on` or
+/// `off` forces it; otherwise the default that first use gives decides.
+pub struct Switch {
+    cell: OnceLock<bool>,
+    var: &'static str,
+    on: &'static str,
+    off: &'static str,
+}
+
+impl Switch {
+    pub const fn new(var: &'static str, on: &'static str, off: &'static str) -> Switch {
+        Switch {
+            cell: OnceLock::new(),
+            var,
+            on,
+            off,
+        }
+    }
+
+    /// The choice, fixed now with `default` unless the environment sets it or it is fixed.
+    pub fn get(&self, default: bool) -> bool {
+        *self.cell.get_or_init(|| match std::env::var(self.var) {
+            Ok(v) if v == self.on => true,
+            Ok(v) if v == self.off => false,
+            _ => default,
+        })
     }
 }
 

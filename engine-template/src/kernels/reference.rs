@@ -106,6 +106,24 @@ pub fn dot_kv_ref<T: KvElem>(q: &[f32], key: &[T]) -> f32 {
     q.iter().zip(key).map(|(x, y)| x * y.to_f32()).sum()
 }
 
+/// The heads, head size and positions `(g, hd, n)` of an [`attend_heads_ref`] call (or a twin
+/// of it, `name`), checked against its buffers.
+pub fn attend_heads_shape(
+    name: &str,
+    q: &[f32],
+    sc: &[f32],
+    out: &[f32],
+    ms: &[f32],
+) -> (usize, usize, usize) {
+    let g = ms.len() / 2;
+    let (hd, n) = (out.len() / g.max(1), sc.len() / g.max(1));
+    assert!(
+        ms.len() == 2 * g && q.len() == g * hd && out.len() == g * hd && sc.len() == g * n,
+        "{name}: {g} heads of {hd} over {n} positions do not match their buffers"
+    );
+    (g, hd, n)
+}
+
 /// [`attend_ref`] for `ms.len() / 2` query heads that share one key-value head (GQA): head
 /// `h`'s query is `q[h * hd..]`, its scores `sc[h * n..]` (`n` positions each), its output
 /// `out[h * hd..]`, and its `(max, sum)` goes to `ms[2 * h]` and `ms[2 * h + 1]`.
@@ -118,12 +136,7 @@ pub fn attend_heads_ref<T: KvElem>(
     out: &mut [f32],
     ms: &mut [f32],
 ) {
-    let g = ms.len() / 2;
-    let (hd, n) = (out.len() / g.max(1), sc.len() / g.max(1));
-    assert!(
-        ms.len() == 2 * g && q.len() == g * hd && out.len() == g * hd && sc.len() == g * n,
-        "attend_heads_ref: {g} heads of {hd} over {n} positions do not match their buffers"
-    );
+    let (g, hd, n) = attend_heads_shape("attend_heads_ref", q, sc, out, ms);
     for h in 0..g {
         let (q, sc) = (&q[h * hd..(h + 1) * hd], &mut sc[h * n..(h + 1) * n]);
         (ms[2 * h], ms[2 * h + 1]) =

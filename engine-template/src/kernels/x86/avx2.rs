@@ -238,16 +238,10 @@ pub unsafe fn attend_heads_avx2<T: KvElem>(
     out: &mut [f32],
     ms: &mut [f32],
 ) {
-    let g = ms.len() / 2;
-    let (hd, n) = (out.len() / g.max(1), sc.len() / g.max(1));
+    let (g, hd, n) = reference::attend_heads_shape("attend_heads_avx2", q, sc, out, ms);
     assert!(
-        ms.len() == 2 * g
-            && q.len() == g * hd
-            && out.len() == g * hd
-            && sc.len() == g * n
-            && (n == 0 || (n - 1) * stride + at + hd <= k.len().min(v.len())),
-        "attend_heads_avx2: {g} heads of {hd} over {n} positions at {at} (stride {stride}) \
-         do not match their buffers or overrun the caches"
+        n == 0 || (n - 1) * stride + at + hd <= k.len().min(v.len()),
+        "attend_heads_avx2: {n} positions of {hd} at {at} (stride {stride}) overrun the caches"
     );
     let mut h = 0;
     while h < g {
