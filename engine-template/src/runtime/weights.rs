@@ -212,10 +212,13 @@ fn stamp_for(meta: &std::fs::Metadata, xxh3: u64) -> Option<String> {
     }
 }
 
-/// The file at `path` if it is at most `max` bytes long; `None` if it is missing, unreadable or
-/// longer.
+/// The file at `path` if it is a regular file of at most `max` bytes; `None` if it is missing,
+/// unreadable, longer, or not a regular file (a FIFO would block the read).
 fn read_bounded(path: &Path, max: u64) -> Option<Vec<u8>> {
     use std::io::Read;
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .ok()?
