@@ -123,7 +123,7 @@ pub struct LlamaState {
     scores: Vec<f32>,    // [HEADS * ctx]: positions p0..p1's, head by head, at HEADS * p0
     cos: Vec<f32>,       // [BATCH, HEAD_DIM / 2]
     sin: Vec<f32>,       // [BATCH, HEAD_DIM / 2]
-    kv: KvCache,         // [LAYERS, ctx, KV_DIM] keys, then values
+    kv: KvCache,         // keys and values, each [LAYERS, KV_HEADS, ctx, HEAD_DIM] (ADR 35)
     logits: Vec<f32>,    // [tokens asked for, VOCAB]
     xq: ActQ8,           // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
     xqs: Vec<ActQ8>,     // [BATCH] tokens' activations in 8 bits, each as `xq`
@@ -204,8 +204,8 @@ impl_for_layer_types! {
         }
 
         /// Attention of `n` tokens at positions `pos..pos + n` over one layer's cached keys and
-        /// values (`[ctx, KV_DIM]` each, the new tokens' rows written): `q` is `[n, Q_DIM]`, the
-        /// output `att_out` `[n, Q_DIM]`.
+        /// values (`[KV_HEADS, ctx, HEAD_DIM]` each, the new tokens' rows written): `q` is
+        /// `[n, Q_DIM]`, the output `att_out` `[n, Q_DIM]`.
         #[allow(clippy::type_complexity)]
         fn attention<T: KvElem>(
             isa: Isa,
@@ -215,7 +215,7 @@ impl_for_layer_types! {
             pos: usize,
             n: usize,
         ) {
-            let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+            let (scale, ctx) = (1.0 / (HEAD_DIM as f32).sqrt(), layer_k.len() / KV_DIM);
             // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
             let part = Q_DIM + 2 * HEADS;
             let nt = pool.threads();
@@ -235,7 +235,6 @@ impl_for_layer_types! {
                     // head's, `HEADS * p0..HEADS * p1`), are this thread's alone.
                     let (outs, max_sum) = unsafe { parts.range(t * part, part) }.split_at_mut(Q_DIM);
                     let sc = unsafe { scores.range(HEADS * p0, HEADS * (p1 - p0)) };
-                    let ctx = layer_k.len() / KV_DIM;
                     // The query heads that share a key-value head (h0..h1) go together.
                     let m = p1 - p0;
                     for g in 0..KV_HEADS {
