@@ -280,7 +280,11 @@ fn check_attend<T: kernels::KvElem>(
 ) {
     let (stride, at) = (3 * hd + 1, hd + 1);
     let len = n * stride + mis;
-    let cache = |seed: u32| -> Vec<T> { values(len, seed).into_iter().map(T::from_f32).collect() };
+    let cache = |seed: u32| -> Vec<T> {
+        let mut c = vec![T::zeroed(); len];
+        T::store(&values(len, seed), &mut c);
+        c
+    };
     let (k, v) = (cache((hd + n) as u32), cache((hd * n + 5) as u32));
     let (k, v) = (&k[mis..], &v[mis..]);
     // The reference reads what the cache holds.

@@ -86,7 +86,7 @@ static ACT8: Switch = Switch::new("IE_ACT8", "1", "0");
 /// it as `activations` in their JSON line. The perplexity it costs is in `docs/PRECISIONS.md`
 /// (ADR 16).
 pub fn act8() -> bool {
-    ACT8.get(isa() != Isa::Scalar)
+    ACT8.get(|| isa() != Isa::Scalar)
 }
 
 static ACT8_HEAD: Switch = Switch::new("IE_ACT8", "1", "0");
@@ -96,7 +96,7 @@ static ACT8_HEAD: Switch = Switch::new("IE_ACT8", "1", "0");
 /// kernels, int8w included. The head's rounding costs nothing measurable there (int8w's
 /// perplexity on gpl-3 moved by 0.01%), while its Q8_0 GEMV runs a third faster (ADR 20).
 pub fn act8_head() -> bool {
-    ACT8_HEAD.get(isa() != Isa::Scalar)
+    ACT8_HEAD.get(|| isa() != Isa::Scalar)
 }
 
 /// Fixes [`act8()`] for this process with `default` where `IE_ACT8` is unset; returns it. The
@@ -105,7 +105,7 @@ pub fn act8_head() -> bool {
 /// precisions take them. A later call changes nothing.
 pub fn init_act8(default: bool) -> bool {
     // Forced on, it runs on any ISA: the scalar `*_ref` kernels are its oracle.
-    ACT8.get(default && isa() != Isa::Scalar)
+    ACT8.get(|| default && isa() != Isa::Scalar)
 }
 
 /// A process-wide choice, fixed on first use: the environment variable `var` set to `on` or
@@ -127,12 +127,13 @@ impl Switch {
         }
     }
 
-    /// The choice, fixed now with `default` unless the environment sets it or it is fixed.
-    pub fn get(&self, default: bool) -> bool {
+    /// The choice, fixed now with `default()` unless the environment sets it or it is fixed
+    /// (then `default` is not called: the hot paths ask on every op).
+    pub fn get(&self, default: impl FnOnce() -> bool) -> bool {
         *self.cell.get_or_init(|| match std::env::var(self.var) {
             Ok(v) if v == self.on => true,
             Ok(v) if v == self.off => false,
-            _ => default,
+            _ => default(),
         })
     }
 }
@@ -292,7 +293,8 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
 
 /// An element of the KV cache: f32, or f16 as llama.cpp keeps it by default (ADR 36).
 pub trait KvElem: bytemuck::Pod + Send + Sync + 'static {
-    fn from_f32(x: f32) -> Self;
+    /// `x` into `out` (as long), rounded to nearest.
+    fn store(x: &[f32], out: &mut [Self]);
     fn to_f32(self) -> f32;
     /// Eight elements from `p`, widened to f32 lanes.
     ///
@@ -303,9 +305,8 @@ pub trait KvElem: bytemuck::Pod + Send + Sync + 'static {
 }
 
 impl KvElem for f32 {
-    #[inline(always)]
-    fn from_f32(x: f32) -> f32 {
-        x
+    fn store(x: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(x);
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {
@@ -319,9 +320,9 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
-    #[inline(always)]
-    fn from_f32(x: f32) -> f16 {
-        f16::from_f32(x)
+    fn store(x: &[f32], out: &mut [f16]) {
+        use half::slice::HalfFloatSliceExt;
+        out.convert_from_f32_slice(x);
     }
     #[inline(always)]
     fn to_f32(self) -> f32 {

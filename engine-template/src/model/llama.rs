@@ -148,12 +148,6 @@ impl KvCache {
     }
 }
 
-/// New keys or values into an f16 cache, rounded to nearest.
-fn store_f16(x: &[f32], out: &mut [f16]) {
-    use half::slice::HalfFloatSliceExt;
-    out.convert_from_f32_slice(x);
-}
-
 macro_rules! impl_for_layer_types {
     ([$($extra:tt)*] $($body:tt)*) => {
         impl<
@@ -203,19 +197,30 @@ impl_for_layer_types! {
             })
         }
 
-        /// Attention of `n` tokens at positions `pos..pos + n` over one layer's cached keys and
-        /// values (`[KV_HEADS, ctx, HEAD_DIM]` each, the new tokens' rows written): `q` is
-        /// `[n, Q_DIM]`, the output `att_out` `[n, Q_DIM]`.
+        /// Writes the new keys and values `k` and `v` (`[n, KV_DIM]`, rounded to the cache's
+        /// element type) into layer `l` of the head-major caches (`[layers, KV_HEADS, ctx,
+        /// HEAD_DIM]` each, ADR 35), at positions `pos..pos + n`, then runs those `n` tokens'
+        /// attention over the layer's cached positions: `q` is `[n, Q_DIM]`, the output
+        /// `att_out` `[n, Q_DIM]`.
         #[allow(clippy::type_complexity)]
         fn attention<T: KvElem>(
             isa: Isa,
             pool: &Pool,
-            (layer_k, layer_v): (&[T], &[T]),
+            (kc, vc): (&mut [T], &mut [T]),
+            (k, v): (&[f32], &[f32]),
             (q_all, scores, att_parts, att_out): (&[f32], &mut [f32], &mut Vec<f32>, &mut [f32]),
-            pos: usize,
-            n: usize,
+            (l, ctx, pos, n): (usize, usize, usize, usize),
         ) {
-            let (scale, ctx) = (1.0 / (HEAD_DIM as f32).sqrt(), layer_k.len() / KV_DIM);
+            for i in 0..n {
+                for g in 0..KV_HEADS {
+                    let (at, row) = (((l * KV_HEADS + g) * ctx + pos + i) * HEAD_DIM, i * KV_DIM + g * HEAD_DIM);
+                    T::store(&k[row..row + HEAD_DIM], &mut kc[at..at + HEAD_DIM]);
+                    T::store(&v[row..row + HEAD_DIM], &mut vc[at..at + HEAD_DIM]);
+                }
+            }
+            let layer = l * ctx * KV_DIM..(l + 1) * ctx * KV_DIM;
+            let (layer_k, layer_v) = (&kc[layer.clone()], &vc[layer]);
+            let scale = 1.0 / (HEAD_DIM as f32).sqrt();
             // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
             let part = Q_DIM + 2 * HEADS;
             let nt = pool.threads();
@@ -292,27 +297,13 @@ impl_for_layer_types! {
                 r::rope_ref(&mut s.q[i * Q_DIM..(i + 1) * Q_DIM], cos, sin);
                 r::rope_ref(&mut s.k[i * KV_DIM..(i + 1) * KV_DIM], cos, sin);
             }
-            // The new keys and values into the head-major cache (ADR 35; rounded to f16 where it
-            // is), then every token's attention over the layer's cached positions.
-            let (ctx, len) = (s.ctx, s.ctx * KV_DIM);
-            let (k, v) = (&s.k[..n * KV_DIM], &s.v[..n * KV_DIM]);
-            let rows = (0..n).flat_map(|i| (0..KV_HEADS).map(move |g| (((l * KV_HEADS + g) * ctx + pos + i) * HEAD_DIM, i * KV_DIM + g * HEAD_DIM)));
+            // The new keys and values into the cache, then every token's attention.
+            let new = (&s.k[..n * KV_DIM], &s.v[..n * KV_DIM]);
             let st = (&s.q[..n * Q_DIM], &mut s.scores[..], &mut s.att_parts, &mut s.att_out[..n * Q_DIM]);
+            let at = (l, s.ctx, pos, n);
             match &mut s.kv {
-                KvCache::F32(kc, vc) => {
-                    for (at, row) in rows {
-                        kc[at..at + HEAD_DIM].copy_from_slice(&k[row..row + HEAD_DIM]);
-                        vc[at..at + HEAD_DIM].copy_from_slice(&v[row..row + HEAD_DIM]);
-                    }
-                    Self::attention(isa, pool, (&kc[l * len..][..len], &vc[l * len..][..len]), st, pos, n);
-                }
-                KvCache::F16(kc, vc) => {
-                    for (at, row) in rows {
-                        store_f16(&k[row..row + HEAD_DIM], &mut kc[at..at + HEAD_DIM]);
-                        store_f16(&v[row..row + HEAD_DIM], &mut vc[at..at + HEAD_DIM]);
-                    }
-                    Self::attention(isa, pool, (&kc[l * len..][..len], &vc[l * len..][..len]), st, pos, n);
-                }
+                KvCache::F32(kc, vc) => Self::attention(isa, pool, (kc, vc), new, st, at),
+                KvCache::F16(kc, vc) => Self::attention(isa, pool, (kc, vc), new, st, at),
             }
             if n == 1 {
                 let a = Acts::new(isa, &s.att_out[..Q_DIM], O::ACT8, &mut s.xq);

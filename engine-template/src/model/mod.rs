@@ -95,7 +95,7 @@ static KV_F16: crate::kernels::Switch = crate::kernels::Switch::new("IE_KV_TYPE"
 /// otherwise the binary's precision decides ([`init_kv_f16`]; f32 when nothing called it).
 /// Fixed once per process; generated binaries report it as `kv_cache` in their JSON line.
 pub fn kv_f16() -> bool {
-    KV_F16.get(false)
+    KV_F16.get(|| false)
 }
 
 /// Fixes [`kv_f16()`] for this process with `default` where `IE_KV_TYPE` is unset; returns it.
@@ -103,7 +103,7 @@ pub fn kv_f16() -> bool {
 /// keep f16, as llama.cpp does; fp32 and bf16 keep f32, since fp32's promise is transformers'
 /// logits to 2e-3. A later call changes nothing.
 pub fn init_kv_f16(default: bool) -> bool {
-    KV_F16.get(default)
+    KV_F16.get(|| default)
 }
 
 #[cfg(test)]
