@@ -327,16 +327,18 @@ pub unsafe fn gemv_q5_1_q8_avx2(w: &[BlockQ5_1], x: &ActQ8, y: &mut [f32]) {
     gemv_blocks_q8(w, x, y)
 }
 
+/// The batched tile with one token ([`gemm_q8_0_tile`]).
+///
 /// # Safety
 /// As [`gemv_q4_0_q8_avx2`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q8_0_q8_avx2(w: &[BlockQ8_0], x: &ActQ8, y: &mut [f32]) {
-    gemv_blocks_q8(w, x, y)
+    gemm_q8_0_tile::<1>(w, std::slice::from_ref(x), y)
 }
 
 /// Q8_0 rows · several tokens' 8-bit activations (prefill): `y[i * rows + r] = dot(row r,
 /// xs[i])`, `y` being `[xs.len(), rows]`. Four tokens at a time ([`gemm_q8_0_tile`]), the rest
-/// in tiles of three or two; one token left over runs the GEMV.
+/// in a tile of three, two or one.
 ///
 /// # Safety
 /// As [`gemm_q4_0_q8_avx2`].
@@ -352,7 +354,7 @@ pub unsafe fn gemm_q8_0_q8_avx2(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut [f32]) {
     match xs.len() {
         3 => gemm_q8_0_tile::<3>(w, xs, y),
         2 => gemm_q8_0_tile::<2>(w, xs, y),
-        1 => gemv_blocks_q8(w, &xs[0], y),
+        1 => gemm_q8_0_tile::<1>(w, xs, y),
         _ => {}
     }
 }
@@ -365,11 +367,18 @@ pub unsafe fn gemm_q8_0_q8_avx2(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut [f32]) {
 /// the pair's two scales in their lanes) is done once for all `T` tokens. A token then costs
 /// two `vpsignb`, two `vpmaddubsw`, two `vpmaddwd` and an add (the halves' pair sums, up to
 /// 2 * 128 * 127, can't be added in i16 as the 4-bit tiles do), a convert, a multiply by its
-/// [`ActQ8::d_pairs`] and an FMA per 64 weights.
+/// [`ActQ8::d_pairs`] and an FMA per 64 weights. One token (decode) has the steps `d_w * d_x`
+/// of eight blocks made by one multiply instead.
 ///
 /// One block at a time (a convert, a step and an FMA each) ran prefill 10-12% slower; steps of
 /// eight blocks per token kept in registers, as the 4-bit tiles do, spilled and were slower
-/// still, about as fast as widening the rows to f32 for the float tiles.
+/// still, about as fast as widening the rows to f32 for the float tiles. Gathering the eight
+/// scales as f16 into one vector (`vpinsrw`) and widening them with one `vcvtph2ps`, instead of
+/// a scalar convert each through the stack, made prefill 5-8% faster. Decode on this tile
+/// against the per-block loop of the other block formats ([`gemv_blocks_q8`]) measured even
+/// (paired medians 0.98-1.04x, ADR 37): Q8_0 decode waits on memory either way. Two rows at a
+/// time, sharing the activations' loads and the horizontal sums, was 27% slower, and rows split
+/// by field (as ADR 26 stores the 4- and 5-bit blocks) no faster in decode.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut [f32]) {
@@ -382,8 +391,9 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
     let ones = _mm256_set1_epi16(1);
     let px: [*const i8; T] = std::array::from_fn(|t| xs[t].pairs().as_ptr());
     let xdp: [*const f32; T] = std::array::from_fn(|t| xs[t].d_pairs().as_ptr());
-    // Blocks `k` and `k + 1` (`dw`: their scales in the lanes of their sums) against every
-    // token, into `acc[t][a]`.
+    let xd0 = xs[0].d.as_ptr();
+    // Blocks `k` and `k + 1` (`dw`: their scales in the lanes of their sums, for one token
+    // their steps) against every token, into `acc[t][a]`.
     macro_rules! pair {
         ($row:ident, $acc:ident, $a:expr, $k:expr, $dw:expr) => {
             let (k, dw) = ($k, $dw);
@@ -399,24 +409,40 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
                     _mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(x0, lo)), ones),
                     _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(x1, hi)), ones),
                 );
-                let step = _mm256_mul_ps(dw, _mm256_loadu_ps(xdp[t].add(k * 4)));
+                let step = if T == 1 {
+                    dw
+                } else {
+                    _mm256_mul_ps(dw, _mm256_loadu_ps(xdp[t].add(k * 4)))
+                };
                 $acc[t][$a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), step, $acc[t][$a]);
             }
         };
     }
     for r in 0..rows {
+        if T == 1 {
+            prefetch_row(w, nb, r);
+        }
         let row = w.get_unchecked(r * nb..(r + 1) * nb);
-        // Tiles of two tokens also send every other pair to a second accumulator per token,
+        // Tiles of two tokens or one also send every other pair to a second accumulator per token,
         // so FMA latency does not set the pace.
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
         let mut k = 0;
         while k + 8 <= nb {
             // Eight blocks' scales gathered once, then spread over each pair's lanes.
-            let mut dw = [0.0f32; 8];
-            for (j, d) in dw.iter_mut().enumerate() {
-                *d = f16_to_f32(row.get_unchecked(k + j).d);
+            let d = |j: usize| row.get_unchecked(k + j).d.to_bits() as i16;
+            let mut dw = _mm256_cvtph_ps(_mm_setr_epi16(
+                d(0),
+                d(1),
+                d(2),
+                d(3),
+                d(4),
+                d(5),
+                d(6),
+                d(7),
+            ));
+            if T == 1 {
+                dw = _mm256_mul_ps(dw, _mm256_loadu_ps(xd0.add(k)));
             }
-            let dw = _mm256_loadu_ps(dw.as_ptr());
             macro_rules! lanes {
                 ($j:literal) => {
                     let idx = _mm256_setr_epi32($j, $j, $j, $j, $j + 1, $j + 1, $j + 1, $j + 1);
@@ -433,7 +459,10 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
         // The blocks past the last run of eight: pairs with their scales put in the lanes by
         // hand, then an odd last block alone.
         while k + 2 <= nb {
-            let (d0, d1) = (f16_to_f32(row[k].d), f16_to_f32(row[k + 1].d));
+            let (mut d0, mut d1) = (f16_to_f32(row[k].d), f16_to_f32(row[k + 1].d));
+            if T == 1 {
+                (d0, d1) = (d0 * *xd0.add(k), d1 * *xd0.add(k + 1));
+            }
             pair!(
                 row,
                 acc,
