@@ -290,6 +290,15 @@ unsafe fn attend_group<T: KvElem, const NH: usize, const C: usize>(
 ) -> usize {
     let h8 = hd / 8 * 8;
     let qp = |h: usize, i: usize| b.q.as_ptr().add(h * hd + i);
+    // The elements past the last whole vector of a head (none for heads of 64, 128: then no
+    // call at all, where an empty one per key and head was 0.7% of int4w's decode).
+    let tail = |h: usize, key: *const T| {
+        if h8 == hd {
+            return 0.0;
+        }
+        let q_rest = std::slice::from_raw_parts(qp(h, h8), hd - h8);
+        reference::dot_kv_ref(q_rest, std::slice::from_raw_parts(key.add(h8), hd - h8))
+    };
     let mut t = 0;
     while t + 4 <= n {
         let kp: [*const T; 4] = std::array::from_fn(|j| k.add((t + j) * stride));
@@ -310,18 +319,14 @@ unsafe fn attend_group<T: KvElem, const NH: usize, const C: usize>(
             let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
             let mut four = [0.0f32; 4];
             _mm_storeu_ps(four.as_mut_ptr(), s);
-            let q_rest = std::slice::from_raw_parts(qp(h, h8), hd - h8);
             for (j, f) in four.into_iter().enumerate() {
-                let rest = std::slice::from_raw_parts(kp[j].add(h8), hd - h8);
-                *b.sc.get_unchecked_mut(h * n + t + j) =
-                    (f + reference::dot_kv_ref(q_rest, rest)) * scale;
+                *b.sc.get_unchecked_mut(h * n + t + j) = (f + tail(h, kp[j])) * scale;
             }
         }
         t += 4;
     }
     for t in t..n {
         let kp = k.add(t * stride);
-        let rest = std::slice::from_raw_parts(kp.add(h8), hd - h8);
         let mut a = [_mm256_setzero_ps(); NH];
         let mut i = 0;
         while i < h8 {
@@ -332,9 +337,7 @@ unsafe fn attend_group<T: KvElem, const NH: usize, const C: usize>(
             i += 8;
         }
         for (h, ah) in a.iter().enumerate() {
-            let q_rest = std::slice::from_raw_parts(qp(h, h8), hd - h8);
-            *b.sc.get_unchecked_mut(h * n + t) =
-                (hsum_ps(*ah) + reference::dot_kv_ref(q_rest, rest)) * scale;
+            *b.sc.get_unchecked_mut(h * n + t) = (hsum_ps(*ah) + tail(h, kp)) * scale;
         }
     }
     for h in 0..NH {
