@@ -115,8 +115,8 @@ unsafe fn load_codes(x: &ActQ8, k: usize) -> __m256i {
 
 /// A 32-weight GGUF block against one activation block, for the GEMV's per-block loop
 /// ([`gemv_blocks_q8`]): the 8-lane integer dot, the weight scale `d`, and `c`, the block's
-/// offset per unit of activation sum (value = `d * q + c`). Q8_0 runs it, and Q5_0 / Q5_1 in
-/// ggml's block order (packs store them split by rows, ADR 26, and those run the batched tile
+/// offset per unit of activation sum (value = `d * q + c`). Q5_0 / Q5_1 in ggml's block order
+/// run it (packs store them split by rows, ADR 26, and those run the batched tile
 /// through [`SplitRow`], as the 4-bit blocks do through [`Q8Pair`]). One fused function: written
 /// through separate scales and codes, LLVM scheduled the Q5_0 GEMV 14% slower (Q4_K_M decode
 /// 148 -> 130 tok/s, one thread 88 -> 76), though its loop's instructions came out the same.
@@ -213,14 +213,6 @@ impl Q8Block for BlockQ5_1 {
     unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
         let p = dot_u8_i8(q5_codes(self.qs.as_ptr(), self.qh), xq);
         (p, f16_to_f32(self.d), f16_to_f32(self.m))
-    }
-}
-
-impl Q8Block for BlockQ8_0 {
-    #[inline(always)]
-    unsafe fn dot(&self, xq: __m256i) -> (__m256i, f32, f32) {
-        let w = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
-        (dot_i8_i8(w, xq), f16_to_f32(self.d), 0.0)
     }
 }
 
@@ -423,8 +415,8 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
             prefetch_row(w, nb, r);
         }
         let row = w.get_unchecked(r * nb..(r + 1) * nb);
-        // Tiles of two tokens or one also send every other pair to a second accumulator per token,
-        // so FMA latency does not set the pace.
+        // Tiles of one or two tokens also send every other pair to a second accumulator per
+        // token, so FMA latency does not set the pace.
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
         let mut k = 0;
         while k + 8 <= nb {
