@@ -243,6 +243,8 @@ pub unsafe fn attend_heads_avx2<T: KvElem>(
         n == 0 || (n - 1) * stride + at + hd <= k.len().min(v.len()),
         "attend_heads_avx2: {n} positions of {hd} at {at} (stride {stride}) overrun the caches"
     );
+    // Wrapping: with no positions, `at` may lie past the caches' ends.
+    let kv = (k.as_ptr().wrapping_add(at), v.as_ptr().wrapping_add(at));
     let mut h = 0;
     while h < g {
         let part = Heads {
@@ -251,8 +253,6 @@ pub unsafe fn attend_heads_avx2<T: KvElem>(
             out: &mut out[h * hd..],
             ms: &mut ms[2 * h..],
         };
-        // Wrapping: with no positions, `at` may lie past the caches' ends.
-        let kv = (k.as_ptr().wrapping_add(at), v.as_ptr().wrapping_add(at));
         // Registers: three heads' 4-key score sums or 32-float outputs are 12 accumulators.
         // An f32 cache goes one head at a time: there the group saves only loads, and over 1024
         // tokens it ran 0.977x; an f16 one goes by groups, so each widening serves every head.
