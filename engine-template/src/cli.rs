@@ -168,9 +168,6 @@ pub fn run<M: CausalLm>(
             M::CONTEXT
         )));
     }
-    let pool = Pool::new(threads);
-    let (blob, model, check, tok) =
-        load::<M>(info, offsets, args.common.model_dir.as_deref(), &pool)?;
     let prompt = args.prompt.clone().unwrap_or_default();
     let prompt = if args.chat {
         let tmpl = info
@@ -180,7 +177,15 @@ pub fn run<M: CausalLm>(
     } else {
         prompt
     };
-    let ids = text::encode(&tok, &prompt)?;
+    let pool = Pool::new(threads);
+    let (blob, model, check, tok, ids) = load::<M>(
+        info,
+        offsets,
+        args.common.model_dir.as_deref(),
+        &pool,
+        &[&prompt],
+    )?;
+    let ids = ids.into_iter().next().unwrap_or_default();
     if ids.is_empty() {
         return Err(EngineError::Prompt("the prompt is empty".into()));
     }
@@ -272,9 +277,15 @@ fn threads(arg: Option<usize>) -> Result<usize> {
 /// takes the vocabulary, and the caller helps fault the weights in once the tokenizer is built.
 const VOCAB_ON_WORKER_MAX: u64 = 80;
 
-/// What [`load`] gives: the weights, the model on them, how they were checked, and the
-/// tokenizer.
-type Loaded<M> = (&'static [u8], M, weights::Check, tokenizers::Tokenizer);
+/// What [`load`] gives: the weights, the model on them, how they were checked, a tokenizer
+/// that decodes, and the ids of the texts to encode.
+type Loaded<M> = (
+    &'static [u8],
+    M,
+    weights::Check,
+    tokenizers::Tokenizer,
+    Vec<Vec<u32>>,
+);
 
 /// Builds the tokenizer on this thread while the pool's last worker maps and checks the
 /// weights and binds the model (ADR 24). The worker parses the tokenizer's vocabulary first
@@ -286,12 +297,15 @@ type Loaded<M> = (&'static [u8], M, weights::Check, tokenizers::Tokenizer);
 /// not started on it by then. Loading on the pool, not on a thread of its own, leaves that
 /// worker running on its own core when prefill starts: a worker spawned after the load shared
 /// the caller's core for the first 10-15 ms of prefill (its first ten layers ran at half
-/// speed) until the scheduler moved it.
+/// speed) until the scheduler moved it. The tokenizer is built for `texts` alone, which it
+/// encodes: it keeps only the merges that can apply to them (ADR 38), so it encodes nothing
+/// else reliably, and decodes anything.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
     model_dir: Option<&std::path::Path>,
     pool: &Pool,
+    texts: &[&str],
 ) -> Result<Loaded<M>> {
     let (weights, tok) = (Mutex::new(None), Mutex::new(None));
     let mapped = std::sync::OnceLock::new();
@@ -312,7 +326,11 @@ fn load<M: CausalLm>(
             *weights.lock().unwrap() = Some(w);
         }
         if t == 0 {
-            *tok.lock().unwrap() = Some(tok_load.finish());
+            let t = tok_load.finish_for(texts).and_then(|t| {
+                let ids = texts.iter().map(|s| text::encode(&t, s));
+                Ok((ids.collect::<Result<Vec<_>>>()?, t))
+            });
+            *tok.lock().unwrap() = Some(t);
             if let Some(m) = mapped.get() {
                 m.populate();
             }
@@ -322,7 +340,8 @@ fn load<M: CausalLm>(
         m.into_inner().unwrap().expect("the pool ran every part")
     }
     let (blob, model, check) = taken(weights)?;
-    Ok((blob, model, check, taken(tok)?))
+    let (ids, tok) = taken(tok)?;
+    Ok((blob, model, check, tok, ids))
 }
 
 /// The weights moved into huge pages, and a model on them.
@@ -441,11 +460,13 @@ pub fn bench<M: CausalLm>(info: &BakedInfo, offsets: &M::Offsets, a: &BenchArgs)
         )));
     }
     let pool = Pool::new(threads);
-    let (blob, model, _, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
-    let ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| text::encode(&tok, p))
-        .collect::<Result<_>>()?;
+    let (blob, model, _, _, ids) = load::<M>(
+        info,
+        offsets,
+        a.common.model_dir.as_deref(),
+        &pool,
+        &prompts,
+    )?;
     let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
     if longest == 0 || longest + a.max_new > M::CONTEXT {
         return Err(EngineError::Prompt(format!(
@@ -667,8 +688,14 @@ pub fn perplexity<M: CausalLm>(
         source,
     })?;
     let pool = Pool::new(threads);
-    let (_, model, _, tok) = load::<M>(info, offsets, a.common.model_dir.as_deref(), &pool)?;
-    let ids = text::encode(&tok, &text)?;
+    let (_, model, _, _, ids) = load::<M>(
+        info,
+        offsets,
+        a.common.model_dir.as_deref(),
+        &pool,
+        &[&text],
+    )?;
+    let ids = ids.into_iter().next().unwrap_or_default();
     let chunks = (ids.len() / a.ctx).min(a.chunks.unwrap_or(usize::MAX));
     if chunks == 0 {
         return Err(EngineError::Prompt(format!(

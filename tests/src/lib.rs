@@ -214,15 +214,40 @@ pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokeniz
             "the fast-loaded tokenizer ({how}) serializes differently"
         );
         for text in texts {
-            let ids = |t: &tokenizers::Tokenizer| t.encode(*text, true).unwrap().get_ids().to_vec();
             assert_eq!(
-                ids(t),
-                ids(&slow),
+                ids(t, text),
+                ids(&slow, text),
                 "{text:?}: fast ({how}) vs tokenizers ids"
             );
         }
     }
+    let all = TokenizerLoad::new(json)
+        .finish_for(texts)
+        .expect("load for all texts");
+    for text in texts {
+        let one = TokenizerLoad::new(json)
+            .finish_for(&[text])
+            .expect("load for one text");
+        for (t, how) in [(&one, "this text"), (&all, "all texts")] {
+            assert_eq!(
+                ids(t, text),
+                ids(&slow, text),
+                "{text:?}: tokenizer built for {how} vs tokenizers ids"
+            );
+        }
+    }
     fast
+}
+
+/// `text`'s ids from `t`, special tokens added.
+pub fn ids(t: &tokenizers::Tokenizer, text: &str) -> Vec<u32> {
+    t.encode(text, true).unwrap().get_ids().to_vec()
+}
+
+/// How many merges `t`'s BPE model holds.
+pub fn merge_count(t: &tokenizers::Tokenizer) -> usize {
+    let v: Value = serde_json::from_str(&t.to_string(false).unwrap()).unwrap();
+    v["model"]["merges"].as_array().map_or(0, Vec::len)
 }
 
 pub fn token_ids(v: &Value) -> Vec<u32> {

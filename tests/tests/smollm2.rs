@@ -245,6 +245,58 @@ fn fast_tokenizer_load_matches_tokenizers() {
     assert_same_tokenizer(ck.tokenizer_json.as_bytes(), &texts);
 }
 
+/// A tokenizer built for given texts (ADR 38) encodes each as `tokenizers` does, on pieces of
+/// the GPL text and on texts that stress the pre-tokenizer and added tokens, keeps few merges
+/// for a short prompt, and keeps them all where the filter would not pay.
+#[test]
+fn prompt_tokenizer_matches_tokenizers() {
+    use clocher_engine::runtime::text::TokenizerLoad;
+    let hf_json = std::fs::read(smollm2().1.join("tokenizer.json")).unwrap();
+    let slow = tokenizers::Tokenizer::from_bytes(&hf_json).unwrap();
+    let gpl = std::fs::read_to_string(shared().join("fixtures/text/gpl-3.txt")).unwrap();
+    let chars: Vec<char> = gpl.chars().collect();
+    let mut texts: Vec<String> = (0..24)
+        .map(|i| {
+            let start = (i * 7919 * 13) % chars.len();
+            let len = [1, 2, 5, 17, 64, 300, 2000][i % 7];
+            chars[start..(start + len).min(chars.len())]
+                .iter()
+                .collect()
+        })
+        .collect();
+    texts.extend(
+        [
+            "",
+            " ",
+            "a",
+            "The history of computing is a story of people trying to make machines do our work",
+            "ab<|im_end|>cd <|im_start|>  x\n\n\n   y",
+            "1234567890 3.14159 -0.5e10 0x1F",
+            "naïve café — “quotes” ‘and’ 日本語のテキスト 🤖🤖 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+            "don't we'll I'M they've it'S",
+            "\t\t\tindented()\r\n    {\"json\": [1, 2]}",
+        ]
+        .map(String::from),
+    );
+    for text in &texts {
+        let t = TokenizerLoad::new(&hf_json).finish_for(&[text]).unwrap();
+        assert_eq!(ids(&t, text), ids(&slow, text), "{text:?}");
+    }
+    let short = TokenizerLoad::new(&hf_json)
+        .finish_for(&["The history of computing"])
+        .unwrap();
+    let (kept, all) = (merge_count(&short), merge_count(&slow));
+    assert!(
+        kept > 0 && kept < 200,
+        "a short prompt kept {kept} of {all} merges"
+    );
+    // One piece with more runs than the filter indexes: every merge is kept.
+    let long = "x".repeat(5_000);
+    let t = TokenizerLoad::new(&hf_json).finish_for(&[&long]).unwrap();
+    assert_eq!(merge_count(&t), all);
+    assert_eq!(ids(&t, &long), ids(&slow, &long));
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();

@@ -2,7 +2,8 @@
 
 use crate::error::{EngineError, Result};
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{AddedToken, Tokenizer};
@@ -55,6 +56,22 @@ impl<'a> TokenizerLoad<'a> {
     /// Parses the merges and the rest of the document, takes the vocabulary (parsing it here if
     /// no other thread took it, waiting if one is at it), and builds the tokenizer.
     pub fn finish(&self) -> Result<Tokenizer> {
+        self.build(None)
+    }
+
+    /// [`finish`](Self::finish) for a tokenizer that encodes `texts` alone, as the binaries
+    /// know theirs before they load (ADR 38): its BPE model keeps only the merges that can
+    /// apply to them, which turns the longest part of the load (`BpeBuilder` hashing 49k
+    /// merges, about 14 ms for SmolLM2) into a few hundred lookups. It encodes `texts` to the
+    /// same ids as the whole tokenizer, and decodes anything, but other texts may come out
+    /// differently. Every merge is kept (the whole tokenizer) where the texts have too many
+    /// distinct pieces for the filter to pay, or the model can merge what a text does not
+    /// spell ([`BpeDoc::spelled`]).
+    pub fn finish_for(&self, texts: &[&str]) -> Result<Tokenizer> {
+        self.build(Some(texts))
+    }
+
+    fn build(&self, texts: Option<&[&str]>) -> Result<Tokenizer> {
         let json = self.json;
         let err =
             |what: &str, e: &dyn std::fmt::Display| EngineError::Tokenizer(format!("{what}: {e}"));
@@ -85,8 +102,16 @@ impl<'a> TokenizerLoad<'a> {
         let mut tok: Tokenizer = serde_json::to_string(&doc)
             .and_then(|s| serde_json::from_str(&s))
             .map_err(bad)?;
+        let kept = match texts.filter(|_| model.spelled()) {
+            Some(texts) => merges_for(&tok, &added, &vocab, texts, &model.merges)?,
+            None => None,
+        };
+        let merges = match kept {
+            Some(kept) => kept,
+            None => model.merges.into_iter().map(Merge::owned).collect(),
+        };
         let mut b = BPE::builder()
-            .vocab_and_merges(vocab, model.merges.into_iter().map(|m| m.0).collect())
+            .vocab_and_merges(vocab, merges)
             .fuse_unk(model.fuse_unk)
             .byte_fallback(model.byte_fallback)
             .ignore_merges(model.ignore_merges);
@@ -107,6 +132,97 @@ impl<'a> TokenizerLoad<'a> {
         tok.add_tokens(&added);
         Ok(tok)
     }
+}
+
+/// The most runs of characters [`merges_for`] hashes: past it, hashing them would cost
+/// about what building every merge does (a few hundred thousand hash operations).
+const RUNS_MAX: usize = 200_000;
+
+/// The merges, in their order, that can apply to `texts`: those whose two tokens, joined,
+/// spell a run of the symbols of a piece of a text as the BPE model sees it (the pieces
+/// `tokenizers` hands the model after the added tokens, normalizer and pre-tokenizer, less
+/// any character missing from the vocabulary, which the model skips). A merge joins two
+/// adjacent symbols of a piece, so one that spells no such run never applies, and the kept
+/// merges apply in the same order as in the whole list, since the BPE applies the lowest rank
+/// first and only their order matters. `None` past [`RUNS_MAX`].
+/// `tok` is the tokenizer without its model and added tokens.
+fn merges_for(
+    tok: &Tokenizer,
+    added: &[AddedToken],
+    vocab: &Vocab,
+    texts: &[&str],
+    merges: &[Merge],
+) -> Result<Option<Vec<(String, String)>>> {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizer};
+    let mut splitter = tok.clone();
+    splitter.add_tokens(added);
+    let mut pretokenized = Vec::with_capacity(texts.len());
+    for text in texts {
+        let mut p = splitter
+            .get_added_vocabulary()
+            .extract_and_normalize(splitter.get_normalizer(), text);
+        if let Some(pt) = splitter.get_pre_tokenizer() {
+            pt.pre_tokenize(&mut p)
+                .map_err(|e| EngineError::Prompt(format!("pre-tokenizing the prompt: {e}")))?;
+        }
+        pretokenized.push(p);
+    }
+    // The pieces the model gets (not the added tokens, which come out tokenized), each once,
+    // as the model spells them.
+    let mut pieces = HashSet::new();
+    for p in &pretokenized {
+        for (s, _, tokens) in p.get_splits(OffsetReferential::Original, OffsetType::None) {
+            if tokens.is_none() {
+                pieces.insert(s);
+            }
+        }
+    }
+    let pieces: Vec<Cow<str>> = pieces
+        .into_iter()
+        .map(|s| {
+            let known = |c: &&str| vocab.contains_key(*c);
+            let chars = || s.split_inclusive(|_| true);
+            if chars().all(|c| known(&c)) {
+                Cow::Borrowed(s)
+            } else {
+                Cow::Owned(chars().filter(known).collect())
+            }
+        })
+        .collect();
+    // Every run of two or more characters no longer than the longest merge.
+    let longest = merges
+        .iter()
+        .map(|m| m.0.len() + m.1.len())
+        .max()
+        .unwrap_or(0);
+    let (mut runs, mut tried) = (HashSet::new(), 0);
+    for s in &pieces {
+        let ends: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
+        for (i, &a) in ends.iter().enumerate() {
+            for &b in ends.iter().skip(i + 2) {
+                if b - a > longest {
+                    break;
+                }
+                runs.insert(&s[a..b]);
+                tried += 1;
+                if tried > RUNS_MAX {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    let mut joined = String::with_capacity(longest);
+    let kept = merges
+        .iter()
+        .filter(|m| {
+            joined.clear();
+            joined.push_str(&m.0);
+            joined.push_str(&m.1);
+            runs.contains(joined.as_str())
+        })
+        .map(|m| (m.0.clone().into_owned(), m.1.clone().into_owned()))
+        .collect();
+    Ok(Some(kept))
 }
 
 /// The `model.vocab` of a BPE `tokenizer.json`, every other entry skipped; `None` for another
@@ -130,7 +246,7 @@ fn parse_vocab(json: &[u8]) -> Option<Vocab> {
 /// A `tokenizer.json` read in one pass: its `model` as a [`BpeDoc`] (absent if it has none),
 /// every other top-level entry raw.
 struct Doc<'a> {
-    model: Option<BpeDoc>,
+    model: Option<BpeDoc<'a>>,
     rest: BTreeMap<&'a str, &'a RawValue>,
 }
 
@@ -164,11 +280,11 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Doc<'a> {
 /// The `model` object of a BPE `tokenizer.json`, with the fields `BpeBuilder` takes but the
 /// vocabulary ([`parse_vocab`]), which is skipped.
 #[derive(serde::Deserialize)]
-struct BpeDoc {
+struct BpeDoc<'a> {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default)]
-    merges: Vec<Merge>,
+    #[serde(default, borrow)]
+    merges: Vec<Merge<'a>>,
     dropout: Option<f32>,
     unk_token: Option<String>,
     continuing_subword_prefix: Option<String>,
@@ -181,37 +297,93 @@ struct BpeDoc {
     ignore_merges: bool,
 }
 
-/// One merge rule: `["a", "b"]`, or the older `"a b"`, read without buffering.
-struct Merge((String, String));
+impl BpeDoc<'_> {
+    /// Whether a merge can apply only to a run of a piece's characters that it spells: no
+    /// dropout, no unknown token, no byte fallback, no subword prefix or word suffix (merges
+    /// of unknown or byte tokens, or of prefixed or suffixed symbols, spell something else).
+    fn spelled(&self) -> bool {
+        let none = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+        self.dropout.is_none()
+            && self.unk_token.is_none()
+            && !self.byte_fallback
+            && none(&self.continuing_subword_prefix)
+            && none(&self.end_of_word_suffix)
+    }
+}
 
-impl<'de> serde::Deserialize<'de> for Merge {
+/// One merge rule: `["a", "b"]`, or the older `"a b"`, read without buffering, its tokens
+/// borrowed from the document where they have no escapes (every merge of SmolLM2's).
+struct Merge<'a>(Cow<'a, str>, Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Merge<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Merge;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        fn split<E: serde::de::Error>(s: &str) -> std::result::Result<(&str, &str), E> {
+            let mut parts = s.split(' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(a), Some(b), None) => Ok((a, b)),
+                _ => Err(E::custom(format!("merge {s:?} is not two tokens"))),
+            }
+        }
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Merge<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a merge: [\"a\", \"b\"] or \"a b\"")
             }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Merge, E> {
-                let mut parts = s.split(' ');
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(a), Some(b), None) => Ok(Merge((a.into(), b.into()))),
-                    _ => Err(E::custom(format!("merge {s:?} is not two tokens"))),
-                }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                s: &'de str,
+            ) -> std::result::Result<Merge<'a>, E> {
+                let (a, b) = split(s)?;
+                Ok(Merge(a.into(), b.into()))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Merge<'a>, E> {
+                let (a, b) = split(s)?;
+                Ok(Merge(a.to_owned().into(), b.to_owned().into()))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> std::result::Result<Merge, A::Error> {
-                let mut next = || -> std::result::Result<String, A::Error> {
-                    seq.next_element()?
-                        .ok_or_else(|| serde::de::Error::custom("a merge needs two tokens"))
+            ) -> std::result::Result<Merge<'a>, A::Error> {
+                let mut next = || -> std::result::Result<Cow<'a, str>, A::Error> {
+                    Ok(seq
+                        .next_element::<Token<'a>>()?
+                        .ok_or_else(|| serde::de::Error::custom("a merge needs two tokens"))?
+                        .0)
                 };
-                let pair = (next()?, next()?);
-                Ok(Merge(pair))
+                let (a, b) = (next()?, next()?);
+                Ok(Merge(a, b))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl Merge<'_> {
+    fn owned(self) -> (String, String) {
+        (self.0.into_owned(), self.1.into_owned())
+    }
+}
+
+/// A token of a merge, borrowed where the document has it without escapes.
+struct Token<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Token<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Token<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Token<'a>, E> {
+                Ok(Token(s.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Token<'a>, E> {
+                Ok(Token(s.to_owned().into()))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
