@@ -309,7 +309,7 @@ fn load<M: CausalLm>(
 ) -> Result<Loaded<M>> {
     let (weights, tok) = (Mutex::new(None), Mutex::new(None));
     let mapped = std::sync::OnceLock::new();
-    let tok_load = text::TokenizerLoad::new(info.tokenizer_json);
+    let tok_load = text::TokenizerLoad::new(info.tokenizer_json, info.tokenizer_digest);
     let hash_max = VOCAB_ON_WORKER_MAX * info.tokenizer_json.len() as u64;
     pool.broadcast(&|t, nt| {
         if t == nt - 1 {

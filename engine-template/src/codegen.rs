@@ -28,6 +28,7 @@ pub struct Paths<'a> {
     pub meta_json: &'a str,
     pub model_dir: &'a str,
     pub tokenizer_json: &'a str,
+    pub tokenizer_digest: &'a str,
     pub blob: &'a str,
 }
 
@@ -310,6 +311,7 @@ pub fn generate(
         meta_json,
         model_dir,
         tokenizer_json,
+        tokenizer_digest,
         blob,
     } = paths;
     let (blob_static, embedded) = if embed_weights {
@@ -368,6 +370,7 @@ pub fn generate(
             // Rebuild when the packed model changes.
             const _META: &str = include_str!(#meta_json);
             static TOKENIZER: &[u8] = include_bytes!(#tokenizer_json);
+            static TOKENIZER_DIGEST: &[u8] = include_bytes!(#tokenizer_digest);
             #blob_static
 
             pub static INFO: ::clocher_engine::runtime::BakedInfo = ::clocher_engine::runtime::BakedInfo {
@@ -379,6 +382,7 @@ pub fn generate(
                 blob_xxh3: #blob_hash,
                 embedded: #embedded,
                 tokenizer_json: TOKENIZER,
+                tokenizer_digest: TOKENIZER_DIGEST,
                 chat_template: #chat,
                 bos_token: #bos,
                 bos_token_id: #bos_id,

@@ -15,6 +15,9 @@ pub const META_FILE: &str = "model.ie.json";
 pub const STAMP_FILE: &str = "model.ie.verified";
 pub const VOCAB_FILE: &str = "vocab.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// `tokenizer.json`'s BPE vocabulary and merges in binary, for a fast load ([`TokenDigest`],
+/// ADR 38); empty where the tokenizer is not a BPE model it can hold.
+pub const TOKENIZER_DIGEST_FILE: &str = "tokenizer.bin";
 /// Architectures the packer and runtime support, by their Hugging Face class name.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM"];
 
@@ -428,4 +431,242 @@ pub fn expected_tensors(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 /// True for 1-D norm weights, which IEBIN v1 always stores as f32 whatever the precision.
 pub fn is_norm(name: &str) -> bool {
     name.ends_with("layernorm.weight") || name == "model.norm.weight"
+}
+
+/// The first bytes of a [`TokenDigest`].
+const DIGEST_MAGIC: &[u8; 8] = b"CLTOKv1\n";
+
+/// A BPE `tokenizer.json` as the binaries load it fastest (ADR 38): the document with its
+/// model's vocabulary and merges emptied (`rest`), the vocabulary as (id, token) entries, and
+/// the merges as pairs of tokens, each section read front to back with no JSON string in it
+/// (reading the merges by index into the vocabulary cost a cache miss a token). Laid out,
+/// little-endian: the magic `CLTOKv1\n`; `u32` length and the bytes of `rest`; `u32` the
+/// longest token's length in bytes; then the vocabulary and the merges, each as a `u32` count
+/// and a `u32` length in bytes followed by that many bytes: per entry `u32` id, `u16` length
+/// and the token, per merge `u16` length and the first token, `u16` length and the second. The
+/// packer writes it beside `tokenizer.json` ([`TokenDigest::encode`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenDigest<'a> {
+    pub rest: &'a str,
+    /// The longest token, in bytes.
+    pub longest: usize,
+    vocab: (usize, &'a [u8]),
+    merges: (usize, &'a [u8]),
+}
+
+impl<'a> TokenDigest<'a> {
+    /// The digest of a BPE `tokenizer.json`; `None` for another model type or a document it
+    /// cannot hold (a token of 64 KiB or more, a merge that is not two tokens).
+    pub fn encode(json: &str) -> Option<Vec<u8>> {
+        use serde_json::Value;
+        let mut doc: Value = serde_json::from_str(json).ok()?;
+        let model = doc.get_mut("model")?.as_object_mut()?;
+        if model.get("type")?.as_str()? != "BPE" {
+            return None;
+        }
+        let vocab = std::mem::take(model.get_mut("vocab")?.as_object_mut()?);
+        let merges = std::mem::take(model.get_mut("merges")?.as_array_mut()?);
+        let rest = serde_json::to_string(&doc).ok()?;
+        let u32_of = |n: usize| Some(u32::try_from(n).ok()?.to_le_bytes());
+        let token = |out: &mut Vec<u8>, t: &str| -> Option<()> {
+            out.extend_from_slice(&u16::try_from(t.len()).ok()?.to_le_bytes());
+            out.extend_from_slice(t.as_bytes());
+            Some(())
+        };
+        let mut entries = vec![];
+        for (t, id) in &vocab {
+            entries.extend_from_slice(&u32_of(usize::try_from(id.as_u64()?).ok()?)?);
+            token(&mut entries, t)?;
+        }
+        let mut pairs = vec![];
+        for m in &merges {
+            let (a, b) = match m {
+                Value::String(s) => match s.split(' ').collect::<Vec<_>>()[..] {
+                    [a, b] => (a, b),
+                    _ => return None,
+                },
+                Value::Array(p) if p.len() == 2 => (p[0].as_str()?, p[1].as_str()?),
+                _ => return None,
+            };
+            token(&mut pairs, a)?;
+            token(&mut pairs, b)?;
+        }
+        let longest = vocab.keys().map(String::len).max().unwrap_or(0);
+        let mut out = DIGEST_MAGIC.to_vec();
+        out.extend_from_slice(&u32_of(rest.len())?);
+        out.extend_from_slice(rest.as_bytes());
+        out.extend_from_slice(&u32_of(longest)?);
+        for (n, bytes) in [(vocab.len(), entries), (merges.len(), pairs)] {
+            out.extend_from_slice(&u32_of(n)?);
+            out.extend_from_slice(&u32_of(bytes.len())?);
+            out.extend_from_slice(&bytes);
+        }
+        Some(out)
+    }
+
+    /// Reads a digest's layout; `None` if `bytes` is empty (no digest) or not one. The entries
+    /// are checked as they are read ([`TokenDigest::vocab`], [`TokenDigest::merges`]).
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let mut r = bytes.strip_prefix(DIGEST_MAGIC.as_slice())?;
+        let n = take_u32(&mut r)? as usize;
+        let rest = std::str::from_utf8(take(&mut r, n)?).ok()?;
+        let longest = take_u32(&mut r)? as usize;
+        let mut section = || -> Option<(usize, &'a [u8])> {
+            let n = take_u32(&mut r)? as usize;
+            let len = take_u32(&mut r)? as usize;
+            Some((n, take(&mut r, len)?))
+        };
+        let (vocab, merges) = (section()?, section()?);
+        r.is_empty().then_some(TokenDigest {
+            rest,
+            longest,
+            vocab,
+            merges,
+        })
+    }
+
+    /// The vocabulary's (token, id) entries, in `tokenizer.json`'s order; a `None` item where
+    /// the section is damaged (then the last).
+    pub fn vocab(&self) -> impl Iterator<Item = Option<(&'a str, u32)>> + 'a {
+        entries(self.vocab, |r| {
+            let id = take_u32(r)?;
+            Some((take_token(r)?, id))
+        })
+    }
+
+    /// The merges, in order; a `None` item where the section is damaged (then the last).
+    pub fn merges(&self) -> impl Iterator<Item = Option<(&'a str, &'a str)>> + 'a {
+        self.merge_bytes().map(|m| {
+            let (a, b) = m?;
+            Some((std::str::from_utf8(a).ok()?, std::str::from_utf8(b).ok()?))
+        })
+    }
+
+    /// [`TokenDigest::merges`] with the tokens' bytes not yet checked as UTF-8, for a reader
+    /// that uses few of them.
+    pub fn merge_bytes(&self) -> impl Iterator<Item = Option<(&'a [u8], &'a [u8])>> + 'a {
+        entries(self.merges, |r| Some((take_bytes(r)?, take_bytes(r)?)))
+    }
+
+    pub fn merge_count(&self) -> usize {
+        self.merges.0
+    }
+}
+
+/// `n` items read from `bytes` by `read`, which must use them all; a `None` item, the last,
+/// where one can't be read or bytes are left over.
+fn entries<'a, T: 'a>(
+    (n, mut bytes): (usize, &'a [u8]),
+    read: impl Fn(&mut &'a [u8]) -> Option<T> + 'a,
+) -> impl Iterator<Item = Option<T>> + 'a {
+    let mut left = Some(n);
+    std::iter::from_fn(move || {
+        let item = match left? {
+            0 if bytes.is_empty() => return None,
+            0 => None,
+            _ => read(&mut bytes),
+        };
+        left = match item {
+            Some(_) => left.map(|l| l - 1),
+            None => None,
+        };
+        Some(item)
+    })
+}
+
+fn take<'b>(r: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
+    let (head, tail) = r.split_at_checked(n)?;
+    *r = tail;
+    Some(head)
+}
+
+fn take_u32(r: &mut &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(take(r, 4)?.try_into().ok()?))
+}
+
+fn take_bytes<'b>(r: &mut &'b [u8]) -> Option<&'b [u8]> {
+    let n = u16::from_le_bytes(take(r, 2)?.try_into().ok()?) as usize;
+    take(r, n)
+}
+
+fn take_token<'b>(r: &mut &'b [u8]) -> Option<&'b str> {
+    std::str::from_utf8(take_bytes(r)?).ok()
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::TokenDigest;
+
+    const DOC: &str = r#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "é": 3},
+        "merges": [["a", "b"], "b a"]}, "added_tokens": []}"#;
+
+    /// A digest's vocabulary and merges, read whole.
+    type Read<'a> = (Vec<(&'a str, u32)>, Vec<(&'a str, &'a str)>);
+
+    fn read(bytes: &[u8]) -> Option<Read<'_>> {
+        let d = TokenDigest::parse(bytes)?;
+        Some((
+            d.vocab().collect::<Option<_>>()?,
+            d.merges().collect::<Option<_>>()?,
+        ))
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = TokenDigest::encode(DOC).unwrap();
+        let d = TokenDigest::parse(&bytes).unwrap();
+        let (mut vocab, merges) = read(&bytes).unwrap();
+        vocab.sort_by_key(|v| v.1);
+        assert_eq!(vocab, [("a", 0), ("b", 1), ("ab", 2), ("é", 3)]);
+        assert_eq!(merges, [("a", "b"), ("b", "a")]);
+        assert_eq!((d.merge_count(), d.longest), (2, 2));
+        let rest: serde_json::Value = serde_json::from_str(d.rest).unwrap();
+        assert_eq!(rest["model"]["vocab"], serde_json::json!({}));
+        assert_eq!(rest["model"]["merges"], serde_json::json!([]));
+        assert_eq!(rest["added_tokens"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn no_digest_for_what_it_cannot_hold() {
+        let long = "x".repeat(1 << 16);
+        for doc in [
+            r#"{"model": {"type": "WordLevel", "vocab": {"a": 0}}}"#.to_string(),
+            r#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a a a"]}}"#.into(),
+            format!(r#"{{"model": {{"type": "BPE", "vocab": {{"{long}": 0}}, "merges": []}}}}"#),
+            "not json".into(),
+        ] {
+            assert_eq!(
+                TokenDigest::encode(&doc),
+                None,
+                "{}",
+                &doc[..40.min(doc.len())]
+            );
+        }
+    }
+
+    /// Every truncation, counts that don't match the bytes, bad UTF-8 and trailing bytes are
+    /// refused, without a panic or an allocation by a count.
+    #[test]
+    fn damaged_digests_are_refused() {
+        let bytes = TokenDigest::encode(DOC).unwrap();
+        assert_eq!(TokenDigest::parse(&[]), None);
+        for n in 0..bytes.len() {
+            assert_eq!(read(&bytes[..n]), None, "cut at {n}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(read(&extra), None, "trailing byte");
+        // The vocabulary's count, after the magic, `rest` and the longest token's length.
+        let rest_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let at = 16 + rest_len;
+        for count in [0, 3, 5, u32::MAX] {
+            let mut bad = bytes.clone();
+            bad[at..at + 4].copy_from_slice(&count.to_le_bytes());
+            assert_eq!(read(&bad), None, "vocabulary count {count} for 4 entries");
+        }
+        let mut utf8 = bytes.clone();
+        let e = utf8.windows(2).rposition(|w| w == "é".as_bytes()).unwrap();
+        utf8[e] = 0xff;
+        assert_eq!(read(&utf8), None, "a token that is not UTF-8");
+    }
 }

@@ -6,7 +6,7 @@
 //! reported as a `compile_error!` on the path literal; the macro never panics.
 
 use clocher_engine::codegen::{self, Paths};
-use clocher_engine::format::{ModelMeta, BLOB_FILE};
+use clocher_engine::format::{ModelMeta, BLOB_FILE, TOKENIZER_DIGEST_FILE};
 use proc_macro::TokenStream;
 use std::path::{Path, PathBuf};
 use syn::parse::{Parse, ParseStream};
@@ -60,13 +60,15 @@ fn expand(input: &Input) -> syn::Result<proc_macro2::TokenStream> {
         s(&meta_path),
         s(dir),
         s(&dir.join(&meta.tokenizer.file)),
+        s(&dir.join(TOKENIZER_DIGEST_FILE)),
         s(&dir.join(BLOB_FILE)),
     );
     let paths = Paths {
         meta_json: &paths.0,
         model_dir: &paths.1,
         tokenizer_json: &paths.2,
-        blob: &paths.3,
+        tokenizer_digest: &paths.3,
+        blob: &paths.4,
     };
     codegen::generate(&meta, &paths, input.embed_weights)
         .map_err(|e| err(format!("{} in {}", e, meta_path.display())))

@@ -12,6 +12,7 @@ const PATHS: Paths = Paths {
     meta_json: "/models/tiny/model.ie.json",
     model_dir: "/models/tiny",
     tokenizer_json: "/models/tiny/tokenizer.json",
+    tokenizer_digest: "/models/tiny/tokenizer.bin",
     blob: "/models/tiny/model.ie.bin",
 };
 

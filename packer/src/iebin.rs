@@ -5,7 +5,7 @@ use crate::error::{input, write_err, PackError, Result};
 use crate::quant::TensorPlan;
 use crate::source::Checkpoint;
 use clocher_engine::format::{
-    self, BlobInfo, Dtype, ModelMeta, Precision, SourceInfo, TensorEntry,
+    self, BlobInfo, Dtype, ModelMeta, Precision, SourceInfo, TensorEntry, TokenDigest,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -237,6 +237,12 @@ pub fn write(
     write_file(
         &dir.join(format::TOKENIZER_FILE),
         ck.tokenizer_json.as_bytes(),
+    )?;
+
+    // The tokenizer's digest for a fast load (empty where it has none).
+    write_file(
+        &dir.join(format::TOKENIZER_DIGEST_FILE),
+        &TokenDigest::encode(&ck.tokenizer_json).unwrap_or_default(),
     )?;
 
     // vocab.json: id -> token string.

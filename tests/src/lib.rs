@@ -191,23 +191,32 @@ pub fn run_json_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
 }
 
 /// The model binaries' tokenizer loader (`runtime::text`) must give the same tokenizer as
-/// `tokenizers`' own, on one thread (`load_tokenizer`) and with the vocabulary parsed on
-/// another (`TokenizerLoad::help`, as the binaries' load does): the same serialization
-/// (vocabulary, merges, added tokens, every component), and the same ids for `texts`. Returns
+/// `tokenizers`' own, on one thread (`load_tokenizer`), with the vocabulary parsed on another
+/// (`TokenizerLoad::help`, as the binaries' load does), and from the packer's digest
+/// (`TokenDigest`, which a BPE model must have): the same serialization (vocabulary, merges,
+/// added tokens, every component), and the same ids for `texts`. So must the tokenizers built
+/// for `texts` (`finish_for`), from the document and from the digest, on each text. Returns
 /// the fast-loaded tokenizer.
 pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokenizer {
+    use clocher_engine::format::TokenDigest;
     use clocher_engine::runtime::text::{load_tokenizer, TokenizerLoad};
+    let digest = TokenDigest::encode(std::str::from_utf8(json).unwrap()).unwrap_or_default();
+    let bpe = serde_json::from_slice::<Value>(json).unwrap()["model"]["type"] == "BPE";
+    assert_eq!(!digest.is_empty(), bpe, "a BPE tokenizer has a digest");
     let fast = load_tokenizer(json).expect("fast load");
-    let split = TokenizerLoad::new(json);
-    std::thread::scope(|s| s.spawn(|| split.help()).join().unwrap());
-    let split = split.finish().expect("split load");
+    let split = |digest| {
+        let load = TokenizerLoad::new(json, digest);
+        std::thread::scope(|s| s.spawn(|| load.help()).join().unwrap());
+        load.finish().expect("split load")
+    };
     let slow = tokenizers::Tokenizer::from_bytes(json).expect("tokenizers load");
     let ser = |t: &tokenizers::Tokenizer| -> Value {
         serde_json::from_str(&t.to_string(false).unwrap()).unwrap()
     };
     for (t, how) in [
         (&fast, "one thread"),
-        (&split, "vocabulary on another thread"),
+        (&split(&[]), "vocabulary on another thread"),
+        (&split(&digest), "digest"),
     ] {
         assert!(
             ser(t) == ser(&slow),
@@ -221,19 +230,21 @@ pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokeniz
             );
         }
     }
-    let all = TokenizerLoad::new(json)
-        .finish_for(texts)
-        .expect("load for all texts");
-    for text in texts {
-        let one = TokenizerLoad::new(json)
-            .finish_for(&[text])
-            .expect("load for one text");
-        for (t, how) in [(&one, "this text"), (&all, "all texts")] {
-            assert_eq!(
-                ids(t, text),
-                ids(&slow, text),
-                "{text:?}: tokenizer built for {how} vs tokenizers ids"
-            );
+    for (d, from) in [(&[][..], "the document"), (&digest[..], "the digest")] {
+        let all = TokenizerLoad::new(json, d)
+            .finish_for(texts)
+            .expect("load for all texts");
+        for text in texts {
+            let one = TokenizerLoad::new(json, d)
+                .finish_for(&[text])
+                .expect("load for one text");
+            for (t, how) in [(&one, "this text"), (&all, "all texts")] {
+                assert_eq!(
+                    ids(t, text),
+                    ids(&slow, text),
+                    "{text:?}: tokenizer built for {how} from {from} vs tokenizers ids"
+                );
+            }
         }
     }
     fast

@@ -278,11 +278,16 @@ fn prompt_tokenizer_matches_tokenizers() {
         ]
         .map(String::from),
     );
+    let digest =
+        clocher_engine::format::TokenDigest::encode(std::str::from_utf8(&hf_json).unwrap())
+            .expect("SmolLM2's tokenizer has a digest");
     for text in &texts {
-        let t = TokenizerLoad::new(&hf_json).finish_for(&[text]).unwrap();
-        assert_eq!(ids(&t, text), ids(&slow, text), "{text:?}");
+        for (d, from) in [(&[][..], "document"), (&digest[..], "digest")] {
+            let t = TokenizerLoad::new(&hf_json, d).finish_for(&[text]).unwrap();
+            assert_eq!(ids(&t, text), ids(&slow, text), "{text:?} ({from})");
+        }
     }
-    let short = TokenizerLoad::new(&hf_json)
+    let short = TokenizerLoad::new(&hf_json, &digest)
         .finish_for(&["The history of computing"])
         .unwrap();
     let (kept, all) = (merge_count(&short), merge_count(&slow));
@@ -292,7 +297,9 @@ fn prompt_tokenizer_matches_tokenizers() {
     );
     // One piece with more runs than the filter indexes: every merge is kept.
     let long = "x".repeat(5_000);
-    let t = TokenizerLoad::new(&hf_json).finish_for(&[&long]).unwrap();
+    let t = TokenizerLoad::new(&hf_json, &digest)
+        .finish_for(&[&long])
+        .unwrap();
     assert_eq!(merge_count(&t), all);
     assert_eq!(ids(&t, &long), ids(&slow, &long));
 }

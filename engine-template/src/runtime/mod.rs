@@ -22,6 +22,8 @@ pub struct BakedInfo {
     /// The blob itself, when packed with `--embed-weights`.
     pub embedded: Option<&'static [u8]>,
     pub tokenizer_json: &'static [u8],
+    /// `tokenizer.bin`, the packer's digest of `tokenizer.json` (ADR 38); empty if none.
+    pub tokenizer_digest: &'static [u8],
     pub chat_template: Option<&'static str>,
     pub bos_token: Option<&'static str>,
     pub bos_token_id: Option<u32>,

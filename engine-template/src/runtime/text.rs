@@ -1,17 +1,18 @@
 //! Tokenizer (Hugging Face `tokenizers`) and chat template (minijinja).
 
 use crate::error::{EngineError, Result};
+use crate::format::TokenDigest;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{AddedToken, Tokenizer};
 
 /// Builds the tokenizer from `tokenizer.json` on this thread; [`TokenizerLoad`] does it with
 /// the vocabulary parsed on another.
 pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer> {
-    TokenizerLoad::new(json).finish()
+    TokenizerLoad::new(json, &[]).finish()
 }
 
 /// Builds the tokenizer from `tokenizer.json`, as `Tokenizer::from_bytes` does but in a
@@ -25,19 +26,44 @@ pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer> {
 /// entry kept raw ([`Doc`]). The BPE model is built with `BpeBuilder`, `tokenizers` reads
 /// everything else (a small document), and the added tokens go in last, as its own deserializer
 /// adds them (their ids come from the model). Models other than BPE take the plain path. The
-/// e2e tests check both paths give the same tokenizer.
+/// e2e tests check both paths give the same tokenizer. Given the packer's digest of the same
+/// document ([`TokenDigest`], ADR 38), the vocabulary and merges come from it instead, which
+/// reads no JSON string of them.
 pub struct TokenizerLoad<'a> {
     json: &'a [u8],
+    /// The digest's bytes (empty: none), read by the first thread that needs them.
+    digest_bytes: &'a [u8],
+    digest: OnceLock<Option<TokenDigest<'a>>>,
     /// `None` until someone parsed the vocabulary; then `None` inside if it could not be (no
     /// BPE model, or a document `tokenizers` must word the error for).
     vocab: Mutex<Option<Option<Vocab>>>,
 }
 
 impl<'a> TokenizerLoad<'a> {
-    pub fn new(json: &'a [u8]) -> Self {
+    /// `digest` is [`crate::format::TOKENIZER_DIGEST_FILE`]'s bytes, or empty.
+    pub fn new(json: &'a [u8], digest: &'a [u8]) -> Self {
         TokenizerLoad {
             json,
+            digest_bytes: digest,
+            digest: OnceLock::new(),
             vocab: Mutex::new(None),
+        }
+    }
+
+    fn digest(&self) -> Option<&TokenDigest<'a>> {
+        self.digest
+            .get_or_init(|| TokenDigest::parse(self.digest_bytes))
+            .as_ref()
+    }
+
+    /// The vocabulary, from the digest or the document.
+    fn parse_vocab(&self) -> Option<Vocab> {
+        match self.digest() {
+            Some(d) => d
+                .vocab()
+                .map(|e| e.map(|(t, id)| (t.to_owned(), id)))
+                .collect(),
+            None => parse_vocab(self.json),
         }
     }
 
@@ -48,7 +74,7 @@ impl<'a> TokenizerLoad<'a> {
     pub fn help(&self) {
         if let Ok(mut v) = self.vocab.try_lock() {
             if v.is_none() {
-                *v = Some(parse_vocab(self.json));
+                *v = Some(self.parse_vocab());
             }
         }
     }
@@ -76,12 +102,17 @@ impl<'a> TokenizerLoad<'a> {
         let err =
             |what: &str, e: &dyn std::fmt::Display| EngineError::Tokenizer(format!("{what}: {e}"));
         let bad = |e: serde_json::Error| err("tokenizer.json", &e);
-        let doc = serde_json::from_slice::<Doc>(json)
+        let digest = self.digest();
+        let doc = match digest {
+            Some(d) => serde_json::from_str::<Doc>(d.rest),
+            None => serde_json::from_slice::<Doc>(json),
+        };
+        let doc = doc
             .ok()
             .and_then(|d| Some((d.model.filter(|m| m.kind == "BPE")?, d.rest)));
         let vocab = doc.as_ref().and_then(|_| {
             let mut v = self.vocab.lock().unwrap_or_else(|e| e.into_inner());
-            v.get_or_insert_with(|| parse_vocab(json)).take()
+            v.get_or_insert_with(|| self.parse_vocab()).take()
         });
         let (Some((model, mut doc)), Some(vocab)) = (doc, vocab) else {
             // Another model type, a model this reader can't take, or a document that does not
@@ -102,13 +133,38 @@ impl<'a> TokenizerLoad<'a> {
         let mut tok: Tokenizer = serde_json::to_string(&doc)
             .and_then(|s| serde_json::from_str(&s))
             .map_err(bad)?;
+        let damaged = || err("reading tokenizer.bin", &"its merges are damaged");
         let kept = match texts.filter(|_| model.spelled()) {
-            Some(texts) => merges_for(&tok, &added, &vocab, texts, &model.merges)?,
+            Some(texts) => {
+                let (longest, merges): (usize, Box<dyn Iterator<Item = _>>) = match digest {
+                    Some(d) => (d.longest, Box::new(d.merge_bytes())),
+                    None => (
+                        model
+                            .merges
+                            .iter()
+                            .map(|m| m.0.len() + m.1.len())
+                            .max()
+                            .unwrap_or(0),
+                        Box::new(
+                            model
+                                .merges
+                                .iter()
+                                .map(|m| Some((m.0.as_bytes(), m.1.as_bytes()))),
+                        ),
+                    ),
+                };
+                merges_for(&tok, &added, &vocab, texts, longest, merges)?
+            }
             None => None,
         };
-        let merges = match kept {
-            Some(kept) => kept,
-            None => model.merges.into_iter().map(Merge::owned).collect(),
+        let merges = match (kept, digest) {
+            (Some(kept), _) => kept,
+            (None, Some(d)) => d
+                .merges()
+                .map(|m| m.map(|(a, b)| (a.to_owned(), b.to_owned())))
+                .collect::<Option<_>>()
+                .ok_or_else(damaged)?,
+            (None, None) => model.merges.into_iter().map(Merge::owned).collect(),
         };
         let mut b = BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -146,12 +202,13 @@ const RUNS_MAX: usize = 200_000;
 /// merges apply in the same order as in the whole list, since the BPE applies the lowest rank
 /// first and only their order matters. `None` past [`RUNS_MAX`].
 /// `tok` is the tokenizer without its model and added tokens.
-fn merges_for(
+fn merges_for<'m>(
     tok: &Tokenizer,
     added: &[AddedToken],
     vocab: &Vocab,
     texts: &[&str],
-    merges: &[Merge],
+    longest: usize,
+    merges: impl Iterator<Item = Option<(&'m [u8], &'m [u8])>>,
 ) -> Result<Option<Vec<(String, String)>>> {
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizer};
     let mut splitter = tok.clone();
@@ -189,21 +246,23 @@ fn merges_for(
             }
         })
         .collect();
-    // Every run of two or more characters no longer than the longest merge.
-    let longest = merges
-        .iter()
-        .map(|m| m.0.len() + m.1.len())
-        .max()
-        .unwrap_or(0);
-    let (mut runs, mut tried) = (HashSet::new(), 0);
+    // Every run of two or more characters no longer than the longest token (what a merge
+    // makes is one).
+    let (mut runs, mut tried) = (HashSet::<&[u8]>::new(), 0);
+    // The bytes the pieces hold: most merges have one they don't, and are dropped on it
+    // without hashing.
+    let mut present = [false; 256];
     for s in &pieces {
+        for b in s.bytes() {
+            present[b as usize] = true;
+        }
         let ends: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
         for (i, &a) in ends.iter().enumerate() {
             for &b in ends.iter().skip(i + 2) {
                 if b - a > longest {
                     break;
                 }
-                runs.insert(&s[a..b]);
+                runs.insert(s[a..b].as_bytes());
                 tried += 1;
                 if tried > RUNS_MAX {
                     return Ok(None);
@@ -211,17 +270,26 @@ fn merges_for(
             }
         }
     }
-    let mut joined = String::with_capacity(longest);
-    let kept = merges
-        .iter()
-        .filter(|m| {
-            joined.clear();
-            joined.push_str(&m.0);
-            joined.push_str(&m.1);
-            runs.contains(joined.as_str())
-        })
-        .map(|m| (m.0.clone().into_owned(), m.1.clone().into_owned()))
-        .collect();
+    let damaged = || EngineError::Tokenizer("reading tokenizer.bin: its merges are damaged".into());
+    let mut joined = Vec::with_capacity(longest);
+    let mut kept = vec![];
+    for m in merges {
+        let (a, b) = m.ok_or_else(damaged)?;
+        if !a.iter().chain(b).all(|&c| present[c as usize]) {
+            continue;
+        }
+        joined.clear();
+        joined.extend_from_slice(a);
+        joined.extend_from_slice(b);
+        if runs.contains(joined.as_slice()) {
+            let token = |t| {
+                std::str::from_utf8(t)
+                    .map(str::to_owned)
+                    .map_err(|_| damaged())
+            };
+            kept.push((token(a)?, token(b)?));
+        }
+    }
     Ok(Some(kept))
 }
 
