@@ -275,6 +275,8 @@ fn threads(arg: Option<usize>) -> Result<usize> {
 /// 4-bit GGUFs' 97-104 MB, not int8w's 138 MB, Q8_0's 143 MB or the float precisions, whose
 /// hash is the longer job. A stamped blob needs no hash (ADR 34): the worker then always
 /// takes the vocabulary, and the caller helps fault the weights in once the tokenizer is built.
+/// (Measured before ADR 38, which cut the caller's part to about 8 ms; only a blob's first
+/// load, before its stamp, depends on this.)
 const VOCAB_ON_WORKER_MAX: u64 = 80;
 
 /// What [`load`] gives: the weights, the model on them, how they were checked, a tokenizer
