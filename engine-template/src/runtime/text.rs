@@ -5,7 +5,7 @@ use crate::format::TokenDigest;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{AddedToken, Tokenizer};
 
@@ -31,9 +31,8 @@ pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer> {
 /// reads no JSON string of them.
 pub struct TokenizerLoad<'a> {
     json: &'a [u8],
-    /// The digest's bytes (empty: none), read by the first thread that needs them.
-    digest_bytes: &'a [u8],
-    digest: OnceLock<Option<TokenDigest<'a>>>,
+    /// The digest's layout (`None`: no digest, or not a readable one).
+    digest: Option<TokenDigest<'a>>,
     /// `None` until someone parsed the vocabulary; then `None` inside if it could not be (no
     /// BPE model, or a document `tokenizers` must word the error for).
     vocab: Mutex<Option<Option<Vocab>>>,
@@ -44,21 +43,14 @@ impl<'a> TokenizerLoad<'a> {
     pub fn new(json: &'a [u8], digest: &'a [u8]) -> Self {
         TokenizerLoad {
             json,
-            digest_bytes: digest,
-            digest: OnceLock::new(),
+            digest: TokenDigest::parse(digest),
             vocab: Mutex::new(None),
         }
     }
 
-    fn digest(&self) -> Option<&TokenDigest<'a>> {
-        self.digest
-            .get_or_init(|| TokenDigest::parse(self.digest_bytes))
-            .as_ref()
-    }
-
     /// The vocabulary, from the digest or the document.
     fn parse_vocab(&self) -> Option<Vocab> {
-        match self.digest() {
+        match &self.digest {
             Some(d) => d
                 .vocab()
                 .map(|e| e.map(|(t, id)| (t.to_owned(), id)))
@@ -102,7 +94,7 @@ impl<'a> TokenizerLoad<'a> {
         let err =
             |what: &str, e: &dyn std::fmt::Display| EngineError::Tokenizer(format!("{what}: {e}"));
         let bad = |e: serde_json::Error| err("tokenizer.json", &e);
-        let digest = self.digest();
+        let digest = self.digest.as_ref();
         let doc = match digest {
             Some(d) => serde_json::from_str::<Doc>(d.rest),
             None => serde_json::from_slice::<Doc>(json),
@@ -133,7 +125,6 @@ impl<'a> TokenizerLoad<'a> {
         let mut tok: Tokenizer = serde_json::to_string(&doc)
             .and_then(|s| serde_json::from_str(&s))
             .map_err(bad)?;
-        let damaged = || err("reading tokenizer.bin", &"its merges are damaged");
         let kept = match texts.filter(|_| model.spelled()) {
             Some(texts) => {
                 let (longest, merges): (usize, Box<dyn Iterator<Item = _>>) = match digest {
@@ -163,7 +154,7 @@ impl<'a> TokenizerLoad<'a> {
                 .merges()
                 .map(|m| m.map(|(a, b)| (a.to_owned(), b.to_owned())))
                 .collect::<Option<_>>()
-                .ok_or_else(damaged)?,
+                .ok_or_else(damaged_merges)?,
             (None, None) => model.merges.into_iter().map(Merge::owned).collect(),
         };
         let mut b = BPE::builder()
@@ -270,11 +261,10 @@ fn merges_for<'m>(
             }
         }
     }
-    let damaged = || EngineError::Tokenizer("reading tokenizer.bin: its merges are damaged".into());
     let mut joined = Vec::with_capacity(longest);
     let mut kept = vec![];
     for m in merges {
-        let (a, b) = m.ok_or_else(damaged)?;
+        let (a, b) = m.ok_or_else(damaged_merges)?;
         if !a.iter().chain(b).all(|&c| present[c as usize]) {
             continue;
         }
@@ -285,12 +275,16 @@ fn merges_for<'m>(
             let token = |t| {
                 std::str::from_utf8(t)
                     .map(str::to_owned)
-                    .map_err(|_| damaged())
+                    .map_err(|_| damaged_merges())
             };
             kept.push((token(a)?, token(b)?));
         }
     }
     Ok(Some(kept))
+}
+
+fn damaged_merges() -> EngineError {
+    EngineError::Tokenizer("reading tokenizer.bin: its merges are damaged".into())
 }
 
 /// The `model.vocab` of a BPE `tokenizer.json`, every other entry skipped; `None` for another
