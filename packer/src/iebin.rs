@@ -122,6 +122,51 @@ pub fn default_precision(ck: &Checkpoint) -> Precision {
     }
 }
 
+/// Bytes [`BlockWriter`] writes at a time: one x86-64 huge page.
+const BLOCK: usize = 2 << 20;
+
+/// Writes a file in whole [`BLOCK`]s at offsets that are multiples of it (the last one may be
+/// short). Linux (6.16 and later on ext4) then keeps each block in the page cache as one
+/// 2 MiB folio, which every later mmap of the blob maps with one page-table entry: faulting
+/// the 540 MB of SmolLM2's fp32 weights in takes 0.4 ms instead of 20 ms (ADR 39). Writes of
+/// other sizes, as a `BufWriter` makes, leave folios of a few pages.
+struct BlockWriter {
+    file: std::fs::File,
+    buf: Vec<u8>,
+}
+
+impl BlockWriter {
+    fn new(file: std::fs::File) -> Self {
+        BlockWriter {
+            file,
+            buf: Vec::with_capacity(BLOCK),
+        }
+    }
+
+    /// Writes what is left and gives the file back.
+    fn finish(mut self) -> std::io::Result<std::fs::File> {
+        self.file.write_all(&self.buf)?;
+        Ok(self.file)
+    }
+}
+
+impl Write for BlockWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = (BLOCK - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BLOCK {
+            self.file.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(n)
+    }
+
+    /// Writes nothing: a short write here would break the blocks' alignment.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes the IEBIN files for `ck` into `dir` (a staging folder) and returns the metadata.
 /// `plan` ([`crate::quant::plan`]) gives every tensor's dtype.
 pub fn write(
@@ -150,7 +195,7 @@ pub fn write(
 
     let blob_path = dir.join(format::BLOB_FILE);
     let f = std::fs::File::create(&blob_path).map_err(write_err(&blob_path))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut w = BlockWriter::new(f);
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut pos = 0u64;
     let mut entries = Vec::with_capacity(expected.len());
@@ -194,13 +239,8 @@ pub fn write(
         put(&bytes, &mut pos)?;
         bar.inc(bytes.len() as u64);
     }
-    w.flush().map_err(write_err(&blob_path))?;
-    w.into_inner()
-        .map_err(|e| PackError::Write {
-            path: blob_path.clone(),
-            source: e.into_error(),
-        })?
-        .sync_all()
+    w.finish()
+        .and_then(|f| f.sync_all())
         .map_err(write_err(&blob_path))?;
     bar.finish_and_clear();
 

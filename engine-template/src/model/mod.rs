@@ -280,10 +280,10 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
                         [(r0 + 4).min(b) * Self::ROW_ELEMS..(r0 + 8).min(b) * Self::ROW_ELEMS];
                     let per = next.len().div_ceil((n / 3).max(1)).max(1);
                     let mut chunks = next.chunks(per);
-                    // Tiles of `$t` tokens (tokens `i + $j`) while that many are left.
+                    // Tiles of `$t` tokens (tokens `i + $j`) while `$end` are left.
                     macro_rules! tiles {
-                        ($t:literal, $dot:path, [$($j:literal),*]) => {
-                            while i + $t <= n {
+                        ($t:literal, $end:expr, $dot:path, [$($j:literal),*]) => {
+                            while i + $t <= $end {
                                 if let Some(c) = chunks.next() {
                                     crate::kernels::prefetch(c);
                                 }
@@ -297,8 +297,12 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
                             }
                         };
                     }
-                    tiles!(3, crate::kernels::dot4x3_f32, [0, 1, 2]);
-                    tiles!(2, crate::kernels::dot4x2_f32, [0, 1]);
+                    // A token left over by the 4 x 3 tiles would run alone, its dot product
+                    // at two loads an FMA: two 4 x 2 tiles take the last four instead (16
+                    // tokens: 4 x 3 + 2 x 2, not 5 x 3 + 1; fp32's 16-token prefill -N%).
+                    let by3 = if n % 3 == 1 && n > 1 { n - 4 } else { n };
+                    tiles!(3, by3, crate::kernels::dot4x3_f32, [0, 1, 2]);
+                    tiles!(2, n, crate::kernels::dot4x2_f32, [0, 1]);
                 }
                 for i in i..n {
                     for r in 0..rows {

@@ -239,7 +239,10 @@ pub fn into_huge_pages(blob: &'static [u8], pool: &crate::pool::Pool) -> Option<
     #[cfg(target_os = "linux")]
     {
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
-        if blob.len() < HUGE_PAGE || !(thp.contains("[always]") || thp.contains("[madvise]")) {
+        if blob.len() < HUGE_PAGE
+            || !(thp.contains("[always]") || thp.contains("[madvise]"))
+            || pmd_mapped(blob) >= blob.len() / 2
+        {
             return None;
         }
         let mut anon = memmap2::MmapMut::map_anon(blob.len()).ok()?;
@@ -272,6 +275,24 @@ pub fn into_huge_pages(blob: &'static [u8], pool: &crate::pool::Pool) -> Option<
         let _ = (blob, pool);
         None
     }
+}
+
+/// Bytes of `blob`'s mapping that huge pages of the page cache back (`FilePmdMapped` in
+/// `/proc/self/smaps`): most of it where the packer wrote the file in whole huge pages and
+/// the page cache kept them (ADR 39), so copying it into huge pages would only cost. 0 where
+/// the mapping or the field is not found.
+#[cfg(target_os = "linux")]
+fn pmd_mapped(blob: &[u8]) -> usize {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    let start = format!("{:x}-", blob.as_ptr() as usize);
+    let mut fields = (smaps.lines().skip_while(|l| !l.starts_with(&start)).skip(1))
+        .take_while(|l| l.starts_with(|c: char| c.is_ascii_uppercase()));
+    fields
+        .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb << 10)
 }
 
 #[cfg(test)]
