@@ -222,7 +222,7 @@ pub fn run<M: CausalLm>(
     )?;
     let (out, latencies, prefill) = (g.tokens, g.latencies, g.prefill_s);
     let wall = prefill + g.decode_s;
-    let text = text::decode(&tok, &out)?;
+    let text = tok.decode(&out)?;
     let line = serde_json::json!({
         "model": info.name,
         "precision": info.precision,
@@ -266,42 +266,26 @@ fn threads(arg: Option<usize>) -> Result<usize> {
     }
 }
 
-/// The largest weights blob to hash, as a multiple of `tokenizer.json`'s size, for which the
-/// load's worker parses the tokenizer's vocabulary before the weights (ADR 33). Measured on
-/// SmolLM2 (1.37 MB of `tokenizer.json`): the caller's part of the tokenizer past the
-/// vocabulary (merges and `BpeBuilder`) takes about 14 ms per MB of it, the vocabulary about
-/// 3.6, and mapping and hashing the weights about 0.13 ms per MB of blob. The worker's part
-/// stays the shorter with the vocabulary in it below about 78 times: int4w's 82 MB and the
-/// 4-bit GGUFs' 97-104 MB, not int8w's 138 MB, Q8_0's 143 MB or the float precisions, whose
-/// hash is the longer job. A stamped blob needs no hash (ADR 34): the worker then always
-/// takes the vocabulary, and the caller helps fault the weights in once the tokenizer is built.
-/// (Measured before ADR 38, which cut the caller's part to about 8 ms; only a blob's first
-/// load, before its stamp, depends on this.)
-const VOCAB_ON_WORKER_MAX: u64 = 80;
-
 /// What [`load`] gives: the weights, the model on them, how they were checked, a tokenizer
 /// that decodes, and the ids of the texts to encode.
 type Loaded<M> = (
     &'static [u8],
     M,
     weights::Check,
-    tokenizers::Tokenizer,
+    text::Text<'static>,
     Vec<Vec<u32>>,
 );
 
 /// Builds the tokenizer on this thread while the pool's last worker maps and checks the
-/// weights and binds the model (ADR 24). The worker parses the tokenizer's vocabulary first
-/// where the weights are the shorter job ([`VOCAB_ON_WORKER_MAX`], ADR 33), and both threads
-/// fault the weights' pages in, the caller once its tokenizer is built (ADR 34). The
-/// tokenizer's part is the longer for small models (merges and `BpeBuilder`), and a worker
-/// thread just spawned often first runs about 5 ms late (a halted virtual CPU waking up), so
-/// the caller, already running, takes it, and parses the vocabulary itself if the worker has
-/// not started on it by then. Loading on the pool, not on a thread of its own, leaves that
-/// worker running on its own core when prefill starts: a worker spawned after the load shared
-/// the caller's core for the first 10-15 ms of prefill (its first ten layers ran at half
-/// speed) until the scheduler moved it. The tokenizer is built for `texts` alone, which it
-/// encodes: it keeps only the merges that can apply to them (ADR 38), so it encodes nothing
-/// else reliably, and decodes anything.
+/// weights and binds the model (ADR 24), and both threads fault the weights' pages in, the
+/// caller once its tokenizer is built (ADR 34). A worker thread just spawned often first runs
+/// about 5 ms late (a halted virtual CPU waking up), so the caller, already running, takes the
+/// tokenizer. Loading on the pool, not on a thread of its own, leaves that worker running on
+/// its own core when prefill starts: a worker spawned after the load shared the caller's core
+/// for the first 10-15 ms of prefill (its first ten layers ran at half speed) until the
+/// scheduler moved it. The tokenizer is built for `texts` alone, which it encodes: its BPE
+/// model holds only the merges that can apply to them (ADR 38) and the tokens those need (ADR
+/// 39), so it encodes nothing else reliably; it decodes anything, from the digest.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,
@@ -312,14 +296,10 @@ fn load<M: CausalLm>(
     let (weights, tok) = (Mutex::new(None), Mutex::new(None));
     let mapped = std::sync::OnceLock::new();
     let tok_load = text::TokenizerLoad::new(info.tokenizer_json, info.tokenizer_digest);
-    let hash_max = VOCAB_ON_WORKER_MAX * info.tokenizer_json.len() as u64;
     pool.broadcast(&|t, nt| {
         if t == nt - 1 {
             let w = weights::map(info, model_dir).and_then(|m| {
                 let m: &weights::Mapped = mapped.get_or_init(|| m);
-                if !m.needs_hash() || m.blob.len() as u64 <= hash_max {
-                    tok_load.help();
-                }
                 m.populate();
                 let check = m.check()?;
                 let model = M::load(m.blob, offsets, info.rms_norm_eps, info.rope_theta)?;
@@ -329,7 +309,7 @@ fn load<M: CausalLm>(
         }
         if t == 0 {
             let t = tok_load.finish_for(texts).and_then(|t| {
-                let ids = texts.iter().map(|s| text::encode(&t, s));
+                let ids = texts.iter().map(|s| t.encode(s));
                 Ok((ids.collect::<Result<Vec<_>>>()?, t))
             });
             *tok.lock().unwrap() = Some(t);

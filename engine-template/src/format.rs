@@ -528,9 +528,15 @@ impl<'a> TokenDigest<'a> {
     /// The vocabulary's (token, id) entries, in `tokenizer.json`'s order; a `None` item where
     /// the section is damaged (then the last).
     pub fn vocab(&self) -> impl Iterator<Item = Option<(&'a str, u32)>> + 'a {
+        self.vocab_bytes()
+            .map(|e| e.and_then(|(t, id)| Some((std::str::from_utf8(t).ok()?, id))))
+    }
+
+    /// [`TokenDigest::vocab`] with the tokens' bytes not yet checked as UTF-8.
+    pub fn vocab_bytes(&self) -> impl Iterator<Item = Option<(&'a [u8], u32)>> + 'a {
         entries(self.vocab, |r| {
             let id = take_u32(r)?;
-            Some((take_token(r)?, id))
+            Some((take_bytes(r)?, id))
         })
     }
 
@@ -587,10 +593,6 @@ fn take_u32(r: &mut &[u8]) -> Option<u32> {
 fn take_bytes<'b>(r: &mut &'b [u8]) -> Option<&'b [u8]> {
     let n = u16::from_le_bytes(take(r, 2)?.try_into().ok()?) as usize;
     take(r, n)
-}
-
-fn take_token<'b>(r: &mut &'b [u8]) -> Option<&'b str> {
-    std::str::from_utf8(take_bytes(r)?).ok()
 }
 
 #[cfg(test)]

@@ -191,12 +191,12 @@ pub fn run_json_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
 }
 
 /// The model binaries' tokenizer loader (`runtime::text`) must give the same tokenizer as
-/// `tokenizers`' own, on one thread (`load_tokenizer`), with the vocabulary parsed on another
-/// (`TokenizerLoad::help`, as the binaries' load does), and from the packer's digest
+/// `tokenizers`' own, from the document (`load_tokenizer`) and from the packer's digest
 /// (`TokenDigest`, which a BPE model must have): the same serialization (vocabulary, merges,
-/// added tokens, every component), and the same ids for `texts`. So must the tokenizers built
-/// for `texts` (`finish_for`), from the document and from the digest, on each text. Returns
-/// the fast-loaded tokenizer.
+/// added tokens, every component), and the same ids for `texts`. The tokenizers built for
+/// `texts` (`finish_for`), from the document and from the digest, on each text, must give the
+/// same ids for them, and decode as `tokenizers` does: each text's ids, and every id of the
+/// vocabulary and one past it. Returns the fast-loaded tokenizer.
 pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokenizer {
     use clocher_engine::format::TokenDigest;
     use clocher_engine::runtime::text::{load_tokenizer, TokenizerLoad};
@@ -204,20 +204,14 @@ pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokeniz
     let bpe = serde_json::from_slice::<Value>(json).unwrap()["model"]["type"] == "BPE";
     assert_eq!(!digest.is_empty(), bpe, "a BPE tokenizer has a digest");
     let fast = load_tokenizer(json).expect("fast load");
-    let split = |digest| {
-        let load = TokenizerLoad::new(json, digest);
-        std::thread::scope(|s| s.spawn(|| load.help()).join().unwrap());
-        load.finish().expect("split load")
-    };
+    let from_digest = TokenizerLoad::new(json, &digest)
+        .finish()
+        .expect("load from the digest");
     let slow = tokenizers::Tokenizer::from_bytes(json).expect("tokenizers load");
     let ser = |t: &tokenizers::Tokenizer| -> Value {
         serde_json::from_str(&t.to_string(false).unwrap()).unwrap()
     };
-    for (t, how) in [
-        (&fast, "one thread"),
-        (&split(&[]), "vocabulary on another thread"),
-        (&split(&digest), "digest"),
-    ] {
+    for (t, how) in [(&fast, "document"), (&from_digest, "digest")] {
         assert!(
             ser(t) == ser(&slow),
             "the fast-loaded tokenizer ({how}) serializes differently"
@@ -230,19 +224,32 @@ pub fn assert_same_tokenizer(json: &[u8], texts: &[&str]) -> tokenizers::Tokeniz
             );
         }
     }
+    let every: Vec<u32> = (0..=slow.get_vocab_size(true) as u32).collect();
+    let decoded = |ids: &[u32]| slow.decode(ids, true).unwrap();
     for (d, from) in [(&[][..], "the document"), (&digest[..], "the digest")] {
         let all = TokenizerLoad::new(json, d)
             .finish_for(texts)
             .expect("load for all texts");
+        assert_eq!(
+            all.decode(&every).unwrap(),
+            decoded(&every),
+            "every id, decoded by the tokenizer built for the texts from {from}"
+        );
         for text in texts {
             let one = TokenizerLoad::new(json, d)
                 .finish_for(&[text])
                 .expect("load for one text");
+            let want = ids(&slow, text);
             for (t, how) in [(&one, "this text"), (&all, "all texts")] {
                 assert_eq!(
-                    ids(t, text),
-                    ids(&slow, text),
+                    ids(t.tokenizer(), text),
+                    want,
                     "{text:?}: tokenizer built for {how} from {from} vs tokenizers ids"
+                );
+                assert_eq!(
+                    t.decode(&want).unwrap(),
+                    decoded(&want),
+                    "{text:?}: decoded by the tokenizer built for {how} from {from}"
                 );
             }
         }

@@ -245,9 +245,10 @@ fn fast_tokenizer_load_matches_tokenizers() {
     assert_same_tokenizer(ck.tokenizer_json.as_bytes(), &texts);
 }
 
-/// A tokenizer built for given texts (ADR 38) encodes each as `tokenizers` does, on pieces of
-/// the GPL text and on texts that stress the pre-tokenizer and added tokens, keeps few merges
-/// for a short prompt, and keeps them all where the filter would not pay.
+/// A tokenizer built for given texts (ADR 38, 39) encodes and decodes each as `tokenizers`
+/// does, on pieces of the GPL text and on texts that stress the pre-tokenizer and added
+/// tokens, keeps few merges and tokens for a short prompt, and keeps every merge where the
+/// filter would not pay.
 #[test]
 fn prompt_tokenizer_matches_tokenizers() {
     use clocher_engine::runtime::text::TokenizerLoad;
@@ -284,24 +285,37 @@ fn prompt_tokenizer_matches_tokenizers() {
     for text in &texts {
         for (d, from) in [(&[][..], "document"), (&digest[..], "digest")] {
             let t = TokenizerLoad::new(&hf_json, d).finish_for(&[text]).unwrap();
-            assert_eq!(ids(&t, text), ids(&slow, text), "{text:?} ({from})");
+            let want = ids(&slow, text);
+            assert_eq!(ids(t.tokenizer(), text), want, "{text:?} ({from})");
+            let decoded = slow.decode(&want, true).unwrap();
+            assert_eq!(
+                t.decode(&want).unwrap(),
+                decoded,
+                "{text:?} decoded ({from})"
+            );
         }
     }
     let short = TokenizerLoad::new(&hf_json, &digest)
         .finish_for(&["The history of computing"])
         .unwrap();
-    let (kept, all) = (merge_count(&short), merge_count(&slow));
+    let (kept, all) = (merge_count(short.tokenizer()), merge_count(&slow));
     assert!(
         kept > 0 && kept < 200,
         "a short prompt kept {kept} of {all} merges"
+    );
+    let tokens = short.tokenizer().get_vocab_size(false);
+    assert!(
+        tokens > kept && tokens < 1000,
+        "a short prompt kept {tokens} of {} tokens",
+        slow.get_vocab_size(false)
     );
     // One piece with more runs than the filter indexes: every merge is kept.
     let long = "x".repeat(5_000);
     let t = TokenizerLoad::new(&hf_json, &digest)
         .finish_for(&[&long])
         .unwrap();
-    assert_eq!(merge_count(&t), all);
-    assert_eq!(ids(&t, &long), ids(&slow, &long));
+    assert_eq!(merge_count(t.tokenizer()), all);
+    assert_eq!(ids(t.tokenizer(), &long), ids(&slow, &long));
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

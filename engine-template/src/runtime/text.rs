@@ -4,38 +4,33 @@ use crate::error::{EngineError, Result};
 use crate::format::TokenDigest;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::{AddedToken, Tokenizer};
 
-/// Builds the tokenizer from `tokenizer.json` on this thread; [`TokenizerLoad`] does it with
-/// the vocabulary parsed on another.
+/// Builds the whole tokenizer from `tokenizer.json` ([`TokenizerLoad::finish`]).
 pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer> {
     TokenizerLoad::new(json, &[]).finish()
 }
 
 /// Builds the tokenizer from `tokenizer.json`, as `Tokenizer::from_bytes` does but in a
-/// fraction of the time, in two parts that two threads can run at once (ADR 33).
+/// fraction of the time (ADR 33).
 ///
 /// `tokenizers` reads a BPE model through untagged enums that buffer the whole vocabulary and
 /// merge list and parse them again, and a `serde_json::Value` would sort 49k keys into a B-tree;
 /// both cost more than 100 ms for SmolLM2, most of a short prompt's time to first token. Here
-/// the vocabulary goes straight into the model's hash map ([`help`](Self::help), which another
-/// thread may run) and, in [`finish`](Self::finish), the merges into pairs, with every other
-/// entry kept raw ([`Doc`]). The BPE model is built with `BpeBuilder`, `tokenizers` reads
+/// the vocabulary goes straight into the model's hash map and the merges into pairs, with every
+/// other entry kept raw ([`Doc`]). The BPE model is built with `BpeBuilder`, `tokenizers` reads
 /// everything else (a small document), and the added tokens go in last, as its own deserializer
 /// adds them (their ids come from the model). Models other than BPE take the plain path. The
 /// e2e tests check both paths give the same tokenizer. Given the packer's digest of the same
 /// document ([`TokenDigest`], ADR 38), the vocabulary and merges come from it instead, which
-/// reads no JSON string of them.
+/// reads no JSON string of them. (The vocabulary was once parsed on another thread: since ADR
+/// 39 the binaries' load does not need all of it.)
 pub struct TokenizerLoad<'a> {
     json: &'a [u8],
     /// The digest's layout (`None`: no digest, or not a readable one).
     digest: Option<TokenDigest<'a>>,
-    /// `None` until someone parsed the vocabulary; then `None` inside if it could not be (no
-    /// BPE model, or a document `tokenizers` must word the error for).
-    vocab: Mutex<Option<Option<Vocab>>>,
 }
 
 impl<'a> TokenizerLoad<'a> {
@@ -44,7 +39,6 @@ impl<'a> TokenizerLoad<'a> {
         TokenizerLoad {
             json,
             digest: TokenDigest::parse(digest),
-            vocab: Mutex::new(None),
         }
     }
 
@@ -59,57 +53,47 @@ impl<'a> TokenizerLoad<'a> {
         }
     }
 
-    /// Parses the vocabulary, unless another thread is at it or has done it; never waits.
-    /// Its strings stay in the model, so the thread that allocates them matters little, while
-    /// the merges, freed as `BpeBuilder` reads them, are cheaper to free on the thread that
-    /// parsed them (about 2 ms of cross-thread frees, measured).
-    pub fn help(&self) {
-        if let Ok(mut v) = self.vocab.try_lock() {
-            if v.is_none() {
-                *v = Some(self.parse_vocab());
-            }
-        }
-    }
-
-    /// Parses the merges and the rest of the document, takes the vocabulary (parsing it here if
-    /// no other thread took it, waiting if one is at it), and builds the tokenizer.
+    /// Builds the whole tokenizer.
     pub fn finish(&self) -> Result<Tokenizer> {
-        self.build(None)
+        Ok(self.build(None)?.tok)
     }
 
     /// [`finish`](Self::finish) for a tokenizer that encodes `texts` alone, as the binaries
-    /// know theirs before they load (ADR 38): its BPE model keeps only the merges that can
-    /// apply to them, which turns the longest part of the load (`BpeBuilder` hashing 49k
-    /// merges, about 14 ms for SmolLM2) into a few hundred lookups. It encodes `texts` to the
-    /// same ids as the whole tokenizer, and decodes anything, but other texts may come out
-    /// differently. Every merge is kept (the whole tokenizer) where the texts have too many
-    /// distinct pieces for the filter to pay, or the model can merge what a text does not
-    /// spell ([`BpeDoc::spelled`]).
-    pub fn finish_for(&self, texts: &[&str]) -> Result<Tokenizer> {
+    /// know theirs before they load: given the digest, its BPE model keeps only the merges
+    /// that can apply to them (ADR 38), which turns the longest part of the load (`BpeBuilder`
+    /// hashing 49k merges, about 14 ms for SmolLM2) into a few hundred lookups, and only the
+    /// tokens those merges and the texts' characters need (ADR 39), which spares hashing the
+    /// 49k tokens of the vocabulary twice (about 7 ms). It encodes `texts` to the same ids as
+    /// the whole tokenizer, and decodes anything (from the digest, [`Text::decode`]), but
+    /// other texts may come out differently. The whole tokenizer comes out where there is no
+    /// digest, where the texts have too many distinct pieces for the filter to pay, or where
+    /// the model can merge what a text does not spell ([`BpeDoc::spelled`]).
+    pub fn finish_for(&self, texts: &[&str]) -> Result<Text<'a>> {
         self.build(Some(texts))
     }
 
-    fn build(&self, texts: Option<&[&str]>) -> Result<Tokenizer> {
+    fn build(&self, texts: Option<&[&str]>) -> Result<Text<'a>> {
         let json = self.json;
         let err =
             |what: &str, e: &dyn std::fmt::Display| EngineError::Tokenizer(format!("{what}: {e}"));
         let bad = |e: serde_json::Error| err("tokenizer.json", &e);
+        // Another model type, a model this reader can't take, or a document that does not
+        // parse: `tokenizers` reads it (and words any error).
+        let plain = || {
+            Tokenizer::from_bytes(json)
+                .map(Text::whole)
+                .map_err(|e| err("tokenizer.json", &e))
+        };
         let digest = self.digest.as_ref();
         let doc = match digest {
             Some(d) => serde_json::from_str::<Doc>(d.rest),
             None => serde_json::from_slice::<Doc>(json),
         };
-        let doc = doc
+        let Some((mut model, mut doc)) = doc
             .ok()
-            .and_then(|d| Some((d.model.filter(|m| m.kind == "BPE")?, d.rest)));
-        let vocab = doc.as_ref().and_then(|_| {
-            let mut v = self.vocab.lock().unwrap_or_else(|e| e.into_inner());
-            v.get_or_insert_with(|| self.parse_vocab()).take()
-        });
-        let (Some((model, mut doc)), Some(vocab)) = (doc, vocab) else {
-            // Another model type, a model this reader can't take, or a document that does not
-            // parse: `tokenizers` reads it (and words any error).
-            return Tokenizer::from_bytes(json).map_err(|e| err("tokenizer.json", &e));
+            .and_then(|d| Some((d.model.filter(|m| m.kind == "BPE")?, d.rest)))
+        else {
+            return plain();
         };
         let added: Vec<AddedToken> = match doc.get("added_tokens") {
             Some(a) => {
@@ -125,37 +109,29 @@ impl<'a> TokenizerLoad<'a> {
         let mut tok: Tokenizer = serde_json::to_string(&doc)
             .and_then(|s| serde_json::from_str(&s))
             .map_err(bad)?;
-        let kept = match texts.filter(|_| model.spelled()) {
-            Some(texts) => {
-                let (longest, merges): (usize, Box<dyn Iterator<Item = _>>) = match digest {
-                    Some(d) => (d.longest, Box::new(d.merge_bytes())),
-                    None => (
-                        model
-                            .merges
-                            .iter()
-                            .map(|m| m.0.len() + m.1.len())
-                            .max()
-                            .unwrap_or(0),
-                        Box::new(
-                            model
-                                .merges
-                                .iter()
-                                .map(|m| Some((m.0.as_bytes(), m.1.as_bytes()))),
-                        ),
-                    ),
-                };
-                merges_for(&tok, &added, &vocab, texts, longest, merges)?
-            }
-            None => None,
+        let for_texts = match (texts.filter(|_| model.spelled()), digest) {
+            (Some(texts), Some(d)) => for_texts(&tok, &added, d, texts)?,
+            _ => None,
         };
-        let merges = match (kept, digest) {
-            (Some(kept), _) => kept,
-            (None, Some(d)) => d
-                .merges()
-                .map(|m| m.map(|(a, b)| (a.to_owned(), b.to_owned())))
-                .collect::<Option<_>>()
-                .ok_or_else(damaged_merges)?,
-            (None, None) => model.merges.into_iter().map(Merge::owned).collect(),
+        let (vocab, merges, part) = match for_texts {
+            Some((vocab, merges)) => (vocab, merges, digest.copied()),
+            None => {
+                let Some(vocab) = self.parse_vocab() else {
+                    return plain();
+                };
+                let merges = match digest {
+                    Some(d) => d
+                        .merges()
+                        .map(|m| m.map(|(a, b)| (a.to_owned(), b.to_owned())))
+                        .collect::<Option<_>>()
+                        .ok_or_else(damaged_merges)?,
+                    None => std::mem::take(&mut model.merges)
+                        .into_iter()
+                        .map(Merge::owned)
+                        .collect(),
+                };
+                (vocab, merges, None)
+            }
         };
         let mut b = BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -177,30 +153,101 @@ impl<'a> TokenizerLoad<'a> {
         let bpe = b.build().map_err(|e| err("tokenizer BPE model", &e))?;
         tok.with_model(bpe);
         tok.add_tokens(&added);
-        Ok(tok)
+        Ok(Text { tok, part })
     }
 }
 
-/// The most runs of characters [`merges_for`] hashes: past it, hashing them would cost
-/// about what building every merge does (a few hundred thousand hash operations).
+/// A tokenizer as the binaries load it: `tokenizers` encodes, and where its BPE model holds
+/// only what some texts need ([`TokenizerLoad::finish_for`]), the digest's vocabulary
+/// decodes.
+pub struct Text<'a> {
+    tok: Tokenizer,
+    /// The digest whose vocabulary `tok`'s model holds a part of; `None` where it holds all.
+    part: Option<TokenDigest<'a>>,
+}
+
+impl<'a> Text<'a> {
+    fn whole(tok: Tokenizer) -> Self {
+        Text { tok, part: None }
+    }
+
+    /// `text`'s ids, special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        encode(&self.tok, text)
+    }
+
+    /// The text of `ids`, special tokens skipped, as `Tokenizer::decode` gives it: each id's
+    /// token (an added token's, else the model's; ids of neither are dropped), then the
+    /// decoder. Where the model holds part of the vocabulary, the model's tokens come from
+    /// the digest, in one pass over it.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        use tokenizers::Decoder;
+        let Some(d) = &self.part else {
+            return decode(&self.tok, ids);
+        };
+        let added = self.tok.get_added_vocabulary();
+        let want: HashSet<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| added.simple_id_to_token(id).is_none())
+            .collect();
+        let mut of_model = HashMap::with_capacity(want.len());
+        for e in d.vocab() {
+            let (t, id) = e.ok_or_else(|| {
+                EngineError::Tokenizer("reading tokenizer.bin: its vocabulary is damaged".into())
+            })?;
+            if want.contains(&id) {
+                of_model.insert(id, t);
+            }
+        }
+        let tokens: Vec<String> = ids
+            .iter()
+            .filter_map(|id| {
+                (added.simple_id_to_token(*id))
+                    .or_else(|| of_model.get(id).map(|t| t.to_string()))
+                    .filter(|t| !added.is_special_token(t))
+            })
+            .collect();
+        match self.tok.get_decoder() {
+            Some(dec) => dec
+                .decode(tokens)
+                .map_err(|e| EngineError::Tokenizer(format!("decoding: {e}"))),
+            None => Ok(tokens.join(" ")),
+        }
+    }
+
+    /// The `tokenizers` tokenizer; its model may hold part of the vocabulary.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tok
+    }
+}
+
+/// A BPE model's merges, in order.
+type Merges = Vec<(String, String)>;
+
+/// The most runs of characters [`for_texts`] hashes: past it, hashing them would cost about
+/// what building the whole model does (a few hundred thousand hash operations).
 const RUNS_MAX: usize = 200_000;
 
-/// The merges, in their order, that can apply to `texts`: those whose two tokens, joined,
-/// spell a run of the symbols of a piece of a text as the BPE model sees it (the pieces
-/// `tokenizers` hands the model after the added tokens, normalizer and pre-tokenizer, less
-/// any character missing from the vocabulary, which the model skips). A merge joins two
-/// adjacent symbols of a piece, so one that spells no such run never applies, and the kept
-/// merges apply in the same order as in the whole list, since the BPE applies the lowest rank
-/// first and only their order matters. `None` past [`RUNS_MAX`].
-/// `tok` is the tokenizer without its model and added tokens.
-fn merges_for<'m>(
+/// What a BPE model needs to encode `texts` alone, as the whole model does (ADR 38, 39): the
+/// merges, in their order, that can apply to them, and the tokens it can look up or make.
+///
+/// A merge can apply only if its two tokens, joined, spell a run of the symbols of a piece of
+/// a text as the model sees it (the pieces `tokenizers` hands the model after the added
+/// tokens, normalizer and pre-tokenizer): a merge joins two adjacent symbols of a piece. The kept merges
+/// apply in the same order as in the whole list, since the BPE applies the lowest rank first
+/// and only their order matters. The model looks up the pieces' characters, and the pieces
+/// themselves (`ignore_merges`), and makes only what a kept merge spells: every such token
+/// holds only pairs of bytes that the pieces hold, so one pass over the digest's vocabulary,
+/// hashing only the tokens that pass that test, finds them all, and the added tokens (whose
+/// ids the model gives). `None` past [`RUNS_MAX`], for a text with a character the vocabulary
+/// lacks, or where the digest's vocabulary is damaged (the whole load words it). `tok` is the tokenizer without its model and added tokens.
+fn for_texts(
     tok: &Tokenizer,
     added: &[AddedToken],
-    vocab: &Vocab,
+    d: &TokenDigest,
     texts: &[&str],
-    longest: usize,
-    merges: impl Iterator<Item = Option<(&'m [u8], &'m [u8])>>,
-) -> Result<Option<Vec<(String, String)>>> {
+) -> Result<Option<(Vocab, Merges)>> {
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizer};
     let mut splitter = tok.clone();
     splitter.add_tokens(added);
@@ -215,45 +262,77 @@ fn merges_for<'m>(
         }
         pretokenized.push(p);
     }
-    // The pieces the model gets (not the added tokens, which come out tokenized), each once,
-    // as the model spells them.
-    let mut pieces = HashSet::new();
+    // The pieces the model gets (not the added tokens, which come out tokenized), each once.
+    let mut raw = HashSet::new();
     for p in &pretokenized {
         for (s, _, tokens) in p.get_splits(OffsetReferential::Original, OffsetType::None) {
             if tokens.is_none() {
-                pieces.insert(s);
+                raw.insert(s);
             }
         }
     }
-    let pieces: Vec<Cow<str>> = pieces
-        .into_iter()
-        .map(|s| {
-            let known = |c: &&str| vocab.contains_key(*c);
-            let chars = || s.split_inclusive(|_| true);
-            if chars().all(|c| known(&c)) {
-                Cow::Borrowed(s)
-            } else {
-                Cow::Owned(chars().filter(known).collect())
-            }
-        })
-        .collect();
+    // The bytes the pieces hold, and the pairs of bytes next to each other in them: a token
+    // that spells a run of a piece has only these. Most tokens and merges have one they
+    // don't, and are dropped on it without hashing.
+    let mut present = [false; 256];
+    let mut pairs = vec![0u64; 1 << 10];
+    let at = |a: u8, b: u8| ((a as usize) << 8) | b as usize;
+    for s in &raw {
+        for &c in s.as_bytes() {
+            present[c as usize] = true;
+        }
+        for w in s.as_bytes().windows(2) {
+            let i = at(w[0], w[1]);
+            pairs[i >> 6] |= 1 << (i & 63);
+        }
+    }
+    let spells = |t: &[u8]| {
+        t.iter().all(|&c| present[c as usize])
+            && t.windows(2).all(|w| {
+                let i = at(w[0], w[1]);
+                pairs[i >> 6] >> (i & 63) & 1 == 1
+            })
+    };
+    // The added tokens, found by their first and last bytes and length before hashing.
+    let added_names: HashSet<&str> = added.iter().map(|a| a.content.as_str()).collect();
+    let (mut first, mut last, mut len) = ([false; 256], [false; 256], vec![false; d.longest + 1]);
+    for a in added_names.iter().map(|a| a.as_bytes()) {
+        if let (Some(&f), Some(&l), Some(n)) = (a.first(), a.last(), len.get_mut(a.len())) {
+            (first[f as usize], last[l as usize], *n) = (true, true, true);
+        }
+    }
+    let is_added = |t: &[u8]| match (t.first(), t.last()) {
+        (Some(&f), Some(&l)) if first[f as usize] && last[l as usize] && len[t.len()] => {
+            std::str::from_utf8(t).is_ok_and(|t| added_names.contains(t))
+        }
+        _ => false,
+    };
+    let mut known = HashMap::new();
+    for e in d.vocab_bytes() {
+        let Some((t, id)) = e else { return Ok(None) };
+        if spells(t) || is_added(t) {
+            let Ok(t) = std::str::from_utf8(t) else {
+                return Ok(None);
+            };
+            known.insert(t, id);
+        }
+    }
+    // A character missing from the vocabulary, which the model skips, would join its
+    // neighbours in a run: the whole model takes such a text.
+    if !(raw.iter()).all(|s| s.split_inclusive(|_| true).all(|c| known.contains_key(c))) {
+        return Ok(None);
+    }
     // Every run of two or more characters no longer than the longest token (what a merge
     // makes is one).
     let (mut runs, mut tried) = (HashSet::<&[u8]>::new(), 0);
-    // The bytes the pieces hold: most merges have one they don't, and are dropped on it
-    // without hashing.
-    let mut present = [false; 256];
-    for s in &pieces {
-        for b in s.bytes() {
-            present[b as usize] = true;
-        }
+    for s in &raw {
         let ends: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
         for (i, &a) in ends.iter().enumerate() {
             for &b in ends.iter().skip(i + 2) {
-                if b - a > longest {
+                if b - a > d.longest {
                     break;
                 }
-                runs.insert(s[a..b].as_bytes());
+                runs.insert(&s.as_bytes()[a..b]);
                 tried += 1;
                 if tried > RUNS_MAX {
                     return Ok(None);
@@ -261,11 +340,14 @@ fn merges_for<'m>(
             }
         }
     }
-    let mut joined = Vec::with_capacity(longest);
+    let mut joined = Vec::with_capacity(d.longest);
     let mut kept = vec![];
-    for m in merges {
+    for m in d.merge_bytes() {
         let (a, b) = m.ok_or_else(damaged_merges)?;
-        if !a.iter().chain(b).all(|&c| present[c as usize]) {
+        let (Some(&l), Some(&f)) = (a.last(), b.first()) else {
+            continue;
+        };
+        if !spells(a) || !spells(b) || !spells(&[l, f]) {
             continue;
         }
         joined.clear();
@@ -280,7 +362,17 @@ fn merges_for<'m>(
             kept.push((token(a)?, token(b)?));
         }
     }
-    Ok(Some(kept))
+    // A merge's tokens and what it makes are runs or characters of a piece.
+    let vocab: Vocab = (known.into_iter())
+        .filter(|&(t, _)| {
+            t.chars().nth(1).is_none()
+                || runs.contains(t.as_bytes())
+                || raw.contains(t)
+                || added_names.contains(t)
+        })
+        .map(|(t, id)| (t.to_owned(), id))
+        .collect();
+    Ok(Some((vocab, kept)))
 }
 
 fn damaged_merges() -> EngineError {

@@ -116,11 +116,6 @@ fn map_file(path: PathBuf, size: u64, xxh3: u64) -> Result<Mapped> {
 }
 
 impl Mapped {
-    /// Whether [`Mapped::check`] will read the whole blob (its hash), not just trust a stamp.
-    pub fn needs_hash(&self) -> bool {
-        self.file.as_ref().is_some_and(|f| !f.stamped)
-    }
-
     /// Faults the blob's pages in, a chunk at a time, until no chunk is left to claim. Any
     /// number of threads may call it at once. One `MADV_POPULATE_READ` maps a chunk's pages far
     /// cheaper than one fault per 4 KiB page later; where the kernel lacks it (before Linux
