@@ -285,7 +285,7 @@ type Loaded<M> = (
 /// for the first 10-15 ms of prefill (its first ten layers ran at half speed) until the
 /// scheduler moved it. The tokenizer is built for `texts` alone, which it encodes: its BPE
 /// model holds only the merges that can apply to them (ADR 38) and the tokens those need (ADR
-/// 39), so it encodes nothing else reliably; it decodes anything, from the digest.
+/// 40), so it encodes nothing else reliably; it decodes anything, from the digest.
 fn load<M: CausalLm>(
     info: &BakedInfo,
     offsets: &M::Offsets,

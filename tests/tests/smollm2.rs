@@ -245,7 +245,7 @@ fn fast_tokenizer_load_matches_tokenizers() {
     assert_same_tokenizer(ck.tokenizer_json.as_bytes(), &texts);
 }
 
-/// A tokenizer built for given texts (ADR 38, 39) encodes and decodes each as `tokenizers`
+/// A tokenizer built for given texts (ADR 38, 40) encodes and decodes each as `tokenizers`
 /// does, on pieces of the GPL text and on texts that stress the pre-tokenizer and added
 /// tokens, keeps few merges and tokens for a short prompt, and keeps every merge where the
 /// filter would not pay.

@@ -26,7 +26,7 @@ pub fn load_tokenizer(json: &[u8]) -> Result<Tokenizer> {
 /// e2e tests check both paths give the same tokenizer. Given the packer's digest of the same
 /// document ([`TokenDigest`], ADR 38), the vocabulary and merges come from it instead, which
 /// reads no JSON string of them. (The vocabulary was once parsed on another thread: since ADR
-/// 39 the binaries' load does not need all of it.)
+/// 40 the binaries' load does not need all of it.)
 pub struct TokenizerLoad<'a> {
     json: &'a [u8],
     /// The digest's layout (`None`: no digest, or not a readable one).
@@ -62,7 +62,7 @@ impl<'a> TokenizerLoad<'a> {
     /// know theirs before they load: given the digest, its BPE model keeps only the merges
     /// that can apply to them (ADR 38), which turns the longest part of the load (`BpeBuilder`
     /// hashing 49k merges, about 14 ms for SmolLM2) into a few hundred lookups, and only the
-    /// tokens those merges and the texts' characters need (ADR 39), which spares hashing the
+    /// tokens those merges and the texts' characters need (ADR 40), which spares hashing the
     /// 49k tokens of the vocabulary twice (about 7 ms). It encodes `texts` to the same ids as
     /// the whole tokenizer, and decodes anything (from the digest, [`Text::decode`]), but
     /// other texts may come out differently. The whole tokenizer comes out where there is no
@@ -229,7 +229,7 @@ type Merges = Vec<(String, String)>;
 /// what building the whole model does (a few hundred thousand hash operations).
 const RUNS_MAX: usize = 200_000;
 
-/// What a BPE model needs to encode `texts` alone, as the whole model does (ADR 38, 39): the
+/// What a BPE model needs to encode `texts` alone, as the whole model does (ADR 38, 40): the
 /// merges, in their order, that can apply to them, and the tokens it can look up or make.
 ///
 /// A merge can apply only if its two tokens, joined, spell a run of the symbols of a piece of
