@@ -130,13 +130,13 @@ const BLOCK: usize = 2 << 20;
 /// 2 MiB folio, which every later mmap of the blob maps with one page-table entry: faulting
 /// the 540 MB of SmolLM2's fp32 weights in takes 0.4 ms instead of 20 ms (ADR 39). Writes of
 /// other sizes, as a `BufWriter` makes, leave folios of a few pages.
-struct BlockWriter {
-    file: std::fs::File,
+struct BlockWriter<W: Write> {
+    file: W,
     buf: Vec<u8>,
 }
 
-impl BlockWriter {
-    fn new(file: std::fs::File) -> Self {
+impl<W: Write> BlockWriter<W> {
+    fn new(file: W) -> Self {
         BlockWriter {
             file,
             buf: Vec::with_capacity(BLOCK),
@@ -144,13 +144,13 @@ impl BlockWriter {
     }
 
     /// Writes what is left and gives the file back.
-    fn finish(mut self) -> std::io::Result<std::fs::File> {
+    fn finish(mut self) -> std::io::Result<W> {
         self.file.write_all(&self.buf)?;
         Ok(self.file)
     }
 }
 
-impl Write for BlockWriter {
+impl<W: Write> Write for BlockWriter<W> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let n = (BLOCK - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -303,4 +303,58 @@ pub fn write(
 
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(write_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BlockWriter, BLOCK};
+    use std::io::Write;
+
+    /// A writer that keeps what it is given and the size of each call.
+    #[derive(Default)]
+    struct Calls {
+        bytes: Vec<u8>,
+        sizes: Vec<usize>,
+    }
+
+    impl Write for Calls {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.bytes.extend_from_slice(data);
+            self.sizes.push(data.len());
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Whatever the sizes of the writes into it, a `BlockWriter` passes the bytes on in
+    /// order, in whole blocks but for a short last one.
+    #[test]
+    fn block_writer_writes_whole_blocks() {
+        let sizes = [
+            0,
+            1,
+            BLOCK - 1,
+            7,
+            BLOCK,
+            3 * BLOCK + 5,
+            64,
+            0,
+            BLOCK / 2 + 1,
+        ];
+        let mut want = vec![];
+        let mut w = BlockWriter::new(Calls::default());
+        for (i, &n) in sizes.iter().enumerate() {
+            let chunk: Vec<u8> = (0..n).map(|j| (i * 31 + j * 7) as u8).collect();
+            w.write_all(&chunk).unwrap();
+            w.flush().unwrap();
+            want.extend_from_slice(&chunk);
+        }
+        let out = w.finish().unwrap();
+        assert!(out.bytes == want, "the bytes differ from those written");
+        let (last, whole) = out.sizes.split_last().unwrap();
+        assert!(whole.iter().all(|&n| n == BLOCK), "sizes {:?}", out.sizes);
+        assert_eq!(*last, want.len() % BLOCK, "the short last block");
+    }
 }
