@@ -98,6 +98,10 @@ fn map_file(path: PathBuf, size: u64, xxh3: u64) -> Result<Mapped> {
     }
     // SAFETY: the file is opened read-only; IEBIN files are written once and renamed into place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    // Where the blob must be read from disk, the kernel then reads it into 2 MiB folios that
+    // the map takes whole, as it keeps a blob the packer wrote (ADR 39). Best effort.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
     let blob: &'static [u8] = &Box::leak(Box::new(map))[..];
     let stamp = stamp_for(&meta, xxh3);
     let stamped = stamp.as_deref().is_some_and(|want| {
