@@ -309,6 +309,17 @@ fn prompt_tokenizer_matches_tokenizers() {
         "a short prompt kept {tokens} of {} tokens",
         slow.get_vocab_size(false)
     );
+    // A digest whose longest token is shorter than one it holds: the texts take the whole
+    // model rather than runs cut short.
+    let mut short_longest = digest.clone();
+    let at = 12 + u32::from_le_bytes(digest[8..12].try_into().unwrap()) as usize;
+    short_longest[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+    let text = "The history of computing";
+    let t = TokenizerLoad::new(&hf_json, &short_longest)
+        .finish_for(&[text])
+        .unwrap();
+    assert_eq!(merge_count(t.tokenizer()), all);
+    assert_eq!(ids(t.tokenizer(), text), ids(&slow, text));
     // One piece with more runs than the filter indexes: every merge is kept.
     let long = "x".repeat(5_000);
     let t = TokenizerLoad::new(&hf_json, &digest)

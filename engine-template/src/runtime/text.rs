@@ -234,14 +234,15 @@ const RUNS_MAX: usize = 200_000;
 ///
 /// A merge can apply only if its two tokens, joined, spell a run of the symbols of a piece of
 /// a text as the model sees it (the pieces `tokenizers` hands the model after the added
-/// tokens, normalizer and pre-tokenizer): a merge joins two adjacent symbols of a piece. The kept merges
-/// apply in the same order as in the whole list, since the BPE applies the lowest rank first
-/// and only their order matters. The model looks up the pieces' characters, and the pieces
-/// themselves (`ignore_merges`), and makes only what a kept merge spells: every such token
-/// holds only pairs of bytes that the pieces hold, so one pass over the digest's vocabulary,
-/// hashing only the tokens that pass that test, finds them all, and the added tokens (whose
-/// ids the model gives). `None` past [`RUNS_MAX`], for a text with a character the vocabulary
-/// lacks, or where the digest's vocabulary is damaged (the whole load words it). `tok` is the tokenizer without its model and added tokens.
+/// tokens, normalizer and pre-tokenizer): a merge joins two adjacent symbols of a piece. The
+/// kept merges apply in the same order as in the whole list, since the BPE applies the lowest
+/// rank first and only their order matters. The model looks up the pieces' characters, and
+/// the pieces themselves (`ignore_merges`), and makes only what a kept merge spells: every
+/// such token holds only pairs of bytes that the pieces hold, so one pass over the digest's
+/// vocabulary, hashing only the tokens that pass that test, finds them all, and the added
+/// tokens (whose ids the model gives). `None` past [`RUNS_MAX`], for a text with a character
+/// the vocabulary lacks, or where the digest's vocabulary is damaged or longer than it says
+/// (the whole load words it). `tok` is the tokenizer without its model and added tokens.
 fn for_texts(
     tok: &Tokenizer,
     added: &[AddedToken],
@@ -295,21 +296,28 @@ fn for_texts(
     };
     // The added tokens, found by their first and last bytes and length before hashing.
     let added_names: HashSet<&str> = added.iter().map(|a| a.content.as_str()).collect();
-    let (mut first, mut last, mut len) = ([false; 256], [false; 256], vec![false; d.longest + 1]);
+    // (A token longer than `longest`, which would cut the runs short, sends the texts to the
+    // whole model, and the digest holds tokens' lengths as `u16`s.)
+    let longest = d.longest.min(u16::MAX as usize);
+    let (mut first, mut last, mut len) = ([false; 256], [false; 256], vec![false; longest + 1]);
     for a in added_names.iter().map(|a| a.as_bytes()) {
         if let (Some(&f), Some(&l), Some(n)) = (a.first(), a.last(), len.get_mut(a.len())) {
             (first[f as usize], last[l as usize], *n) = (true, true, true);
         }
     }
     let is_added = |t: &[u8]| match (t.first(), t.last()) {
-        (Some(&f), Some(&l)) if first[f as usize] && last[l as usize] && len[t.len()] => {
+        (Some(&f), Some(&l))
+            if first[f as usize] && last[l as usize] && len.get(t.len()) == Some(&true) =>
+        {
             std::str::from_utf8(t).is_ok_and(|t| added_names.contains(t))
         }
         _ => false,
     };
     let mut known = HashMap::new();
     for e in d.vocab_bytes() {
-        let Some((t, id)) = e else { return Ok(None) };
+        let Some((t, id)) = e.filter(|(t, _)| t.len() <= longest) else {
+            return Ok(None);
+        };
         if spells(t) || is_added(t) {
             let Ok(t) = std::str::from_utf8(t) else {
                 return Ok(None);
@@ -329,7 +337,7 @@ fn for_texts(
         let ends: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
         for (i, &a) in ends.iter().enumerate() {
             for &b in ends.iter().skip(i + 2) {
-                if b - a > d.longest {
+                if b - a > longest {
                     break;
                 }
                 runs.insert(&s.as_bytes()[a..b]);
@@ -340,7 +348,7 @@ fn for_texts(
             }
         }
     }
-    let mut joined = Vec::with_capacity(d.longest);
+    let mut joined = Vec::with_capacity(2 * longest);
     let mut kept = vec![];
     for m in d.merge_bytes() {
         let (a, b) = m.ok_or_else(damaged_merges)?;
