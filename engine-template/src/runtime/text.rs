@@ -294,21 +294,19 @@ fn for_texts(
                 pairs[i >> 6] >> (i & 63) & 1 == 1
             })
     };
-    // The added tokens, found by their first and last bytes and length before hashing.
+    // The added tokens, found by their first byte and length before hashing.
     let added_names: HashSet<&str> = added.iter().map(|a| a.content.as_str()).collect();
     // (A token longer than `longest`, which would cut the runs short, sends the texts to the
     // whole model, and the digest holds tokens' lengths as `u16`s.)
     let longest = d.longest.min(u16::MAX as usize);
-    let (mut first, mut last, mut len) = ([false; 256], [false; 256], vec![false; longest + 1]);
+    let (mut first, mut len) = ([false; 256], vec![false; longest + 1]);
     for a in added_names.iter().map(|a| a.as_bytes()) {
-        if let (Some(&f), Some(&l), Some(n)) = (a.first(), a.last(), len.get_mut(a.len())) {
-            (first[f as usize], last[l as usize], *n) = (true, true, true);
+        if let (Some(&f), Some(n)) = (a.first(), len.get_mut(a.len())) {
+            (first[f as usize], *n) = (true, true);
         }
     }
-    let is_added = |t: &[u8]| match (t.first(), t.last()) {
-        (Some(&f), Some(&l))
-            if first[f as usize] && last[l as usize] && len.get(t.len()) == Some(&true) =>
-        {
+    let is_added = |t: &[u8]| match t.first() {
+        Some(&f) if first[f as usize] && len.get(t.len()) == Some(&true) => {
             std::str::from_utf8(t).is_ok_and(|t| added_names.contains(t))
         }
         _ => false,
@@ -370,13 +368,11 @@ fn for_texts(
             kept.push((token(a)?, token(b)?));
         }
     }
-    // A merge's tokens and what it makes are runs or characters of a piece.
+    // A merge's tokens and what it makes, and the pieces the vocabulary holds whole, are runs
+    // or characters of a piece (no token is longer than `longest`).
     let vocab: Vocab = (known.into_iter())
         .filter(|&(t, _)| {
-            t.chars().nth(1).is_none()
-                || runs.contains(t.as_bytes())
-                || raw.contains(t)
-                || added_names.contains(t)
+            t.chars().nth(1).is_none() || runs.contains(t.as_bytes()) || added_names.contains(t)
         })
         .map(|(t, id)| (t.to_owned(), id))
         .collect();
