@@ -232,11 +232,16 @@ pub fn generate(
                         &self,
                         s: &mut ::clocher_engine::model::llama::LlamaState,
                         pool: &::clocher_engine::pool::Pool,
-                        pos: usize,
-                        n: usize,
+                        (pos, n, keep): (usize, usize, usize),
                         eps: f32,
                     ) {
-                        #(self.#fields.forward(#idx2, s, pool, pos, n, eps);)*
+                        #(self.#fields.forward(
+                            #idx2,
+                            s,
+                            pool,
+                            (pos, n, if #idx2 + 1 == LAYERS { keep } else { n }),
+                            eps,
+                        );)*
                     }
                 }
             },

@@ -5,7 +5,7 @@ use crate::format::Dtype;
 use crate::kernels::act8::{self, ActQ8};
 use crate::kernels::blocks::{self as b, GgmlType as Gt, QK, QK_K};
 use crate::kernels::int::{self, RowI4, RowI8};
-use crate::kernels::{self, quant, rows, Isa};
+use crate::kernels::{self, quant, rows, Isa, Widen};
 use half::{bf16, f16};
 
 /// A stored weight type (a float or a GGUF block format), with its GEMV and row conversion.
@@ -19,10 +19,13 @@ pub trait WeightType: 'static + Send + Sync {
     fn gemv(isa: Isa, w: &[Self::Elem], x: &[f32], y: &mut [f32]);
     /// Widen one row to f32 (embedding lookup).
     fn to_f32(w: &[Self::Elem], out: &mut [f32]);
-    /// The row itself when it is stored as f32 (the batched GEMM then reads it in place
-    /// instead of widening a copy).
-    fn as_f32(w: &[Self::Elem]) -> Option<&[f32]> {
-        (Self::DTYPE == Dtype::Ggml(Gt::F32)).then(|| bytemuck::cast_slice(w))
+    /// What the batched GEMM's tiles read this type's rows as ([`WeightType::tile_row`]).
+    type Tile: Widen;
+    /// The row as the batched GEMM's tiles read it in place, widening eight elements at a
+    /// time in registers (the float types). `None`: the GEMM widens a copy of the row to f32
+    /// first (the block formats, int8, int4).
+    fn tile_row(_w: &[Self::Elem]) -> Option<&[Self::Tile]> {
+        None
     }
     /// Whether the type has [`WeightType::gemv_q8`]: decode then quantizes a token's
     /// activations to 8 bits once per op and runs integer dots (ADR 16).
@@ -55,6 +58,10 @@ macro_rules! float_weight {
             type Elem = $elem;
             const DTYPE: Dtype = $dtype;
             const BLOCK: usize = 1;
+            type Tile = $elem;
+            fn tile_row(w: &[$elem]) -> Option<&[$elem]> {
+                Some(w)
+            }
             #[inline]
             fn gemv(isa: Isa, w: &[$elem], x: &[f32], y: &mut [f32]) {
                 $gemv(isa, w, x, y)
@@ -119,6 +126,7 @@ macro_rules! block_weight {
         pub struct $name;
         impl WeightType for $name {
             type Elem = $block;
+            type Tile = f32;
             const DTYPE: Dtype = $dtype;
             const BLOCK: usize = $elems;
             #[inline]
@@ -171,6 +179,9 @@ pub struct Int8<const K: usize>;
 
 impl<const K: usize> WeightType for Int8<K> {
     type Elem = RowI8<K>;
+    /// Widened copies: codes widened in the tiles, once per three tokens, made int8w's
+    /// first token 5.6 ms later (widening a row once costs a store a vector, but only once).
+    type Tile = f32;
     const DTYPE: Dtype = Dtype::Int8;
     const BLOCK: usize = K;
     #[inline]
@@ -207,6 +218,7 @@ impl<const G: usize, const NG: usize, const H: usize> Int4<G, NG, H> {
 
 impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG, H> {
     type Elem = RowI4<NG, H>;
+    type Tile = f32;
     const DTYPE: Dtype = Dtype::Int4 { group: G };
     const BLOCK: usize = {
         let () = Self::CHECK;
@@ -238,6 +250,7 @@ macro_rules! rows_weight {
 
         impl<const NB: usize> WeightType for $name<NB> {
             type Elem = rows::$row<NB>;
+            type Tile = f32;
             const DTYPE: Dtype = Dtype::Rows($gt);
             const BLOCK: usize = NB * QK;
             #[inline]

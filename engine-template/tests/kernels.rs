@@ -4,7 +4,7 @@
 // `!(err <= bound)` on purpose: a NaN result must count as a failure.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use clocher_engine::kernels::{self, reference, tol, Isa};
+use clocher_engine::kernels::{self, reference, tol, Isa, Widen};
 use half::{bf16, f16};
 use proptest::prelude::*;
 
@@ -219,12 +219,12 @@ fn dot_matches_reference() {
                 let tiles = [
                     (
                         "dot4x2_f32",
-                        kernels::dot4x2_f32(isa, ws, [x3[0], b]).map(|r| vec![r[0], r[1]]),
+                        kernels::dot4x2(isa, ws, [x3[0], b]).map(|r| vec![r[0], r[1]]),
                         vec![x3[0], b],
                     ),
                     (
                         "dot4x3_f32",
-                        kernels::dot4x3_f32(isa, ws, x3).map(|r| r.to_vec()),
+                        kernels::dot4x3(isa, ws, x3).map(|r| r.to_vec()),
                         x3.to_vec(),
                     ),
                 ];
@@ -245,6 +245,58 @@ fn dot_matches_reference() {
         }
     }
     assert_none(fails);
+}
+
+/// The prefill tiles on rows read in place and widened in registers (bf16, f16), against f64
+/// math on the widened values: lengths around the 8-lane step, misaligned rows.
+fn check_widened_tiles<E: Widen>(format: &str, from: fn(f32) -> E) -> Vec<String> {
+    let mut fails = Vec::new();
+    for isa in Isa::available() {
+        for n in 0..=2 * MAX_STEP + 3 {
+            for mis in 0..3 {
+                let rows: Vec<Vec<E>> = (0..4)
+                    .map(|k| {
+                        values(n + mis, (n * 5 + k) as u32)
+                            .into_iter()
+                            .map(from)
+                            .collect()
+                    })
+                    .collect();
+                let ws: [&[E]; 4] = std::array::from_fn(|r| &rows[r][mis..]);
+                let xs: Vec<Vec<f32>> =
+                    (0..3).map(|k| values(n, (n * 3 + k + 50) as u32)).collect();
+                let x3 = [&xs[0][..], &xs[1][..], &xs[2][..]];
+                let tiles = [
+                    (
+                        "dot4x2",
+                        kernels::dot4x2(isa, ws, [x3[0], x3[1]]).map(|r| r.to_vec()),
+                    ),
+                    ("dot4x3", kernels::dot4x3(isa, ws, x3).map(|r| r.to_vec())),
+                ];
+                for (name, out) in tiles {
+                    for (r, row) in out.into_iter().enumerate() {
+                        let wide: Vec<f32> = ws[r].iter().map(|w| w.to_f32()).collect();
+                        for (t, got) in row.into_iter().enumerate() {
+                            let (exp, mag) = dot_f64(&wide, x3[t]);
+                            if !((got as f64 - exp).abs() <= bound(n, mag)) {
+                                fails.push(format!(
+                                    "{name} {format} isa={} n={n} misalign={mis} row={r} token={t}: expected {exp}, actual {got}",
+                                    isa.name()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fails
+}
+
+#[test]
+fn tiles_on_bf16_and_f16_rows_match_f64_math() {
+    assert_none(check_widened_tiles("bf16", bf16::from_f32));
+    assert_none(check_widened_tiles("f16", f16::from_f32));
 }
 
 /// Attention of 1 to 4 query heads sharing one key-value head (4: a group of three, then one),

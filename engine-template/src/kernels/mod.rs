@@ -243,27 +243,28 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out[r][t] = dot(w[r], x[t])` for 4 rows and 2 tokens (the batched-prefill GEMM's tile for a
-/// pair of tokens left after the 4 x 3 tiles).
+/// pair of tokens left after the 4 x 3 tiles), the rows widened as they are read.
 #[inline]
-pub fn dot4x2_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
+pub fn dot4x2<E: Widen>(isa: Isa, w: [&[E]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
-        // detection, and both imply AVX2.
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4x2_f32_avx2(w, x) },
-        _ => reference::dot4xt_f32_ref(w, x),
+        // detection, and both imply AVX2, FMA and F16C.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4x2_avx2(w, x) },
+        _ => reference::dot4xt_ref(w, x),
     }
 }
 
-/// `out[r][t] = dot(w[r], x[t])` for 4 rows and 3 tokens (the batched-prefill GEMM's main tile).
+/// `out[r][t] = dot(w[r], x[t])` for 4 rows and 3 tokens (the batched-prefill GEMM's main tile),
+/// the rows widened as they are read.
 #[inline]
-pub fn dot4x3_f32(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
+pub fn dot4x3<E: Widen>(isa: Isa, w: [&[E]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
-        // detection, and both imply AVX2.
-        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4x3_f32_avx2(w, x) },
-        _ => reference::dot4xt_f32_ref(w, x),
+        // detection, and both imply AVX2, FMA and F16C.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::avx2::dot4x3_avx2(w, x) },
+        _ => reference::dot4xt_ref(w, x),
     }
 }
 
@@ -291,31 +292,47 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// An element of the KV cache: f32, or f16 as llama.cpp keeps it by default (ADR 36).
-pub trait KvElem: bytemuck::Pod + Send + Sync + 'static {
-    /// `x` into `out` (as long), rounded to nearest.
-    fn store(x: &[f32], out: &mut [Self]);
+/// An element that widens to f32: the KV cache's (f32, f16) and the weight rows the prefill
+/// tiles read in place (f32, bf16, f16, int8 codes: [`dot4x3`]).
+pub trait Widen: bytemuck::Pod + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// Eight elements from `p`, widened to f32 lanes.
     ///
     /// # Safety
-    /// The CPU must support AVX and F16C, and `p` must point at eight readable elements.
+    /// The CPU must support AVX2 and F16C, and `p` must point at eight readable elements.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+macro_rules! widen {
+    ($elem:ty, $to_f32:expr, $load8:path) => {
+        impl Widen for $elem {
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                $to_f32(self)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            unsafe fn load8(p: *const $elem) -> std::arch::x86_64::__m256 {
+                $load8(p)
+            }
+        }
+    };
+}
+widen!(f32, std::convert::identity, x86::load_f32x8);
+widen!(f16, f16::to_f32, x86::load_f16x8);
+widen!(half::bf16, half::bf16::to_f32, x86::load_bf16x8);
+widen!(u8, f32::from, x86::load_u8x8);
+
+/// An element of the KV cache: f32, or f16 as llama.cpp keeps it by default (ADR 36).
+pub trait KvElem: Widen {
+    /// `x` into `out` (as long), rounded to nearest.
+    fn store(x: &[f32], out: &mut [Self]);
 }
 
 impl KvElem for f32 {
     fn store(x: &[f32], out: &mut [f32]) {
         out.copy_from_slice(x);
-    }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
-        std::arch::x86_64::_mm256_loadu_ps(p)
     }
 }
 
@@ -323,15 +340,6 @@ impl KvElem for f16 {
     fn store(x: &[f32], out: &mut [f16]) {
         use half::slice::HalfFloatSliceExt;
         out.convert_from_f32_slice(x);
-    }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
-        x86::load_f16x8(p)
     }
 }
 

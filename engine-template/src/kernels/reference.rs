@@ -1,7 +1,7 @@
 //! Scalar reference kernels: plain safe Rust, written to read like the math.
 //! They are the oracle of every SIMD kernel test and the fallback without AVX2.
 
-use super::KvElem;
+use super::{KvElem, Widen};
 use half::{bf16, f16};
 
 pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
@@ -9,20 +9,24 @@ pub fn dot_f32_ref(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `out[r][t] = dot(w[r], x[t])`: four weight rows against `T` tokens (the GEMM tiles of
-/// batched prefill).
-pub fn dot4xt_f32_ref<const T: usize>(w: [&[f32]; 4], x: [&[f32]; T]) -> [[f32; T]; 4] {
-    w.map(|w| x.map(|x| dot_f32_ref(w, x)))
+/// `out[r][t] = dot(w[r], x[t])`: four weight rows, widened to f32, against `T` tokens (the GEMM
+/// tiles of batched prefill).
+pub fn dot4xt_ref<E: Widen, const T: usize>(w: [&[E]; 4], x: [&[f32]; T]) -> [[f32; T]; 4] {
+    w.map(|w| x.map(|x| dot_widen_ref(w, x)))
+}
+
+/// `dot(w, x)` with `w` widened to f32.
+pub fn dot_widen_ref<E: Widen>(w: &[E], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot_widen_ref: lengths differ");
+    w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()
 }
 
 pub fn dot_bf16_ref(w: &[bf16], x: &[f32]) -> f32 {
-    assert_eq!(w.len(), x.len(), "dot_bf16_ref: lengths differ");
-    w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()
+    dot_widen_ref(w, x)
 }
 
 pub fn dot_f16_ref(w: &[f16], x: &[f32]) -> f32 {
-    assert_eq!(w.len(), x.len(), "dot_f16_ref: lengths differ");
-    w.iter().zip(x).map(|(w, x)| w.to_f32() * x).sum()
+    dot_widen_ref(w, x)
 }
 
 macro_rules! gemv_ref {
@@ -102,8 +106,7 @@ pub fn attend_ref<T: KvElem>(
 
 /// `dot(q, key)` for a key of the KV cache, in order (as [`dot_f32_ref`] for f32 keys).
 pub fn dot_kv_ref<T: KvElem>(q: &[f32], key: &[T]) -> f32 {
-    assert_eq!(q.len(), key.len(), "dot_kv_ref: lengths differ");
-    q.iter().zip(key).map(|(x, y)| x * y.to_f32()).sum()
+    dot_widen_ref(key, q)
 }
 
 /// The heads, head size and positions `(g, hd, n)` of an [`attend_heads_ref`] call (or a twin

@@ -72,8 +72,10 @@ pub trait Layers<const LAYERS: usize>: Sized + Send + Sync {
     /// Whether some block has a weight with a batched 8-bit kernel ([`Layer::GEMM_Q8`]).
     const GEMM_Q8: bool;
     fn bind(blob: &'static [u8], offsets: &[LayerOffsets; LAYERS]) -> Result<Self>;
-    /// Runs every block on the `n` tokens in `s` (at positions `pos..pos + n`).
-    fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32);
+    /// Runs every block on the `n` tokens in `s` at positions `pos..pos + n` (`at` is `(pos, n,
+    /// keep)`); the last block carries only the last `keep` tokens' rows through
+    /// ([`Layer::forward`]).
+    fn forward(&self, s: &mut LlamaState, pool: &Pool, at: (usize, usize, usize), eps: f32);
 }
 
 /// `LAYERS` blocks of one type.
@@ -199,9 +201,9 @@ impl_for_layer_types! {
 
         /// Writes the new keys and values `k` and `v` (`[n, KV_DIM]`, rounded to the cache's
         /// element type) into layer `l` of the head-major caches (`[layers, KV_HEADS, ctx,
-        /// HEAD_DIM]` each, ADR 35), at positions `pos..pos + n`, then runs those `n` tokens'
-        /// attention over the layer's cached positions: `q` is `[n, Q_DIM]`, the output
-        /// `att_out` `[n, Q_DIM]`.
+        /// HEAD_DIM]` each, ADR 35), at positions `pos..pos + n`, then runs the attention of
+        /// tokens `skip..n` over the layer's cached positions: `q` is `[n - skip, Q_DIM]`, the
+        /// output `att_out` `[n - skip, Q_DIM]`.
         #[allow(clippy::type_complexity)]
         fn attention<T: KvElem>(
             isa: Isa,
@@ -210,6 +212,7 @@ impl_for_layer_types! {
             (k, v): (&[f32], &[f32]),
             (q_all, scores, att_parts, att_out): (&[f32], &mut [f32], &mut Vec<f32>, &mut [f32]),
             (l, ctx, pos, n): (usize, usize, usize, usize),
+            skip: usize,
         ) {
             for i in 0..n {
                 for g in 0..KV_HEADS {
@@ -221,9 +224,14 @@ impl_for_layer_types! {
             let layer = l * ctx * KV_DIM..(l + 1) * ctx * KV_DIM;
             let (layer_k, layer_v) = (&kc[layer.clone()], &vc[layer]);
             let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+            let nt = pool.threads();
+            // The queries are those of tokens skip..n.
+            let (pos, n) = (pos + skip, n - skip);
+            if n > 1 {
+                return Self::attention_batch(isa, pool, (layer_k, layer_v), (q_all, att_parts, att_out), (ctx, pos, n), scale);
+            }
             // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
             let part = Q_DIM + 2 * HEADS;
-            let nt = pool.threads();
             if att_parts.len() < nt * part {
                 att_parts.resize(nt * part, 0.0);
             }
@@ -268,11 +276,67 @@ impl_for_layer_types! {
             }
         }
 
+        /// [`Self::attention`] of a batch of `n` tokens (prefill) in one pool dispatch: the threads
+        /// take the (token, key-value head) pairs in turn, each pair over every position its
+        /// token sees. One dispatch per token, its positions shared out, cost 16 dispatches a
+        /// layer for a 16-token prompt, most of them over fewer positions than a thread's grain.
+        #[allow(clippy::type_complexity)]
+        fn attention_batch<T: KvElem>(
+            isa: Isa,
+            pool: &Pool,
+            (layer_k, layer_v): (&[T], &[T]),
+            (q_all, att_parts, att_out): (&[f32], &mut Vec<f32>, &mut [f32]),
+            (ctx, pos, n): (usize, usize, usize),
+            scale: f32,
+        ) {
+            let group = HEADS / KV_HEADS;
+            // A thread's scratch: a group's scores over the most positions a token sees, its
+            // unnormalized outputs, its (max, sum) pairs.
+            let part = group * (pos + n + HEAD_DIM + 2);
+            if att_parts.len() < pool.threads() * part {
+                att_parts.resize(pool.threads() * part, 0.0);
+            }
+            let (parts, outs) = (SyncSlice::new(att_parts), SyncSlice::new(att_out));
+            pool.broadcast(&|t, nt| {
+                // SAFETY: part `t` of the scratch is this thread's alone.
+                let scratch = unsafe { parts.range(t * part, part) };
+                let (sc, rest) = scratch.split_at_mut(group * (pos + n));
+                let (o, ms) = rest.split_at_mut(group * HEAD_DIM);
+                // Pairs in turn (not in runs), as later tokens see more positions.
+                for j in (t..n * KV_HEADS).step_by(nt) {
+                    let (i, g) = (j / KV_HEADS, j % KV_HEADS);
+                    let (seen, q0) = (pos + i + 1, i * Q_DIM + g * group * HEAD_DIM);
+                    let first = g * ctx * HEAD_DIM;
+                    kernels::attend(
+                        isa,
+                        &q_all[q0..q0 + group * HEAD_DIM],
+                        (&layer_k[first..], &layer_v[first..]),
+                        (HEAD_DIM, 0),
+                        scale,
+                        &mut sc[..group * seen],
+                        o,
+                        ms,
+                    );
+                    // SAFETY: token i's outputs of heads in group g are this pair's alone.
+                    let dst = unsafe { outs.range(q0, group * HEAD_DIM) };
+                    for (h, out_h) in dst.chunks_exact_mut(HEAD_DIM).enumerate() {
+                        let part = (ms[2 * h], ms[2 * h + 1], &o[h * HEAD_DIM..(h + 1) * HEAD_DIM]);
+                        r::merge_attention_ref(std::iter::once(part), out_h);
+                    }
+                }
+            });
+        }
+
         /// Block `l` on the `n` tokens in `s` at positions `pos..pos + n`:
-        /// `x += attn(norm(x)); x += mlp(norm(x))`.
-        pub fn forward(&self, l: usize, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32) {
+        /// `x += attn(norm(x)); x += mlp(norm(x))`. Only the last `keep` tokens' rows of `x` are
+        /// carried through; the others give their keys and values to the cache alone (the last
+        /// block, where only the last token's logits are wanted, as llama.cpp skips them).
+        pub fn forward(&self, l: usize, s: &mut LlamaState, pool: &Pool, (pos, n, keep): (usize, usize, usize), eps: f32) {
             let isa = kernels::isa();
             let half = HEAD_DIM / 2;
+            assert!(keep <= n, "block {l}: keeps {keep} of {n} tokens");
+            // Decode keeps its one token.
+            let (skip, m) = if n == 1 { (0, 1) } else { (n - keep, keep) };
 
             // Attention: rmsnorm, q/k/v projections, rope, cache, scaled-dot-product, output.
             rmsnorm_rows(&s.x[..n * DIM], self.attn_norm, eps, &mut s.xb[..n * DIM]);
@@ -288,36 +352,45 @@ impl_for_layer_types! {
             } else {
                 let xb = &s.xb[..n * DIM];
                 let xq = quantize_rows(isa, xb, DIM, Q::GEMM_Q8 || K::GEMM_Q8 || V::GEMM_Q8, &mut s.xqs);
-                self.wq.matmul(pool, n, xb, xq, &mut s.q);
+                if m > 0 {
+                    let xq_kept = xq.map(|q| &q[skip..]);
+                    self.wq.matmul(pool, m, &xb[skip * DIM..], xq_kept, &mut s.q);
+                }
                 self.wk.matmul(pool, n, xb, xq, &mut s.k);
                 self.wv.matmul(pool, n, xb, xq, &mut s.v);
             }
             for i in 0..n {
                 let (cos, sin) = (&s.cos[i * half..(i + 1) * half], &s.sin[i * half..(i + 1) * half]);
-                r::rope_ref(&mut s.q[i * Q_DIM..(i + 1) * Q_DIM], cos, sin);
+                if i >= skip {
+                    r::rope_ref(&mut s.q[(i - skip) * Q_DIM..(i - skip + 1) * Q_DIM], cos, sin);
+                }
                 r::rope_ref(&mut s.k[i * KV_DIM..(i + 1) * KV_DIM], cos, sin);
             }
-            // The new keys and values into the cache, then every token's attention.
+            // The new keys and values into the cache, then the kept tokens' attention.
             let new = (&s.k[..n * KV_DIM], &s.v[..n * KV_DIM]);
-            let st = (&s.q[..n * Q_DIM], &mut s.scores[..], &mut s.att_parts, &mut s.att_out[..n * Q_DIM]);
+            let st = (&s.q[..m * Q_DIM], &mut s.scores[..], &mut s.att_parts, &mut s.att_out[..m * Q_DIM]);
             let at = (l, s.ctx, pos, n);
             match &mut s.kv {
-                KvCache::F32(kc, vc) => Self::attention(isa, pool, (kc, vc), new, st, at),
-                KvCache::F16(kc, vc) => Self::attention(isa, pool, (kc, vc), new, st, at),
+                KvCache::F32(kc, vc) => Self::attention(isa, pool, (kc, vc), new, st, at, skip),
+                KvCache::F16(kc, vc) => Self::attention(isa, pool, (kc, vc), new, st, at, skip),
             }
-            if n == 1 {
+            if m == 0 {
+                return;
+            }
+            if m == 1 {
                 let a = Acts::new(isa, &s.att_out[..Q_DIM], O::ACT8, &mut s.xq);
                 self.wo.gemv(pool, a, &mut s.xb2);
             } else {
-                let att = &s.att_out[..n * Q_DIM];
+                let att = &s.att_out[..m * Q_DIM];
                 let xq = quantize_rows(isa, att, Q_DIM, O::GEMM_Q8, &mut s.xqs);
-                self.wo.matmul(pool, n, att, xq, &mut s.xb2);
+                self.wo.matmul(pool, m, att, xq, &mut s.xb2);
             }
-            add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
+            let x = &mut s.x[skip * DIM..n * DIM];
+            add(x, &s.xb2[..m * DIM]);
 
             // MLP: rmsnorm, SwiGLU, down projection, residual.
-            rmsnorm_rows(&s.x[..n * DIM], self.ffn_norm, eps, &mut s.xb[..n * DIM]);
-            if n == 1 {
+            rmsnorm_rows(x, self.ffn_norm, eps, &mut s.xb[..m * DIM]);
+            if m == 1 {
                 // Decode: gate, up and the SwiGLU of each thread's rows in one pool dispatch
                 // (gate and up have the same rows, so a thread's shares line up).
                 let a = Acts::new(isa, &s.xb[..DIM], G::ACT8 || U::ACT8, &mut s.xq);
@@ -332,21 +405,21 @@ impl_for_layer_types! {
                 let a = Acts::new(isa, &s.hb[..INTER], D::ACT8, &mut s.xq);
                 self.w_down.gemv(pool, a, &mut s.xb2);
             } else {
-                let xb = &s.xb[..n * DIM];
+                let xb = &s.xb[..m * DIM];
                 let xq = quantize_rows(isa, xb, DIM, G::GEMM_Q8 || U::GEMM_Q8, &mut s.xqs);
-                self.w_gate.matmul(pool, n, xb, xq, &mut s.hb);
-                self.w_up.matmul(pool, n, xb, xq, &mut s.hb2);
+                self.w_gate.matmul(pool, m, xb, xq, &mut s.hb);
+                self.w_up.matmul(pool, m, xb, xq, &mut s.hb2);
                 // On the pool: an `exp` a value, on one thread while the other waited, was 5% of
                 // prefill's samples.
-                let up = &s.hb2[..n * INTER];
-                pool.par_rows(&mut s.hb[..n * INTER], GEMV_GRAIN, &|start, g| {
+                let up = &s.hb2[..m * INTER];
+                pool.par_rows(&mut s.hb[..m * INTER], GEMV_GRAIN, &|start, g| {
                     kernels::silu_mul(isa, g, &up[start..start + g.len()])
                 });
-                let hb = &s.hb[..n * INTER];
+                let hb = &s.hb[..m * INTER];
                 let xq = quantize_rows(isa, hb, INTER, D::GEMM_Q8, &mut s.xqs);
-                self.w_down.matmul(pool, n, hb, xq, &mut s.xb2);
+                self.w_down.matmul(pool, m, hb, xq, &mut s.xb2);
             }
-            add(&mut s.x[..n * DIM], &s.xb2[..n * DIM]);
+            add(&mut s.x[skip * DIM..n * DIM], &s.xb2[..m * DIM]);
         }
     }
 }
@@ -367,9 +440,10 @@ impl_for_layer_types! {
             let layers = offsets.iter().enumerate().map(|(l, o)| Layer::bind(blob, o, l));
             Ok(Uniform(layers.collect::<Result<Vec<_>>>()?))
         }
-        fn forward(&self, s: &mut LlamaState, pool: &Pool, pos: usize, n: usize, eps: f32) {
+        fn forward(&self, s: &mut LlamaState, pool: &Pool, (pos, n, keep): (usize, usize, usize), eps: f32) {
             for (l, layer) in self.0.iter().enumerate() {
-                layer.forward(l, s, pool, pos, n, eps);
+                let keep = if l + 1 == self.0.len() { keep } else { n };
+                layer.forward(l, s, pool, (pos, n, keep), eps);
             }
         }
     }
@@ -471,10 +545,12 @@ impl<
                 );
                 r::rope_cos_sin(p0 + i, self.theta, HEAD_DIM, cos, sin);
             }
-            self.layers.forward(s, pool, p0, n, self.eps);
-            // Logits of this chunk's tokens at or after `first_row`.
+            // Logits of this chunk's tokens at or after `first_row`: the last block carries
+            // only those through.
             let lo = first_row.max(c * BATCH);
             let hi = c * BATCH + n;
+            self.layers
+                .forward(s, pool, (p0, n, hi.saturating_sub(lo)), self.eps);
             if lo < hi {
                 let m = hi - lo;
                 let skip = lo - c * BATCH;

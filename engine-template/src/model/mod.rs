@@ -6,7 +6,7 @@ pub mod llama;
 use crate::dtype::WeightType;
 use crate::error::{EngineError, Result};
 use crate::kernels::act8::ActQ8;
-use crate::kernels::Isa;
+use crate::kernels::{Isa, Widen};
 use crate::pool::{shard, Pool, SyncSlice};
 
 /// Rows a thread's share of a GEMV is rounded to (16 f32 outputs: a whole cache line).
@@ -260,53 +260,28 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
             let tok = |i: usize| &x[i * COLS..(i + 1) * COLS];
             for r0 in (a..b).step_by(4) {
                 let rows = (b - r0).min(4);
-                if W::as_f32(self.row(r0)).is_none() {
-                    for (i, w) in wbuf.iter_mut().enumerate().take(rows) {
-                        W::to_f32(self.row(r0 + i), w);
-                    }
-                }
-                let wrow = |i: usize| W::as_f32(self.row(r0 + i)).unwrap_or(&wbuf[i]);
                 // SAFETY: element (i, r) belongs to the thread owning row r alone.
                 let put =
                     |i: usize, r: usize, v: f32| unsafe { ys.range(i * ROWS + r0 + r, 1)[0] = v };
-                let mut i = 0;
-                if rows == 4 {
-                    let ws = [wrow(0), wrow(1), wrow(2), wrow(3)];
-                    // The tiles run from L1/L2 (weights widened, tokens reused): meanwhile
-                    // the next four rows are fetched from memory, a slice per tile, so the
-                    // widening below does not stall on them. All at once (36+ lines) was
-                    // no faster; spread over the tiles, fp32's prefill gained 17%.
-                    let next = &self.data
-                        [(r0 + 4).min(b) * Self::ROW_ELEMS..(r0 + 8).min(b) * Self::ROW_ELEMS];
-                    let per = next.len().div_ceil((n / 3).max(1)).max(1);
-                    let mut chunks = next.chunks(per);
-                    // Tiles of `$t` tokens (tokens `i + $j`) while `$end` are left.
-                    macro_rules! tiles {
-                        ($t:literal, $end:expr, $dot:path, [$($j:literal),*]) => {
-                            while i + $t <= $end {
-                                if let Some(c) = chunks.next() {
-                                    crate::kernels::prefetch(c);
-                                }
-                                let out = $dot(isa, ws, [$(tok(i + $j)),*]);
-                                for (r, row) in out.iter().enumerate() {
-                                    for (j, &v) in row.iter().enumerate() {
-                                        put(i + j, r, v);
-                                    }
-                                }
-                                i += $t;
-                            }
-                        };
-                    }
-                    // A token left over by the 4 x 3 tiles would run alone, its dot product
-                    // at two loads an FMA: two 4 x 2 tiles take the last four instead (16
-                    // tokens: 4 x 3 + 2 x 2, not 5 x 3 + 1: fp32's first token 1.7 ms sooner, bf16's 2).
-                    let by3 = if n % 3 == 1 && n > 1 { n - 4 } else { n };
-                    tiles!(3, by3, crate::kernels::dot4x3_f32, [0, 1, 2]);
-                    tiles!(2, n, crate::kernels::dot4x2_f32, [0, 1]);
+                // The next four rows, fetched from memory while these run from L1/L2.
+                let next = &self.data
+                    [(r0 + 4).min(b) * Self::ROW_ELEMS..(r0 + 8).min(b) * Self::ROW_ELEMS];
+                if let Some(w0) = (rows == 4).then(|| W::tile_row(self.row(r0))).flatten() {
+                    let row = |k: usize| W::tile_row(self.row(r0 + k)).expect("every row tiles");
+                    tiles(isa, [w0, row(1), row(2), row(3)], n, tok, next, put);
+                    continue;
                 }
-                for i in i..n {
-                    for r in 0..rows {
-                        put(i, r, crate::kernels::dot_f32(isa, wrow(r), tok(i)));
+                for (i, w) in wbuf.iter_mut().enumerate().take(rows) {
+                    W::to_f32(self.row(r0 + i), w);
+                }
+                if rows == 4 {
+                    let ws = [&wbuf[0][..], &wbuf[1], &wbuf[2], &wbuf[3]];
+                    tiles(isa, ws, n, tok, next, put);
+                    continue;
+                }
+                for i in 0..n {
+                    for (r, w) in wbuf.iter().enumerate().take(rows) {
+                        put(i, r, crate::kernels::dot_f32(isa, w, tok(i)));
                     }
                 }
             }
@@ -315,6 +290,54 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
 
     pub fn row(&self, r: usize) -> &'static [W::Elem] {
         &self.data[r * Self::ROW_ELEMS..(r + 1) * Self::ROW_ELEMS]
+    }
+}
+
+/// Four weight rows `ws` against the `n` tokens `tok(i)` of a batched GEMM, in 4-row by 3-token
+/// tiles (a pair left runs 4 x 2), so each token's activations are read once per four rows;
+/// `put(i, r, v)` takes token `i`'s dot with row `r`. The rows run from L1/L2 (widened copies,
+/// or rows read in place and widened in registers): meanwhile `next` is fetched from memory, a
+/// slice per tile. All at once (36+ lines) was no faster; spread over the tiles, fp32's prefill
+/// gained 17%.
+fn tiles<'x, E: Widen>(
+    isa: crate::kernels::Isa,
+    ws: [&[E]; 4],
+    n: usize,
+    tok: impl Fn(usize) -> &'x [f32],
+    next: &[impl Sized],
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    let per = next.len().div_ceil((n / 3).max(1)).max(1);
+    let mut chunks = next.chunks(per);
+    let mut i = 0;
+    // Tiles of `$t` tokens (tokens `i + $j`) while `$end` are left.
+    macro_rules! run {
+        ($t:literal, $end:expr, $dot:path, [$($j:literal),*]) => {
+            while i + $t <= $end {
+                if let Some(c) = chunks.next() {
+                    crate::kernels::prefetch(c);
+                }
+                let out = $dot(isa, ws, [$(tok(i + $j)),*]);
+                for (r, row) in out.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        put(i + j, r, v);
+                    }
+                }
+                i += $t;
+            }
+        };
+    }
+    // A token left over by the 4 x 3 tiles would run alone, its dot product at two loads an
+    // FMA: two 4 x 2 tiles take the last four instead (16 tokens: 4 x 3 + 2 x 2, not 5 x 3 + 1:
+    // fp32's first token 1.7 ms sooner, bf16's 2).
+    let by3 = if n % 3 == 1 && n > 1 { n - 4 } else { n };
+    run!(3, by3, crate::kernels::dot4x3, [0, 1, 2]);
+    run!(2, n, crate::kernels::dot4x2, [0, 1]);
+    // One token (only when `n` is 1).
+    for i in i..n {
+        for (r, w) in ws.iter().enumerate() {
+            put(i, r, crate::kernels::reference::dot_widen_ref(w, tok(i)));
+        }
     }
 }
 

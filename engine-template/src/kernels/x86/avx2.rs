@@ -5,7 +5,7 @@
 //! widen bf16/f16 in registers so only 2 bytes a weight cross the memory bus.
 
 use super::{exp_ps, hmax_ps, hsum_ps, load_bf16x8, load_f16x8};
-use crate::kernels::{prefetch_row, reference, KvElem};
+use crate::kernels::{prefetch_row, reference, KvElem, Widen};
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -123,12 +123,12 @@ widen_avx2!(widen_f16_avx2, f16, load_f16x8, reference::widen_f16_ref);
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4x2_avx2<E: Widen>(w: [&[E]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     let n = x[0].len();
     assert!(
         x[1].len() == n && w.iter().all(|w| w.len() == n),
-        "dot4x2_f32_avx2: lengths differ"
+        "dot4x2_avx2: lengths differ"
     );
     let (wp, xp) = (w.map(|w| w.as_ptr()), x.map(|x| x.as_ptr()));
     // Eight named accumulators: an array of them, read after the loop, stayed on the stack and
@@ -139,16 +139,16 @@ pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     let mut i = 0;
     while i + 8 <= n {
         let (x0, x1) = (_mm256_loadu_ps(xp[0].add(i)), _mm256_loadu_ps(xp[1].add(i)));
-        let w0 = _mm256_loadu_ps(wp[0].add(i));
+        let w0 = E::load8(wp[0].add(i));
         a00 = _mm256_fmadd_ps(w0, x0, a00);
         a01 = _mm256_fmadd_ps(w0, x1, a01);
-        let w1 = _mm256_loadu_ps(wp[1].add(i));
+        let w1 = E::load8(wp[1].add(i));
         a10 = _mm256_fmadd_ps(w1, x0, a10);
         a11 = _mm256_fmadd_ps(w1, x1, a11);
-        let w2 = _mm256_loadu_ps(wp[2].add(i));
+        let w2 = E::load8(wp[2].add(i));
         a20 = _mm256_fmadd_ps(w2, x0, a20);
         a21 = _mm256_fmadd_ps(w2, x1, a21);
-        let w3 = _mm256_loadu_ps(wp[3].add(i));
+        let w3 = E::load8(wp[3].add(i));
         a30 = _mm256_fmadd_ps(w3, x0, a30);
         a31 = _mm256_fmadd_ps(w3, x1, a31);
         i += 8;
@@ -161,12 +161,12 @@ pub unsafe fn dot4x2_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4x3_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot4x3_avx2<E: Widen>(w: [&[E]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
     let n = x[0].len();
     assert!(
         x.iter().all(|x| x.len() == n) && w.iter().all(|w| w.len() == n),
-        "dot4x3_f32_avx2: lengths differ"
+        "dot4x3_avx2: lengths differ"
     );
     let (wp, xp) = (w.map(|w| w.as_ptr()), x.map(|x| x.as_ptr()));
     let z = _mm256_setzero_ps();
@@ -180,7 +180,7 @@ pub unsafe fn dot4x3_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
         // One row's vector at a time, into its three accumulators.
         macro_rules! row {
             ($r:literal, $a0:ident, $a1:ident, $a2:ident) => {
-                let w = _mm256_loadu_ps(wp[$r].add(i));
+                let w = E::load8(wp[$r].add(i));
                 $a0 = _mm256_fmadd_ps(w, x0, $a0);
                 $a1 = _mm256_fmadd_ps(w, x1, $a1);
                 $a2 = _mm256_fmadd_ps(w, x2, $a2);
@@ -204,16 +204,16 @@ pub unsafe fn dot4x3_f32_avx2(w: [&[f32]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
 /// The 4 x `T` tiles' results: each accumulator's horizontal sum plus the elements from `i`
 /// on, past the last whole vector.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_sums<const T: usize>(
+unsafe fn tile_sums<E: Widen, const T: usize>(
     sums: [[__m256; T]; 4],
-    w: [&[f32]; 4],
+    w: [&[E]; 4],
     x: [&[f32]; T],
     i: usize,
 ) -> [[f32; T]; 4] {
     let mut out = [[0.0f32; T]; 4];
     for (r, (o, s)) in out.iter_mut().zip(sums).enumerate() {
         for (t, (o, s)) in o.iter_mut().zip(s).enumerate() {
-            *o = hsum_ps(s) + reference::dot_f32_ref(&w[r][i..], &x[t][i..]);
+            *o = hsum_ps(s) + reference::dot_widen_ref(&w[r][i..], &x[t][i..]);
         }
     }
     out
@@ -613,7 +613,7 @@ impl QkBlock for b::BlockQ5_1 {
 /// A 32-weight block widened to 32 f32 at `out`, with the reference's operations in its order
 /// (`d * (q - 8)`, `q * d + m`, ...: a multiply, then an add, no FMA), so the result is
 /// bit-identical to `blocks::dequant_*_ref`. The batched GEMM widens every weight row this way.
-trait Widen {
+trait WidenBlock {
     unsafe fn widen(&self, out: *mut f32);
 }
 
@@ -629,7 +629,7 @@ macro_rules! store4 {
     }};
 }
 
-impl Widen for b::BlockQ4_0 {
+impl WidenBlock for b::BlockQ4_0 {
     #[inline(always)]
     unsafe fn widen(&self, out: *mut f32) {
         let (q, d) = (q4_quants(&self.qs), _mm256_set1_ps(f16_to_f32(self.d)));
@@ -638,7 +638,7 @@ impl Widen for b::BlockQ4_0 {
     }
 }
 
-impl Widen for b::BlockQ4_1 {
+impl WidenBlock for b::BlockQ4_1 {
     #[inline(always)]
     unsafe fn widen(&self, out: *mut f32) {
         let (q, d) = (q4_quants(&self.qs), _mm256_set1_ps(f16_to_f32(self.d)));
@@ -647,7 +647,7 @@ impl Widen for b::BlockQ4_1 {
     }
 }
 
-impl Widen for b::BlockQ5_0 {
+impl WidenBlock for b::BlockQ5_0 {
     #[inline(always)]
     unsafe fn widen(&self, out: *mut f32) {
         let (q, d) = (
@@ -659,7 +659,7 @@ impl Widen for b::BlockQ5_0 {
     }
 }
 
-impl Widen for b::BlockQ5_1 {
+impl WidenBlock for b::BlockQ5_1 {
     #[inline(always)]
     unsafe fn widen(&self, out: *mut f32) {
         let (q, d) = (
@@ -671,7 +671,7 @@ impl Widen for b::BlockQ5_1 {
     }
 }
 
-impl Widen for b::BlockQ8_0 {
+impl WidenBlock for b::BlockQ8_0 {
     #[inline(always)]
     unsafe fn widen(&self, out: *mut f32) {
         let (q, _, _) = self.decode();
@@ -682,7 +682,7 @@ impl Widen for b::BlockQ8_0 {
 
 macro_rules! dequant_avx2 {
     ($name:ident, $block:ty) => {
-        /// Widens blocks to f32, bit-identical to the reference (see `Widen`).
+        /// Widens blocks to f32, bit-identical to the reference (see `WidenBlock`).
         ///
         /// # Safety
         /// The CPU must support AVX2, FMA and F16C.

@@ -8,7 +8,7 @@
 //! 2·128·127 < 2^15 (llama.cpp's trick). Even and odd blocks use separate accumulators
 //! ([`pairs`]) so the FMA chain is not the loop's critical path.
 
-use super::{f16_to_f32, hsum_ps, load_f16x8};
+use super::{f16_to_f32, hsum_ps, load_f16x8, load_u8x8};
 use crate::kernels::act8::{ActQ8, QK8};
 use crate::kernels::blocks::{
     get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
@@ -607,8 +607,8 @@ impl RowQ8 for Q4KRow<'_> {
         ];
         let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
         (
-            _mm256_mul_ps(u8x8_ps(scales.as_ptr() as *const u8), _mm256_set1_ps(d)),
-            _mm256_mul_ps(u8x8_ps(mins.as_ptr() as *const u8), _mm256_set1_ps(-dmin)),
+            _mm256_mul_ps(load_u8x8(scales.as_ptr() as *const u8), _mm256_set1_ps(d)),
+            _mm256_mul_ps(load_u8x8(mins.as_ptr() as *const u8), _mm256_set1_ps(-dmin)),
         )
     }
     #[inline(always)]
@@ -814,12 +814,6 @@ struct Int4G32<'a> {
     qs: &'a [u8],
 }
 
-/// 8 bytes at `p` widened to 8 f32 lanes.
-#[inline(always)]
-unsafe fn u8x8_ps(p: *const u8) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-}
-
 /// Two groups' codes (`lo`, `hi`, as [`RowQ8::pair`] gives them) against one token's pair of
 /// activation blocks at `xp` (as [`ActQ8::pairs`] lays them out): the pair sums of both
 /// `vpmaddubsw`, weighted by `w16` in `vpmaddwd`, as 8 f32 lanes (the first group's in 0-3).
@@ -853,9 +847,9 @@ impl RowQ8 for Int4G32<'_> {
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
         (
-            u8x8_ps(self.scales.as_ptr().add(k)),
+            load_u8x8(self.scales.as_ptr().add(k)),
             _mm256_mul_ps(
-                u8x8_ps(self.mins.as_ptr().add(k)),
+                load_u8x8(self.mins.as_ptr().add(k)),
                 _mm256_set1_ps(-self.dmin),
             ),
         )

@@ -73,6 +73,24 @@ pub unsafe fn exp_ps(x: __m256) -> __m256 {
     _mm256_mul_ps(e, _mm256_castsi256_ps(pow2))
 }
 
+/// 8 f32 at `p` (the [`crate::kernels::Widen`] of f32 rows).
+///
+/// # Safety
+/// The CPU must support AVX, and `p` must point to 8 readable elements.
+#[inline(always)]
+pub unsafe fn load_f32x8(p: *const f32) -> __m256 {
+    _mm256_loadu_ps(p)
+}
+
+/// 8 bytes at `p` widened to 8 f32 lanes (int8 codes, unsigned).
+///
+/// # Safety
+/// The CPU must support AVX2, and `p` must point to 8 readable bytes.
+#[inline(always)]
+pub unsafe fn load_u8x8(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+}
+
 /// 8 bf16 at `p` widened to f32: bf16 is the upper half of an f32, so zero-extend and shift.
 ///
 /// # Safety
