@@ -219,12 +219,13 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
     /// More run as a GEMM, the weights crossing the memory bus once per batch. Where the type
     /// has a batched 8-bit kernel ([`WeightType::GEMM_Q8`]) and `q` is given, each thread takes
     /// its rows [`Self::Q8_CHUNK`] at a time (L1-resident) and hands them to the kernel with
-    /// [`Q8_TILE`] tokens at a time (ADR 18). Otherwise each thread widens
-    /// four of its weight rows at a time into f32 scratch on its stack (L1/L2-resident; f32
-    /// rows are read in place), then runs 4-row by 3-token tiles over every token (a pair
-    /// left runs 4 x 2), so each token's activations are read once per four rows, prefetching
-    /// the next four rows as the tiles run. 4 x 3 over 4 x 2: int8w's prefill +25%, fp32's
-    /// +3% (paired A/B, 14-token prompt, two threads).
+    /// [`Q8_TILE`] tokens at a time (ADR 18). Otherwise each thread takes four of its weight
+    /// rows at a time: float rows (f32, bf16, f16) are read in place and widened in registers
+    /// by the tiles ([`WeightType::tile_row`]; bf16's first token 1 ms sooner than from a
+    /// widened copy), other types are widened into f32 scratch on its stack first
+    /// (L1/L2-resident); then 4-row by 3-token tiles run over every token ([`tiles`]), so each
+    /// token's activations are read once per four rows. 4 x 3 over 4 x 2: int8w's prefill
+    /// +25%, fp32's +3% (paired A/B, 14-token prompt, two threads).
     pub fn matmul(&self, pool: &Pool, n: usize, x: &[f32], q: Option<&[ActQ8]>, y: &mut [f32]) {
         if n == 1 {
             let a = Acts {
