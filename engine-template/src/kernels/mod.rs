@@ -292,8 +292,8 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// An element that widens to f32: the KV cache's (f32, f16) and the weight rows the prefill
-/// tiles read in place (f32, bf16, f16, int8 codes: [`dot4x3`]).
+/// An element that widens to f32: the KV cache's (f32, f16) and the float weight rows the
+/// prefill tiles read in place (f32, bf16, f16: [`dot4x3`]).
 pub trait Widen: bytemuck::Pod + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// Eight elements from `p`, widened to f32 lanes.
@@ -322,7 +322,6 @@ macro_rules! widen {
 widen!(f32, std::convert::identity, x86::load_f32x8);
 widen!(f16, f16::to_f32, x86::load_f16x8);
 widen!(half::bf16, half::bf16::to_f32, x86::load_bf16x8);
-widen!(u8, f32::from, x86::load_u8x8);
 
 /// An element of the KV cache: f32, or f16 as llama.cpp keeps it by default (ADR 36).
 pub trait KvElem: Widen {

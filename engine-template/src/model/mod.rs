@@ -301,7 +301,7 @@ impl<W: WeightType, const ROWS: usize, const COLS: usize> Mat<W, ROWS, COLS> {
 /// slice per tile. All at once (36+ lines) was no faster; spread over the tiles, fp32's prefill
 /// gained 17%.
 fn tiles<'x, E: Widen>(
-    isa: crate::kernels::Isa,
+    isa: Isa,
     ws: [&[E]; 4],
     n: usize,
     tok: impl Fn(usize) -> &'x [f32],
