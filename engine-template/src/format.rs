@@ -481,10 +481,7 @@ impl<'a> TokenDigest<'a> {
         let mut pairs = vec![];
         for m in &merges {
             let (a, b) = match m {
-                Value::String(s) => match s.split(' ').collect::<Vec<_>>()[..] {
-                    [a, b] => (a, b),
-                    _ => return None,
-                },
+                Value::String(s) => split_merge(s)?,
                 Value::Array(p) if p.len() == 2 => (p[0].as_str()?, p[1].as_str()?),
                 _ => return None,
             };
@@ -593,6 +590,15 @@ fn take_u32(r: &mut &[u8]) -> Option<u32> {
 fn take_bytes<'b>(r: &mut &'b [u8]) -> Option<&'b [u8]> {
     let n = u16::from_le_bytes(take(r, 2)?.try_into().ok()?) as usize;
     take(r, n)
+}
+
+/// The two tokens of a merge rule in its older form, `"a b"`.
+pub fn split_merge(s: &str) -> Option<(&str, &str)> {
+    let mut parts = s.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), None) => Some((a, b)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

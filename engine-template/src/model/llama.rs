@@ -335,8 +335,7 @@ impl_for_layer_types! {
             let isa = kernels::isa();
             let half = HEAD_DIM / 2;
             assert!(keep <= n, "block {l}: keeps {keep} of {n} tokens");
-            // Decode keeps its one token.
-            let (skip, m) = if n == 1 { (0, 1) } else { (n - keep, keep) };
+            let (skip, m) = (n - keep, keep);
 
             // Attention: rmsnorm, q/k/v projections, rope, cache, scaled-dot-product, output.
             rmsnorm_rows(&s.x[..n * DIM], self.attn_norm, eps, &mut s.xb[..n * DIM]);

@@ -477,11 +477,8 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Merge<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
         fn split<E: serde::de::Error>(s: &str) -> std::result::Result<(&str, &str), E> {
-            let mut parts = s.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), None) => Ok((a, b)),
-                _ => Err(E::custom(format!("merge {s:?} is not two tokens"))),
-            }
+            crate::format::split_merge(s)
+                .ok_or_else(|| E::custom(format!("merge {s:?} is not two tokens")))
         }
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
             type Value = Merge<'a>;

@@ -4,7 +4,7 @@
 //! four independent accumulators (32 floats a step) so FMA latency never stalls the stream, and
 //! widen bf16/f16 in registers so only 2 bytes a weight cross the memory bus.
 
-use super::{exp_ps, hmax_ps, hsum_ps, load_bf16x8, load_f16x8};
+use super::{exp_ps, hmax_ps, hsum_ps, load_bf16x8, load_f16x8, load_f32x8};
 use crate::kernels::{prefetch_row, reference, KvElem, Widen};
 use half::{bf16, f16};
 use std::arch::x86_64::*;
@@ -39,11 +39,6 @@ macro_rules! dot_avx2 {
             hsum_ps(sum) + $tail(&w[i..], &x[i..])
         }
     };
-}
-
-#[inline(always)]
-unsafe fn load_f32x8(p: *const f32) -> __m256 {
-    _mm256_loadu_ps(p)
 }
 
 dot_avx2!(dot_f32_avx2, f32, load_f32x8, reference::dot_f32_ref);
@@ -122,7 +117,7 @@ widen_avx2!(widen_f16_avx2, f16, load_f16x8, reference::widen_f16_ref);
 /// (a 1 x 4 tile re-read them for every row and ran out of loads before FMAs).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot4x2_avx2<E: Widen>(w: [&[E]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 4] {
     let n = x[0].len();
@@ -160,7 +155,7 @@ pub unsafe fn dot4x2_avx2<E: Widen>(w: [&[E]; 4], x: [&[f32]; 2]) -> [[f32; 2]; 
 /// one row's vector fill the sixteen registers; 7 loads feed 12 FMAs (the 4 x 2 tile: 6 for 8).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot4x3_avx2<E: Widen>(w: [&[E]; 4], x: [&[f32]; 3]) -> [[f32; 3]; 4] {
     let n = x[0].len();

@@ -82,7 +82,7 @@ pub unsafe fn load_f32x8(p: *const f32) -> __m256 {
     _mm256_loadu_ps(p)
 }
 
-/// 8 bytes at `p` widened to 8 f32 lanes (unsigned: int4 group scales and mins).
+/// 8 bytes at `p` widened to 8 f32 lanes (unsigned: the group scales and mins of int4 and Q4_K).
 ///
 /// # Safety
 /// The CPU must support AVX2, and `p` must point to 8 readable bytes.
