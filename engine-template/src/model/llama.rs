@@ -148,6 +148,14 @@ impl KvCache {
             false => KvCache::F32(Zeroed::new(len), Zeroed::new(len)),
         }
     }
+
+    /// The keys' and values' bytes, and the bytes of an element.
+    fn bytes(&self) -> (&[u8], &[u8], usize) {
+        match self {
+            KvCache::F32(k, v) => (k.bytes(), v.bytes(), 4),
+            KvCache::F16(k, v) => (k.bytes(), v.bytes(), 2),
+        }
+    }
 }
 
 macro_rules! impl_for_layer_types {
@@ -343,7 +351,19 @@ impl_for_layer_types! {
                 // Decode: q, k and v in one pool dispatch, on activations quantized once.
                 let a = Acts::new(isa, &s.xb[..DIM], Q::ACT8 || K::ACT8 || V::ACT8, &mut s.xq);
                 let (q, k, v) = (SyncSlice::new(&mut s.q), SyncSlice::new(&mut s.k), SyncSlice::new(&mut s.v));
+                let ((kc, vc, es), ctx) = (s.kv.bytes(), s.ctx);
                 pool.broadcast(&|t, nt| {
+                    // The keys and values of the positions this thread will attend over (as
+                    // `attention` shards them), asked for now so they arrive while the projections
+                    // stream: the weights of the other layers evict them every token, and
+                    // attention then waited on them (ADR 42).
+                    let (p0, p1) = shard(pos + 1, t, nt, ATT_GRAIN);
+                    for g in 0..KV_HEADS {
+                        let head = ((l * KV_HEADS + g) * ctx) * HEAD_DIM * es;
+                        let span = head + p0 * HEAD_DIM * es..head + p1 * HEAD_DIM * es;
+                        kernels::prefetch(&kc[span.clone()]);
+                        kernels::prefetch(&vc[span]);
+                    }
                     self.wq.gemv_part(isa, a, t, nt, &q);
                     self.wk.gemv_part(isa, a, t, nt, &k);
                     self.wv.gemv_part(isa, a, t, nt, &v);

@@ -75,11 +75,18 @@ impl<T: bytemuck::Pod> Zeroed<T> {
     }
 }
 
+impl<T> Zeroed<T> {
+    /// The elements' bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[..self.len * std::mem::size_of::<T>()]
+    }
+}
+
 impl<T: bytemuck::Pod> std::ops::Deref for Zeroed<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         // The map is page-aligned and holds at least `len` elements.
-        bytemuck::cast_slice(&self.map[..self.len * std::mem::size_of::<T>()])
+        bytemuck::cast_slice(self.bytes())
     }
 }
 
