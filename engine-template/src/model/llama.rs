@@ -129,7 +129,7 @@ pub struct LlamaState {
     logits: Vec<f32>,    // [tokens asked for, VOCAB]
     xq: ActQ8,           // one token's activations in 8 bits, [max(DIM, Q_DIM, INTER)]
     xqs: Vec<ActQ8>,     // [BATCH] tokens' activations in 8 bits, each as `xq`
-    att_parts: Vec<f32>, // [threads, Q_DIM + 2 * HEADS] attention's parts, merged per token
+    att_parts: Vec<f32>, // per thread: decode's parts (Q_DIM + 2 * HEADS), or prefill's scratch
     ctx: usize,
 }
 
@@ -232,55 +232,56 @@ impl_for_layer_types! {
             let layer = l * ctx * KV_DIM..(l + 1) * ctx * KV_DIM;
             let (layer_k, layer_v) = (&kc[layer.clone()], &vc[layer]);
             let scale = 1.0 / (HEAD_DIM as f32).sqrt();
-            let nt = pool.threads();
             // The queries are those of tokens skip..n.
             let (pos, n) = (pos + skip, n - skip);
             if n > 1 {
                 return Self::attention_batch(isa, pool, (layer_k, layer_v), (q_all, att_parts, att_out), (ctx, pos, n), scale);
             }
-            // One thread's share: every head's unnormalized output, then its (max, sum) pairs.
-            let part = Q_DIM + 2 * HEADS;
+            if n == 0 {
+                return;
+            }
+            // One token (decode). One thread's share: every head's unnormalized output, then its
+            // (max, sum) pairs.
+            let (nt, part) = (pool.threads(), Q_DIM + 2 * HEADS);
             if att_parts.len() < nt * part {
                 att_parts.resize(nt * part, 0.0);
             }
-            for i in 0..n {
-                // Token i sees positions 0..=pos + i (causal).
-                let (seen, q) = (pos + i + 1, &q_all[i * Q_DIM..(i + 1) * Q_DIM]);
-                let (scores, parts) = (SyncSlice::new(scores), SyncSlice::new(att_parts));
-                // Each thread takes a contiguous share of the positions, for every head, and the
-                // shares are merged below. Sharded by heads instead, 9 heads gave one thread 5 and
-                // the other 4, and the threads both read the rows of the key-value head they shared.
-                pool.broadcast(&|t, nt| {
-                    let (p0, p1) = shard(seen, t, nt, ATT_GRAIN);
-                    // SAFETY: part `t` of the scratch, and the scores of positions p0..p1 (every
-                    // head's, `HEADS * p0..HEADS * p1`), are this thread's alone.
-                    let (outs, max_sum) = unsafe { parts.range(t * part, part) }.split_at_mut(Q_DIM);
-                    let sc = unsafe { scores.range(HEADS * p0, HEADS * (p1 - p0)) };
-                    // The query heads that share a key-value head (h0..h1) go together.
-                    let m = p1 - p0;
-                    for g in 0..KV_HEADS {
-                        let (h0, h1) = (g * (HEADS / KV_HEADS), (g + 1) * (HEADS / KV_HEADS));
-                        // Head-major cache (ADR 35): head `g`'s keys are `layer_k[g * ctx * HEAD_DIM..]`.
-                        let first = (g * ctx + p0) * HEAD_DIM;
-                        kernels::attend(
-                            isa,
-                            &q[h0 * HEAD_DIM..h1 * HEAD_DIM],
-                            (&layer_k[first..], &layer_v[first..]),
-                            (HEAD_DIM, 0),
-                            scale,
-                            &mut sc[h0 * m..h1 * m],
-                            &mut outs[h0 * HEAD_DIM..h1 * HEAD_DIM],
-                            &mut max_sum[2 * h0..2 * h1],
-                        );
-                    }
-                });
-                let parts = &att_parts[..nt * part];
-                for (h, out_h) in att_out[i * Q_DIM..(i + 1) * Q_DIM].chunks_exact_mut(HEAD_DIM).enumerate() {
-                    let each = parts
-                        .chunks_exact(part)
-                        .map(|p| (p[Q_DIM + 2 * h], p[Q_DIM + 2 * h + 1], &p[h * HEAD_DIM..(h + 1) * HEAD_DIM]));
-                    r::merge_attention_ref(each, out_h);
+            // The token sees positions 0..=pos (causal).
+            let (seen, q) = (pos + 1, &q_all[..Q_DIM]);
+            let (scores, parts) = (SyncSlice::new(scores), SyncSlice::new(att_parts));
+            // Each thread takes a contiguous share of the positions, for every head, and the
+            // shares are merged below. Sharded by heads instead, 9 heads gave one thread 5 and
+            // the other 4, and the threads both read the rows of the key-value head they shared.
+            pool.broadcast(&|t, nt| {
+                let (p0, p1) = shard(seen, t, nt, ATT_GRAIN);
+                // SAFETY: part `t` of the scratch, and the scores of positions p0..p1 (every
+                // head's, `HEADS * p0..HEADS * p1`), are this thread's alone.
+                let (outs, max_sum) = unsafe { parts.range(t * part, part) }.split_at_mut(Q_DIM);
+                let sc = unsafe { scores.range(HEADS * p0, HEADS * (p1 - p0)) };
+                // The query heads that share a key-value head (h0..h1) go together.
+                let m = p1 - p0;
+                for g in 0..KV_HEADS {
+                    let (h0, h1) = (g * (HEADS / KV_HEADS), (g + 1) * (HEADS / KV_HEADS));
+                    // Head-major cache (ADR 35): head `g`'s keys are `layer_k[g * ctx * HEAD_DIM..]`.
+                    let first = (g * ctx + p0) * HEAD_DIM;
+                    kernels::attend(
+                        isa,
+                        &q[h0 * HEAD_DIM..h1 * HEAD_DIM],
+                        (&layer_k[first..], &layer_v[first..]),
+                        (HEAD_DIM, 0),
+                        scale,
+                        &mut sc[h0 * m..h1 * m],
+                        &mut outs[h0 * HEAD_DIM..h1 * HEAD_DIM],
+                        &mut max_sum[2 * h0..2 * h1],
+                    );
                 }
+            });
+            let parts = &att_parts[..nt * part];
+            for (h, out_h) in att_out[..Q_DIM].chunks_exact_mut(HEAD_DIM).enumerate() {
+                let each = parts
+                    .chunks_exact(part)
+                    .map(|p| (p[Q_DIM + 2 * h], p[Q_DIM + 2 * h + 1], &p[h * HEAD_DIM..(h + 1) * HEAD_DIM]));
+                r::merge_attention_ref(each, out_h);
             }
         }
 
@@ -338,7 +339,7 @@ impl_for_layer_types! {
         /// Block `l` on the `n` tokens in `s` at positions `pos..pos + n`:
         /// `x += attn(norm(x)); x += mlp(norm(x))`. Only the last `keep` tokens' rows of `x` are
         /// carried through; the others give their keys and values to the cache alone (the last
-        /// block, where only the last token's logits are wanted, as llama.cpp skips them).
+        /// block, where only the tokens whose logits are wanted go on, as llama.cpp skips them).
         pub fn forward(&self, l: usize, s: &mut LlamaState, pool: &Pool, (pos, n, keep): (usize, usize, usize), eps: f32) {
             let isa = kernels::isa();
             let half = HEAD_DIM / 2;
@@ -567,12 +568,10 @@ impl<
             // Logits of this chunk's tokens at or after `first_row`: the last block carries
             // only those through.
             let lo = first_row.max(c * BATCH);
-            let hi = c * BATCH + n;
-            self.layers
-                .forward(s, pool, (p0, n, hi.saturating_sub(lo)), self.eps);
-            if lo < hi {
-                let m = hi - lo;
-                let skip = lo - c * BATCH;
+            let m = (c * BATCH + n).saturating_sub(lo);
+            self.layers.forward(s, pool, (p0, n, m), self.eps);
+            if m > 0 {
+                let skip = n - m;
                 rmsnorm_rows(
                     &s.x[skip * DIM..n * DIM],
                     self.norm,

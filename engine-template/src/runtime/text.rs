@@ -89,7 +89,7 @@ impl<'a> TokenizerLoad<'a> {
             Some(d) => serde_json::from_str::<Doc>(d.rest),
             None => serde_json::from_slice::<Doc>(json),
         };
-        let Some((mut model, mut doc)) = doc
+        let Some((model, mut doc)) = doc
             .ok()
             .and_then(|d| Some((d.model.filter(|m| m.kind == "BPE")?, d.rest)))
         else {
@@ -125,10 +125,7 @@ impl<'a> TokenizerLoad<'a> {
                         .map(|m| m.map(|(a, b)| (a.to_owned(), b.to_owned())))
                         .collect::<Option<_>>()
                         .ok_or_else(damaged_merges)?,
-                    None => std::mem::take(&mut model.merges)
-                        .into_iter()
-                        .map(Merge::owned)
-                        .collect(),
+                    None => model.merges.into_iter().map(Merge::owned).collect(),
                 };
                 (vocab, merges, None)
             }

@@ -232,8 +232,9 @@ const HUGE_PAGE: usize = 2 << 20;
 
 /// `blob` copied into anonymous memory backed by transparent huge pages, on the pool's
 /// threads, each slice of the source given back to the page cache once copied so the process
-/// never holds both (ADR 31). `None` where the kernel gives no huge pages on request, or for a
-/// blob under one huge page: the copy would only cost.
+/// never holds both (ADR 31). `None` where the kernel gives no huge pages on request, for a
+/// blob under one huge page, or where huge pages of the page cache already map most of it
+/// (ADR 39): the copy would only cost.
 pub fn into_huge_pages(blob: &'static [u8], pool: &crate::pool::Pool) -> Option<&'static [u8]> {
     #[cfg(target_os = "linux")]
     {
