@@ -20,7 +20,7 @@ use common::values;
 
 fn gemvs(c: &mut Criterion) {
     let isa = isa();
-    for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
+    for (rows, cols) in [(1536usize, 576usize), (576, 1536), (128, 576)] {
         let w = values(rows * cols, 1);
         let x = values(cols, 2);
         let mut y = vec![0.0f32; rows];
@@ -36,6 +36,15 @@ fn gemvs(c: &mut Criterion) {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
                 act8::gemv_int4_q8(isa, 32, &i4, &xq, &mut y)
+            })
+        });
+
+        let mut lanes = i4.clone();
+        int::int4_to_lanes(&mut lanes, cols);
+        g.bench_function("int4_g32 lanes q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                act8::gemv_int4_lanes_q8(isa, black_box(&lanes), &xq, &mut y)
             })
         });
 

@@ -343,6 +343,87 @@ fn int4_gemv_every_isa_matches_reference() {
     }
 }
 
+#[test]
+fn int4_lanes_layout_round_trips_and_gemv_matches_reference() {
+    // Runs of eight groups with and without plain-order groups after them (576 = 2 runs + 2).
+    for ng in [0usize, 1, 7, 8, 9, 16, 18, 24] {
+        for scheme in [Scheme::Asym, Scheme::Sym] {
+            let (rows, cols) = (5, 32 * ng);
+            let w = values(rows * cols, (cols + 7) as u32);
+            let plain = if cols == 0 {
+                vec![]
+            } else {
+                int::quantize_int4(&w, cols, 32, scheme, Clip::None).unwrap()
+            };
+            let mut lanes = plain.clone();
+            int::int4_to_lanes(&mut lanes, cols);
+            let mut back = lanes.clone();
+            int::int4_from_lanes(&mut back, cols);
+            assert_eq!(back, plain, "int4 lanes ng={ng} {scheme:?}: round trip");
+            let mut deq = vec![0.0f32; rows * cols];
+            if cols > 0 {
+                int::dequant_int4_ref(32, cols, &plain, &mut deq);
+            }
+            let label = format!("gemv_int4_lanes_q8 ng={ng} {scheme:?}");
+            check_every_isa(
+                &label,
+                cols,
+                if cols == 0 { 0 } else { rows },
+                &lanes,
+                &deq,
+                &|isa, w, x, y| act8::gemv_int4_lanes_q8(isa, w, x, y),
+            );
+        }
+    }
+}
+
+#[test]
+fn int4_lanes_put_each_group_in_its_own_lane() {
+    // One row of 8 groups whose weight `e` of group `j` has code `(j + e) % 16`: all 16 codes
+    // in every group and every lane.
+    let (ng, cols) = (8usize, 256usize);
+    let mut row = vec![0u8; int::int4_row_bytes(cols, 32)];
+    let qs = int::INT4_HEADER + 2 * ng;
+    let code = |j: usize, e: usize| ((j + e) % 16) as u8;
+    for j in 0..ng {
+        for b in 0..16 {
+            row[qs + 16 * j + b] = code(j, b) | code(j, b + 16) << 4;
+        }
+    }
+    int::int4_to_lanes(&mut row, cols);
+    for l in 0..4 {
+        for j in 0..8 {
+            for i in 0..4 {
+                let byte = row[qs + 32 * l + 4 * j + i];
+                let want = code(j, 8 * l + i) | code(j, 8 * l + 4 + i) << 4;
+                assert_eq!(byte, want, "int4 lanes: load {l} lane {j} byte {i}");
+            }
+        }
+    }
+    // The activations' lanes match: unit `v` of block `j` at 32 v + 4 j.
+    for isa in Isa::available() {
+        let x = quantized(isa, &activations(cols + 64, 3));
+        assert_eq!(
+            x.lanes().len(),
+            cols,
+            "{}: lanes of one whole run",
+            isa.name()
+        );
+        for v in 0..8 {
+            for j in 0..8 {
+                for i in 0..4 {
+                    assert_eq!(
+                        x.lanes()[32 * v + 4 * j + i],
+                        x.qs[32 * j + 4 * v + i],
+                        "{}: activation lanes unit {v} block {j} byte {i}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A batched kernel: raw weight bytes, several tokens, `[tokens, rows]` outputs.
 type GemmRun<'a> = dyn Fn(Isa, &[u8], &[ActQ8], &mut [f32]) + 'a;
 

@@ -37,6 +37,9 @@ pub struct ActQ8 {
     pairs: Vec<i8>,
     /// Each pair of blocks' `d` in the lanes of their pair sums ([`ActQ8::d_pairs`]).
     d_pairs: Vec<f32>,
+    /// `qs` with each run of eight blocks in the order of int4 g32 rows' lane layout
+    /// ([`ActQ8::lanes`]).
+    lanes: Vec<i8>,
 }
 
 impl ActQ8 {
@@ -76,6 +79,20 @@ impl ActQ8 {
         let pairs = self.d.chunks_exact(2);
         self.d_pairs
             .extend(pairs.flat_map(|p| [p[0], p[0], p[0], p[0], p[1], p[1], p[1], p[1]]));
+        // Each run of eight blocks as an 8 x 8 matrix of 4-byte units, transposed: unit `v` of
+        // block `j` goes to place `8 v + j`.
+        let run = int::LANE_RUN * QK8;
+        self.lanes.resize(nb / int::LANE_RUN * run, 0);
+        for (dst, src) in self
+            .lanes
+            .chunks_exact_mut(run)
+            .zip(self.qs.chunks_exact(run))
+        {
+            for (k, unit) in dst.chunks_exact_mut(4).enumerate() {
+                let (v, j) = (k / int::LANE_RUN, k % int::LANE_RUN);
+                unit.copy_from_slice(&src[j * QK8 + 4 * v..j * QK8 + 4 * v + 4]);
+            }
+        }
     }
 
     /// Activations, the number of values.
@@ -98,7 +115,18 @@ impl ActQ8 {
     /// filled by [`ActQ8::quantize`] only, and the kernels that read them check this first.
     pub fn pairs_sized(&self) -> bool {
         let np = self.len() / (2 * QK8);
-        self.pairs.len() == np * 2 * QK8 && self.d_pairs.len() == np * 8
+        let runs = self.len() / (int::LANE_RUN * QK8);
+        self.pairs.len() == np * 2 * QK8
+            && self.d_pairs.len() == np * 8
+            && self.lanes.len() == runs * int::LANE_RUN * QK8
+    }
+
+    /// The codes of each whole run of eight blocks in the order of the lane layout of int4 g32
+    /// rows ([`int::int4_to_lanes`]): 32 bytes `v` hold bytes `4 v..4 v + 4` of the eight
+    /// blocks, block `j` in 32-bit lane `j`. Trailing blocks past the last whole run are left
+    /// out.
+    pub fn lanes(&self) -> &[i8] {
+        &self.lanes
     }
 
     /// Each pair of blocks' scales in 8 lanes, as `vpmaddwd` leaves the pair sums of
@@ -308,6 +336,26 @@ pub fn gemv_int4_q8(isa: Isa, group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]) 
             super::x86::avx2_q8::gemv_int4_q8_avx2(group, w, x, y)
         },
         _ => gemv_int4_q8_ref(group, w, x, y),
+    }
+}
+
+/// Scalar reference: int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) against the
+/// dequantized activations (the rows put back in plain order, then [`gemv_int4_q8_ref`]).
+pub fn gemv_int4_lanes_q8_ref(w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    let mut plain = w.to_vec();
+    int::int4_from_lanes(&mut plain, x.len());
+    gemv_int4_q8_ref(32, &plain, x, y)
+}
+
+/// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · 8-bit activations.
+#[inline]
+pub fn gemv_int4_lanes_q8(isa: Isa, w: &[u8], x: &ActQ8, y: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::gemv_int4_lanes_q8_avx2(w, x, y) },
+        _ => gemv_int4_lanes_q8_ref(w, x, y),
     }
 }
 

@@ -404,6 +404,74 @@ pub fn dequant_int8_ref(cols: usize, w: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Groups in one run of the lane layout of int4 g32 nibbles ([`int4_to_lanes`]).
+pub const LANE_RUN: usize = 8;
+
+/// Reorders the nibbles of int4 g32 rows (`cols` weights each) into the lane layout: in each
+/// whole run of [`LANE_RUN`] groups (128 bytes), byte `32 L + 4 j + i` holds group `j`'s
+/// weights `8 L + i` (low nibble) and `8 L + 4 + i` (high nibble), so 32-bit lane `j` of each
+/// 32-byte load belongs to group `j` alone and a row's eight groups are summed in the lanes of
+/// one vector (no per-pair shuffle of scales; ADR 43). Groups past the last whole run keep the
+/// plain order (byte `b` of a group: weights `b` and `b + 16`).
+pub fn int4_to_lanes(w: &mut [u8], cols: usize) {
+    int4_lanes_map(w, cols, |run, nat| {
+        for (k, b) in run.iter_mut().enumerate() {
+            let (l, j, i) = (k / 32, k / 4 % 8, k % 4);
+            *b = nibble32(&nat[16 * j..16 * j + 16], 8 * l + i)
+                | nibble32(&nat[16 * j..16 * j + 16], 8 * l + 4 + i) << 4;
+        }
+    })
+}
+
+/// The inverse of [`int4_to_lanes`].
+pub fn int4_from_lanes(w: &mut [u8], cols: usize) {
+    int4_lanes_map(w, cols, |run, lanes| {
+        for (k, byte) in run.iter_mut().enumerate() {
+            // Byte `b` of group `j` holds weights `b` and `b + 16`; where the lanes keep them.
+            let (j, b) = (k / 16, k % 16);
+            let at = |e: usize| {
+                let byte = lanes[32 * (e / 8) + 4 * j + e % 4];
+                if e % 8 < 4 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                }
+            };
+            *byte = at(b) | at(b + 16) << 4;
+        }
+    })
+}
+
+/// Weight `e` (0..32) of one group's 16 plain-order bytes.
+fn nibble32(group: &[u8], e: usize) -> u8 {
+    let b = group[e % 16];
+    if e < 16 {
+        b & 0x0f
+    } else {
+        b >> 4
+    }
+}
+
+/// Rewrites each whole run of each g32 row's nibbles with `f(run, copy of the run)`.
+fn int4_lanes_map(w: &mut [u8], cols: usize, f: impl Fn(&mut [u8], &[u8])) {
+    if cols == 0 {
+        return;
+    }
+    let (rb, ng) = (int4_row_bytes(cols, 32), cols / 32);
+    assert!(
+        cols.is_multiple_of(32) && w.len().is_multiple_of(rb),
+        "int4 lanes: {} bytes are not whole g32 rows of {cols}",
+        w.len()
+    );
+    for row in w.chunks_exact_mut(rb) {
+        let qs = &mut row[INT4_HEADER + 2 * ng..];
+        for run in qs.chunks_exact_mut(16 * LANE_RUN) {
+            let copy: [u8; 16 * LANE_RUN] = run.try_into().expect("a whole run");
+            f(run, &copy);
+        }
+    }
+}
+
 /// Widens int4 rows of `cols` weights in groups of `group` to f32.
 pub fn dequant_int4_ref(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
     if cols == 0 {
