@@ -1,4 +1,5 @@
-//! Decode GEMVs, one thread, on SmolLM2-135M's shapes (gate/up: 1536 x 576; down: 576 x 1536):
+//! Decode GEMVs, one thread, on SmolLM2-135M's shapes (gate/up: 1536 x 576; down: 576 x 1536)
+//! and on 128 x 576, small enough to stay in L2 (what the kernel does with no memory stalls):
 //! each format with f32 activations and with 8-bit ones (activation quantization included),
 //! reported as weight bytes streamed per second; and prefill's batched 8-bit kernels on 64 rows
 //! (one chunk of `Mat::matmul`, cache-resident) against 8 tokens, reported as weights times

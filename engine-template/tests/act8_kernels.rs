@@ -2,7 +2,8 @@
 //! within half a step of its input; every GEMV agrees with its scalar reference on every ISA
 //! (lengths of 0 to 5 blocks, 0 to 17 rows, misaligned rows, all 16 nibble and 256 byte codes,
 //! the codes that come closest to saturating `vpmaddubsw`); every batched (prefill) kernel
-//! agrees with its reference (0 to 9 tokens, group counts with and without a tail); and the
+//! agrees with its reference (0 to 9 tokens, group counts with and without a tail); the int4
+//! g32 lane layout round-trips, puts each group in its own lane, and its GEMV matches too; and the
 //! reference itself stays within the activation-rounding bound of an f64 dot with the
 //! unquantized activations.
 
@@ -348,7 +349,8 @@ fn int4_lanes_layout_round_trips_and_gemv_matches_reference() {
     // Runs of eight groups with and without plain-order groups after them (576 = 2 runs + 2).
     for ng in [0usize, 1, 7, 8, 9, 16, 18, 24] {
         for scheme in [Scheme::Asym, Scheme::Sym] {
-            let (rows, cols) = (5, 32 * ng);
+            // 17 rows: whole tiles of two, an odd last row, and rows past the prefetch distance.
+            let (rows, cols) = (17, 32 * ng);
             let w = values(rows * cols, (cols + 7) as u32);
             let plain = if cols == 0 {
                 vec![]
@@ -359,7 +361,12 @@ fn int4_lanes_layout_round_trips_and_gemv_matches_reference() {
             int::int4_to_lanes(&mut lanes, cols);
             let mut back = lanes.clone();
             int::int4_from_lanes(&mut back, cols);
-            assert_eq!(back, plain, "int4 lanes ng={ng} {scheme:?}: round trip");
+            if let Some(i) = (0..plain.len()).find(|&i| back[i] != plain[i]) {
+                panic!(
+                    "int4 lanes ng={ng} {scheme:?}: round trip, index={i}: expected {}, actual {}",
+                    plain[i], back[i]
+                );
+            }
             let mut deq = vec![0.0f32; rows * cols];
             if cols > 0 {
                 int::dequant_int4_ref(32, cols, &plain, &mut deq);
@@ -379,17 +386,19 @@ fn int4_lanes_layout_round_trips_and_gemv_matches_reference() {
 
 #[test]
 fn int4_lanes_put_each_group_in_its_own_lane() {
-    // One row of 8 groups whose weight `e` of group `j` has code `(j + e) % 16`: all 16 codes
-    // in every group and every lane.
-    let (ng, cols) = (8usize, 256usize);
+    // One row of 9 groups (a run and a plain-order group after it) whose weight `e` of group
+    // `j` has code `(j + e + 8 * (e / 16)) % 16`: every code in every group, and weights `e`
+    // and `e + 16` (one plain byte) always apart, so a swap of the nibbles shows.
+    let (ng, cols) = (9usize, 288usize);
     let mut row = vec![0u8; int::int4_row_bytes(cols, 32)];
     let qs = int::INT4_HEADER + 2 * ng;
-    let code = |j: usize, e: usize| ((j + e) % 16) as u8;
+    let code = |j: usize, e: usize| ((j + e + 8 * (e / 16)) % 16) as u8;
     for j in 0..ng {
         for b in 0..16 {
             row[qs + 16 * j + b] = code(j, b) | code(j, b + 16) << 4;
         }
     }
+    let plain = row.clone();
     int::int4_to_lanes(&mut row, cols);
     for l in 0..4 {
         for j in 0..8 {
@@ -400,12 +409,17 @@ fn int4_lanes_put_each_group_in_its_own_lane() {
             }
         }
     }
+    assert_eq!(
+        row[qs + 128..],
+        plain[qs + 128..],
+        "int4 lanes: the group after the run keeps its plain order"
+    );
     // The activations' lanes match: unit `v` of block `j` at 32 v + 4 j.
     for isa in Isa::available() {
         let x = quantized(isa, &activations(cols + 64, 3));
         assert_eq!(
             x.lanes().len(),
-            cols,
+            256,
             "{}: lanes of one whole run",
             isa.name()
         );
@@ -419,6 +433,42 @@ fn int4_lanes_put_each_group_in_its_own_lane() {
                         isa.name()
                     );
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn int4_lanes_gemv_sums_the_largest_products_without_overflow() {
+    // Every nibble 15 (scale 1, min 0) against activations of +127 (and -127): each i16 lane
+    // of the eight summed `vpmaddubsw` reaches 8 * 2 * 15 * 127 = 30480.
+    let (ng, cols, rows) = (16usize, 512usize, 3usize);
+    let rb = int::int4_row_bytes(cols, 32);
+    let mut w = vec![0u8; rows * rb];
+    for row in w.chunks_exact_mut(rb) {
+        row[..4].copy_from_slice(&[0x80, 0x3f, 0, 0]); // d = 1 (bf16), dmin = 0
+        row[int::INT4_HEADER..int::INT4_HEADER + ng].fill(1);
+        row[int::INT4_HEADER + 2 * ng..].fill(0xff);
+    }
+    let mut deq = vec![0.0f32; rows * cols];
+    int::dequant_int4_ref(32, cols, &w, &mut deq);
+    assert!(
+        deq.iter().all(|&v| v == 15.0),
+        "all-15 rows dequantize to 15"
+    );
+    int::int4_to_lanes(&mut w, cols);
+    for sign in [1.0f32, -1.0] {
+        let x = quantized(Isa::Scalar, &vec![127.0 * sign; cols]);
+        for isa in Isa::available() {
+            let mut y = vec![f32::NAN; rows];
+            act8::gemv_int4_lanes_q8(isa, &w, &x, &mut y);
+            for (r, &v) in y.iter().enumerate() {
+                let want = sign * 15.0 * 127.0 * cols as f32;
+                assert!(
+                    (v - want).abs() <= tol::DOT_ABS,
+                    "gemv_int4_lanes_q8 {} index={r}: expected {want}, actual {v}",
+                    isa.name()
+                );
             }
         }
     }

@@ -111,12 +111,15 @@ impl ActQ8 {
         &self.pairs
     }
 
-    /// Whether [`ActQ8::pairs`] and [`ActQ8::d_pairs`] are as long as the codes need: they are
-    /// filled by [`ActQ8::quantize`] only, and the kernels that read them check this first.
+    /// Whether the block scales and sums, [`ActQ8::pairs`], [`ActQ8::d_pairs`] and
+    /// [`ActQ8::lanes`] are as long as the codes need: the last three are filled by
+    /// [`ActQ8::quantize`] only, and the kernels that read them unchecked check this first.
     pub fn pairs_sized(&self) -> bool {
-        let np = self.len() / (2 * QK8);
+        let (nb, np) = (self.len() / QK8, self.len() / (2 * QK8));
         let runs = self.len() / (int::LANE_RUN * QK8);
-        self.pairs.len() == np * 2 * QK8
+        self.d.len() == nb
+            && self.s.len() == nb
+            && self.pairs.len() == np * 2 * QK8
             && self.d_pairs.len() == np * 8
             && self.lanes.len() == runs * int::LANE_RUN * QK8
     }
@@ -340,11 +343,16 @@ pub fn gemv_int4_q8(isa: Isa, group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]) 
 }
 
 /// Scalar reference: int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) against the
-/// dequantized activations (the rows put back in plain order, then [`gemv_int4_q8_ref`]).
+/// dequantized activations (each row put back in plain order, then [`gemv_int4_q8_ref`]).
 pub fn gemv_int4_lanes_q8_ref(w: &[u8], x: &ActQ8, y: &mut [f32]) {
-    let mut plain = w.to_vec();
-    int::int4_from_lanes(&mut plain, x.len());
-    gemv_int4_q8_ref(32, &plain, x, y)
+    let cols = x.len();
+    let rb = int::check_int4_rows("gemv_int4_lanes_q8_ref", 32, cols, w.len(), y.len());
+    let mut plain = vec![0u8; rb];
+    for (row, yr) in w.chunks_exact(rb.max(1)).zip(y.iter_mut()) {
+        plain.copy_from_slice(row);
+        int::int4_from_lanes(&mut plain, cols);
+        gemv_int4_q8_ref(32, &plain, x, std::slice::from_mut(yr));
+    }
 }
 
 /// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · 8-bit activations.

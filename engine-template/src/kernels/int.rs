@@ -417,8 +417,8 @@ pub fn int4_to_lanes(w: &mut [u8], cols: usize) {
     int4_lanes_map(w, cols, |run, nat| {
         for (k, b) in run.iter_mut().enumerate() {
             let (l, j, i) = (k / 32, k / 4 % 8, k % 4);
-            *b = nibble32(&nat[16 * j..16 * j + 16], 8 * l + i)
-                | nibble32(&nat[16 * j..16 * j + 16], 8 * l + 4 + i) << 4;
+            *b = plain_nibble(&nat[16 * j..16 * j + 16], 8 * l + i)
+                | plain_nibble(&nat[16 * j..16 * j + 16], 8 * l + 4 + i) << 4;
         }
     })
 }
@@ -442,8 +442,8 @@ pub fn int4_from_lanes(w: &mut [u8], cols: usize) {
     })
 }
 
-/// Weight `e` (0..32) of one group's 16 plain-order bytes.
-fn nibble32(group: &[u8], e: usize) -> u8 {
+/// Weight `e` (0..32) of one group's 16 plain-order bytes (byte `e % 16`, low nibble below 16).
+fn plain_nibble(group: &[u8], e: usize) -> u8 {
     let b = group[e % 16];
     if e < 16 {
         b & 0x0f
