@@ -45,6 +45,7 @@ fn gemvs(c: &mut Criterion) {
         g.bench_function("int4_g32 lanes q8", |b| {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
+                xq.fill_lanes();
                 act8::gemv_int4_lanes_q8(isa, black_box(&lanes), &xq, &mut y)
             })
         });

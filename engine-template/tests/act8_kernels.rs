@@ -378,7 +378,11 @@ fn int4_lanes_layout_round_trips_and_gemv_matches_reference() {
                 if cols == 0 { 0 } else { rows },
                 &lanes,
                 &deq,
-                &|isa, w, x, y| act8::gemv_int4_lanes_q8(isa, w, x, y),
+                &|isa, w, x, y| {
+                    let mut x = x.clone();
+                    x.fill_lanes();
+                    act8::gemv_int4_lanes_q8(isa, w, &x, y)
+                },
             );
         }
     }
@@ -391,7 +395,7 @@ fn int4_lanes_put_each_group_in_its_own_lane() {
     // and `e + 16` (one plain byte) always apart, so a swap of the nibbles shows.
     let (ng, cols) = (9usize, 288usize);
     let mut row = vec![0u8; int::int4_row_bytes(cols, 32)];
-    let qs = int::INT4_HEADER + 2 * ng;
+    let qs = int::int4_qs_offset(ng);
     let code = |j: usize, e: usize| ((j + e + 8 * (e / 16)) % 16) as u8;
     for j in 0..ng {
         for b in 0..16 {
@@ -416,7 +420,8 @@ fn int4_lanes_put_each_group_in_its_own_lane() {
     );
     // The activations' lanes match: unit `v` of block `j` at 32 v + 4 j.
     for isa in Isa::available() {
-        let x = quantized(isa, &activations(cols + 64, 3));
+        let mut x = quantized(isa, &activations(cols + 64, 3));
+        x.fill_lanes();
         assert_eq!(
             x.lanes().len(),
             256,
@@ -448,7 +453,7 @@ fn int4_lanes_gemv_sums_the_largest_products_without_overflow() {
     for row in w.chunks_exact_mut(rb) {
         row[..4].copy_from_slice(&[0x80, 0x3f, 0, 0]); // d = 1 (bf16), dmin = 0
         row[int::INT4_HEADER..int::INT4_HEADER + ng].fill(1);
-        row[int::INT4_HEADER + 2 * ng..].fill(0xff);
+        row[int::int4_qs_offset(ng)..].fill(0xff);
     }
     let mut deq = vec![0.0f32; rows * cols];
     int::dequant_int4_ref(32, cols, &w, &mut deq);
@@ -458,7 +463,8 @@ fn int4_lanes_gemv_sums_the_largest_products_without_overflow() {
     );
     int::int4_to_lanes(&mut w, cols);
     for sign in [1.0f32, -1.0] {
-        let x = quantized(Isa::Scalar, &vec![127.0 * sign; cols]);
+        let mut x = quantized(Isa::Scalar, &vec![127.0 * sign; cols]);
+        x.fill_lanes();
         for isa in Isa::available() {
             let mut y = vec![f32::NAN; rows];
             act8::gemv_int4_lanes_q8(isa, &w, &x, &mut y);

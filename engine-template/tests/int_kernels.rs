@@ -86,7 +86,7 @@ fn int4_keeps_all_16_codes() {
         let w: Vec<f32> = codes.iter().map(|&q| m + d * q as f32).collect();
         let q = int::quantize_int4(&w, cols, group, Scheme::Asym, Clip::None).unwrap();
         let ng = cols / group;
-        let qs = &q[int::INT4_HEADER + 2 * ng..];
+        let qs = &q[int::int4_qs_offset(ng)..];
         for (i, &want) in codes.iter().enumerate() {
             let (g, j) = (i / group, i % group);
             let byte = qs[g * group / 2 + j % (group / 2)];

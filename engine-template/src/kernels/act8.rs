@@ -79,10 +79,17 @@ impl ActQ8 {
         let pairs = self.d.chunks_exact(2);
         self.d_pairs
             .extend(pairs.flat_map(|p| [p[0], p[0], p[0], p[0], p[1], p[1], p[1], p[1]]));
+        // Quantizing again leaves no stale lanes behind (`lanes_sized` is then false).
+        self.lanes.clear();
+    }
+
+    /// Fills [`ActQ8::lanes`] from the codes of the last [`ActQ8::quantize`]: only the kernels
+    /// over the lane layout read them, so quantizing does not write them for every matrix.
+    pub fn fill_lanes(&mut self) {
         // Each run of eight blocks as an 8 x 8 matrix of 4-byte units, transposed: unit `v` of
         // block `j` goes to place `8 v + j`.
         let run = int::LANE_RUN * QK8;
-        self.lanes.resize(nb / int::LANE_RUN * run, 0);
+        self.lanes.resize(self.len() / run * run, 0);
         for (dst, src) in self
             .lanes
             .chunks_exact_mut(run)
@@ -111,23 +118,28 @@ impl ActQ8 {
         &self.pairs
     }
 
-    /// Whether the block scales and sums, [`ActQ8::pairs`], [`ActQ8::d_pairs`] and
-    /// [`ActQ8::lanes`] are as long as the codes need: the last three are filled by
-    /// [`ActQ8::quantize`] only, and the kernels that read them unchecked check this first.
+    /// Whether the block scales and sums, [`ActQ8::pairs`] and [`ActQ8::d_pairs`] are as long
+    /// as the codes need: the last two are filled by [`ActQ8::quantize`] only, and the kernels
+    /// that read them unchecked check this first.
     pub fn pairs_sized(&self) -> bool {
         let (nb, np) = (self.len() / QK8, self.len() / (2 * QK8));
-        let runs = self.len() / (int::LANE_RUN * QK8);
         self.d.len() == nb
             && self.s.len() == nb
             && self.pairs.len() == np * 2 * QK8
             && self.d_pairs.len() == np * 8
-            && self.lanes.len() == runs * int::LANE_RUN * QK8
+    }
+
+    /// [`ActQ8::pairs_sized`], and [`ActQ8::lanes`] filled ([`ActQ8::fill_lanes`]) for these
+    /// codes.
+    pub fn lanes_sized(&self) -> bool {
+        let run = int::LANE_RUN * QK8;
+        self.pairs_sized() && self.lanes.len() == self.len() / run * run
     }
 
     /// The codes of each whole run of eight blocks in the order of the lane layout of int4 g32
     /// rows ([`int::int4_to_lanes`]): 32 bytes `v` hold bytes `4 v..4 v + 4` of the eight
     /// blocks, block `j` in 32-bit lane `j`. Trailing blocks past the last whole run are left
-    /// out.
+    /// out. Empty until [`ActQ8::fill_lanes`].
     pub fn lanes(&self) -> &[i8] {
         &self.lanes
     }
@@ -355,7 +367,8 @@ pub fn gemv_int4_lanes_q8_ref(w: &[u8], x: &ActQ8, y: &mut [f32]) {
     }
 }
 
-/// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · 8-bit activations.
+/// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · 8-bit activations, their
+/// lanes filled ([`ActQ8::fill_lanes`]).
 #[inline]
 pub fn gemv_int4_lanes_q8(isa: Isa, w: &[u8], x: &ActQ8, y: &mut [f32]) {
     match isa {

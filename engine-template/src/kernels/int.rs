@@ -70,7 +70,7 @@ pub const fn int8_row_bytes(cols: usize) -> usize {
 
 /// Bytes of one int4 row with groups of `group`.
 pub const fn int4_row_bytes(cols: usize, group: usize) -> usize {
-    INT4_HEADER + 2 * (cols / group) + cols / 2
+    int4_qs_offset(cols / group) + cols / 2
 }
 
 /// Why `group` can't split rows of `cols`, if it can't.
@@ -457,14 +457,17 @@ fn int4_lanes_map(w: &mut [u8], cols: usize, f: impl Fn(&mut [u8], &[u8])) {
     if cols == 0 {
         return;
     }
+    if let Some(e) = int4_group_error(cols, 32) {
+        panic!("int4 lanes: {e}");
+    }
     let (rb, ng) = (int4_row_bytes(cols, 32), cols / 32);
     assert!(
-        cols.is_multiple_of(32) && w.len().is_multiple_of(rb),
+        w.len().is_multiple_of(rb),
         "int4 lanes: {} bytes are not whole g32 rows of {cols}",
         w.len()
     );
     for row in w.chunks_exact_mut(rb) {
-        let qs = &mut row[INT4_HEADER + 2 * ng..];
+        let qs = &mut row[int4_qs_offset(ng)..];
         for run in qs.chunks_exact_mut(16 * LANE_RUN) {
             let copy: [u8; 16 * LANE_RUN] = run.try_into().expect("a whole run");
             f(run, &copy);
@@ -652,9 +655,14 @@ pub(crate) fn row_scales_f32(row: &[u8]) -> (f32, f32) {
 #[inline(always)]
 pub(crate) fn int4_row(row: &[u8], ng: usize) -> (f32, f32, &[u8], &[u8], &[u8]) {
     let h = |i: usize| f32::from_bits((u16::from_le_bytes([row[i], row[i + 1]]) as u32) << 16);
-    let (scales, rest) = row[INT4_HEADER..].split_at(ng);
-    let (mins, qs) = rest.split_at(ng);
-    (h(0), h(2), scales, mins, qs)
+    let (scales, rest) = row[INT4_HEADER..int4_qs_offset(ng)].split_at(ng);
+    (h(0), h(2), scales, rest, &row[int4_qs_offset(ng)..])
+}
+
+/// Where an int4 row of `ng` groups keeps its nibbles: after the header, scales and mins.
+#[inline(always)]
+pub const fn int4_qs_offset(ng: usize) -> usize {
+    INT4_HEADER + 2 * ng
 }
 
 /// `sum_g mins[g] * xs[g]` in four independent partial sums (no serial dependency per group).

@@ -149,11 +149,31 @@ impl KvCache {
         }
     }
 
-    /// The keys' and values' bytes, and the bytes of an element.
-    fn bytes(&self) -> (&[u8], &[u8], usize) {
+    /// Asks for the keys and values of positions `p0..p1` of block `l`'s `kv_heads` heads
+    /// (head-major: `[layer][kv head][ctx][head_dim]`).
+    fn prefetch(
+        &self,
+        l: usize,
+        (kv_heads, head_dim, ctx): (usize, usize, usize),
+        (p0, p1): (usize, usize),
+    ) {
+        fn run<T>(
+            k: &[T],
+            v: &[T],
+            l: usize,
+            (kv_heads, head_dim, ctx): (usize, usize, usize),
+            (p0, p1): (usize, usize),
+        ) {
+            for g in 0..kv_heads {
+                let head = (l * kv_heads + g) * ctx * head_dim;
+                let span = head + p0 * head_dim..head + p1 * head_dim;
+                kernels::prefetch(&k[span.clone()]);
+                kernels::prefetch(&v[span]);
+            }
+        }
         match self {
-            KvCache::F32(k, v) => (k.bytes(), v.bytes(), 4),
-            KvCache::F16(k, v) => (k.bytes(), v.bytes(), 2),
+            KvCache::F32(k, v) => run(k, v, l, (kv_heads, head_dim, ctx), (p0, p1)),
+            KvCache::F16(k, v) => run(k, v, l, (kv_heads, head_dim, ctx), (p0, p1)),
         }
     }
 }
@@ -329,8 +349,11 @@ impl_for_layer_types! {
                     // SAFETY: token i's outputs of heads in group g are this pair's alone.
                     let dst = unsafe { outs.range(q0, group * HEAD_DIM) };
                     for (h, out_h) in dst.chunks_exact_mut(HEAD_DIM).enumerate() {
-                        let part = (ms[2 * h], ms[2 * h + 1], &o[h * HEAD_DIM..(h + 1) * HEAD_DIM]);
-                        r::merge_attention_ref(std::iter::once(part), out_h);
+                        // One part: its sums divided by its total (every token sees itself).
+                        let inv = 1.0 / ms[2 * h + 1];
+                        for (d, &v) in out_h.iter_mut().zip(&o[h * HEAD_DIM..(h + 1) * HEAD_DIM]) {
+                            *d = v * inv;
+                        }
                     }
                 }
             });
@@ -352,19 +375,13 @@ impl_for_layer_types! {
                 // Decode: q, k and v in one pool dispatch, on activations quantized once.
                 let a = Acts::new(isa, &s.xb[..DIM], Q::ACT8 || K::ACT8 || V::ACT8, &mut s.xq);
                 let (q, k, v) = (SyncSlice::new(&mut s.q), SyncSlice::new(&mut s.k), SyncSlice::new(&mut s.v));
-                let ((kc, vc, es), ctx) = (s.kv.bytes(), s.ctx);
+                let (kv, ctx) = (&s.kv, s.ctx);
                 pool.broadcast(&|t, nt| {
                     // The keys and values of the positions this thread will attend over (as
                     // `attention` shards them), asked for now so they arrive while the projections
                     // stream: the weights of the other layers evict them every token, and
                     // attention then waited on them (ADR 42).
-                    let (p0, p1) = shard(pos + 1, t, nt, ATT_GRAIN);
-                    for g in 0..KV_HEADS {
-                        let head = ((l * KV_HEADS + g) * ctx) * HEAD_DIM * es;
-                        let span = head + p0 * HEAD_DIM * es..head + p1 * HEAD_DIM * es;
-                        kernels::prefetch(&kc[span.clone()]);
-                        kernels::prefetch(&vc[span]);
-                    }
+                    kv.prefetch(l, (KV_HEADS, HEAD_DIM, ctx), shard(pos + 1, t, nt, ATT_GRAIN));
                     self.wq.gemv_part(isa, a, t, nt, &q);
                     self.wk.gemv_part(isa, a, t, nt, &k);
                     self.wv.gemv_part(isa, a, t, nt, &v);

@@ -733,6 +733,44 @@ pub unsafe fn gemm_int4_q8_avx2(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f
     })
 }
 
+/// The one-token tiles' groups `g..ng` past their last run of eight, in plain order: whole
+/// pairs with their two steps put in the lanes by hand (rows of 576 end in one pair; taking
+/// its groups one at a time made them cost as much as the other 16), then an odd last group.
+/// The scaled sums go into each row's accumulator `acc` (a place naming `j`); the value is
+/// each row's share of the offsets. A macro, not a function: a shared function returning the
+/// sums made the lane kernel 17% slower on rows with no such groups.
+macro_rules! last_groups_q8 {
+    ($x:expr, $w:expr, $g:ident, $ng:expr, $rw:expr, |$j:ident| $acc:expr) => {{
+        let (px, xd, xsum) = ($x.pairs().as_ptr(), $x.d.as_ptr(), $x.s.as_ptr());
+        let ones = _mm256_set1_epi16(1);
+        let mut tail = [0.0f32; $rw];
+        while $g + 2 <= $ng {
+            let xp = px.add($g * QK8) as *const __m256i;
+            for $j in 0..$rw {
+                let ((d0, c0), (d1, c1)) = ($w[$j].scale($g), $w[$j].scale($g + 1));
+                let (lo, hi) = $w[$j].pair($g);
+                let sj = _mm256_setr_m128(
+                    _mm_set1_ps(d0 * *xd.add($g)),
+                    _mm_set1_ps(d1 * *xd.add($g + 1)),
+                );
+                $acc = _mm256_fmadd_ps(pair_sums(lo, hi, xp, ones), sj, $acc);
+                tail[$j] += c0 * *xsum.add($g) + c1 * *xsum.add($g + 1);
+            }
+            $g += 2;
+        }
+        if $g < $ng {
+            let xq = _mm256_loadu_si256($x.qs.as_ptr().add($g * QK8) as *const __m256i);
+            for $j in 0..$rw {
+                let (codes, (d, c)) = ($w[$j].codes($g), $w[$j].scale($g));
+                let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
+                $acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d * *xd.add($g)), $acc);
+                tail[$j] += c * *xsum.add($g);
+            }
+        }
+        tail
+    }};
+}
+
 /// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · one token's 8-bit activations,
 /// two rows at a time ([`gemv_lanes_tile_q8`]), then an odd last row alone.
 ///
@@ -742,8 +780,8 @@ pub unsafe fn gemm_int4_q8_avx2(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f
 pub unsafe fn gemv_int4_lanes_q8_avx2(w: &[u8], x: &ActQ8, y: &mut [f32]) {
     let rb = int::check_int4_rows("gemv_int4_lanes_q8_avx2", 32, x.len(), w.len(), y.len());
     assert!(
-        x.pairs_sized(),
-        "gemv_int4_lanes_q8_avx2: activations not filled by ActQ8::quantize"
+        x.lanes_sized(),
+        "gemv_int4_lanes_q8_avx2: activations not filled by ActQ8::quantize and fill_lanes"
     );
     let ng = x.len() / QK8;
     let row = |r: usize| Int4G32::of(w.get_unchecked(r * rb..(r + 1) * rb), ng);
@@ -776,12 +814,7 @@ unsafe fn gemv_lanes_tile_q8<'a, const RW: usize>(
     let ng = x.len() / QK8;
     let rows = y.len();
     let ones = _mm256_set1_epi16(1);
-    let (xl, px, xd, xsum) = (
-        x.lanes().as_ptr(),
-        x.pairs().as_ptr(),
-        x.d.as_ptr(),
-        x.s.as_ptr(),
-    );
+    let (xl, xd, xsum) = (x.lanes().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
     if r + PREFETCH_ROWS < rows {
         let end = row((r + PREFETCH_ROWS + RW).min(rows - 1)).start();
         crate::kernels::prefetch_span(row(r + PREFETCH_ROWS).start(), end);
@@ -812,33 +845,8 @@ unsafe fn gemv_lanes_tile_q8<'a, const RW: usize>(
         }
         g += int::LANE_RUN;
     }
-    // Groups past the last whole run are in plain order: pairs, then an odd last group, as
-    // in [`gemv_tile_q8`]. (A helper shared with it, returning the sums, made this kernel 17%
-    // slower on rows with no such groups.)
-    let mut tail = [0.0f32; RW];
-    while g + 2 <= ng {
-        let xp = px.add(g * QK8) as *const __m256i;
-        for j in 0..RW {
-            let ((d0, c0), (d1, c1)) = (w[j].scale(g), w[j].scale(g + 1));
-            let (lo, hi) = w[j].pair(g);
-            let sj = _mm256_setr_m128(
-                _mm_set1_ps(d0 * *xd.add(g)),
-                _mm_set1_ps(d1 * *xd.add(g + 1)),
-            );
-            acc[j] = _mm256_fmadd_ps(pair_sums(lo, hi, xp, ones), sj, acc[j]);
-            tail[j] += c0 * *xsum.add(g) + c1 * *xsum.add(g + 1);
-        }
-        g += 2;
-    }
-    if g < ng {
-        let xq = _mm256_loadu_si256(x.qs.as_ptr().add(g * QK8) as *const __m256i);
-        for j in 0..RW {
-            let (codes, (d, c)) = (w[j].codes(g), w[j].scale(g));
-            let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
-            acc[j] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * *xd.add(g)), acc[j]);
-            tail[j] += c * *xsum.add(g);
-        }
-    }
+    // Groups past the last whole run are in plain order.
+    let tail = last_groups_q8!(x, w, g, ng, RW, |j| acc[j]);
     for j in 0..RW {
         let s = _mm256_fmadd_ps(acc[j], _mm256_set1_ps(w[j].row_d()), accm[j]);
         *y.get_unchecked_mut(r + j) = hsum_ps(s) + tail[j];
@@ -1379,32 +1387,7 @@ unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(
         pair!(6);
         g += 8;
     }
-    // The last `ng % 8` groups, as in [`gemm_tile_q8`].
-    let mut tail = [0.0f32; RW];
-    while g + 2 <= ng {
-        let xp = px.add(g * QK8) as *const __m256i;
-        for j in 0..RW {
-            let ((d0, c0), (d1, c1)) = (w[j].scale(g), w[j].scale(g + 1));
-            let (lo, hi) = w[j].pair(g);
-            let p = pair_sums(lo, hi, xp, ones);
-            let sj = _mm256_setr_m128(
-                _mm_set1_ps(d0 * *xd.add(g)),
-                _mm_set1_ps(d1 * *xd.add(g + 1)),
-            );
-            acc[j][0] = _mm256_fmadd_ps(p, sj, acc[j][0]);
-            tail[j] += c0 * *xsum.add(g) + c1 * *xsum.add(g + 1);
-        }
-        g += 2;
-    }
-    if g < ng {
-        let xq = _mm256_loadu_si256(x.qs.as_ptr().add(g * QK8) as *const __m256i);
-        for j in 0..RW {
-            let (codes, (d, c)) = (w[j].codes(g), w[j].scale(g));
-            let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
-            acc[j][0] = _mm256_fmadd_ps(p, _mm256_set1_ps(d * *xd.add(g)), acc[j][0]);
-            tail[j] += c * *xsum.add(g);
-        }
-    }
+    let tail = last_groups_q8!(x, w, g, ng, RW, |j| acc[j][0]);
     let sums: [__m256; RW] = std::array::from_fn(|j| {
         let sum = _mm256_add_ps(acc[j][0], acc[j][1]);
         if R::INT_SCALES {
