@@ -46,7 +46,7 @@ fn gemvs(c: &mut Criterion) {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
                 xq.fill_lanes();
-                act8::gemv_int4_lanes_q8(isa, black_box(&lanes), &xq, &mut y)
+                act8::gemm_int4_lanes_q8(isa, black_box(&lanes), std::slice::from_ref(&xq), &mut y)
             })
         });
 

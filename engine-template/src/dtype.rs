@@ -38,6 +38,9 @@ pub trait WeightType: 'static + Send + Sync {
     /// activations too. Types without it prefill on f32 activations, which beat their GEMV
     /// run once per token.
     const GEMM_Q8: bool = false;
+    /// Whether the 8-bit kernels read the activations' lanes ([`ActQ8::lanes`]): the forward
+    /// pass then fills them ([`ActQ8::fill_lanes`]) where it quantizes for this type.
+    const LANES: bool = false;
     /// `y[i * rows + r] = dot(row r, xs[i])` for several tokens (`y` is `[xs.len(), rows]`):
     /// prefill's GEMM on 8-bit activations; called only where `GEMM_Q8` holds.
     fn gemm_q8(_isa: Isa, _w: &[Self::Elem], _xs: &[ActQ8], _y: &mut [f32]) {
@@ -219,7 +222,10 @@ impl<const G: usize, const NG: usize, const H: usize> Int4<G, NG, H> {
 impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG, H> {
     type Elem = RowI4<NG, H>;
     type Tile = f32;
-    const DTYPE: Dtype = Dtype::Int4 { group: G };
+    const DTYPE: Dtype = Dtype::Int4 {
+        group: G,
+        lanes: false,
+    };
     const BLOCK: usize = {
         let () = Self::CHECK;
         2 * H
@@ -240,6 +246,48 @@ impl<const G: usize, const NG: usize, const H: usize> WeightType for Int4<G, NG,
     }
     fn to_f32(w: &[RowI4<NG, H>], out: &mut [f32]) {
         int::dequant_int4(kernels::isa(), G, 2 * H, bytemuck::cast_slice(w), out)
+    }
+}
+
+/// Clocher int4 rows of `2 * H` weights in `NG` groups of 32, each whole run of eight groups in
+/// the lane layout ([`int::int4_to_lanes`], ADR 44).
+pub struct Int4Lanes<const NG: usize, const H: usize>;
+
+impl<const NG: usize, const H: usize> Int4Lanes<NG, H> {
+    const CHECK: () = assert!(
+        NG * int::LANE_GROUP == 2 * H,
+        "Int4Lanes<NG, H>: NG groups of 32 must make the row length 2 * H"
+    );
+}
+
+impl<const NG: usize, const H: usize> WeightType for Int4Lanes<NG, H> {
+    type Elem = RowI4<NG, H>;
+    type Tile = f32;
+    const DTYPE: Dtype = Dtype::Int4 {
+        group: int::LANE_GROUP,
+        lanes: true,
+    };
+    const BLOCK: usize = {
+        let () = Self::CHECK;
+        2 * H
+    };
+    #[inline]
+    fn gemv(isa: Isa, w: &[RowI4<NG, H>], x: &[f32], y: &mut [f32]) {
+        int::gemv_int4_lanes(isa, bytemuck::cast_slice(w), x, y)
+    }
+    const ACT8: bool = true;
+    const LANES: bool = true;
+    #[inline]
+    fn gemv_q8(isa: Isa, w: &[RowI4<NG, H>], x: &ActQ8, y: &mut [f32]) {
+        act8::gemm_int4_lanes_q8(isa, bytemuck::cast_slice(w), std::slice::from_ref(x), y)
+    }
+    const GEMM_Q8: bool = true;
+    #[inline]
+    fn gemm_q8(isa: Isa, w: &[RowI4<NG, H>], xs: &[ActQ8], y: &mut [f32]) {
+        act8::gemm_int4_lanes_q8(isa, bytemuck::cast_slice(w), xs, y)
+    }
+    fn to_f32(w: &[RowI4<NG, H>], out: &mut [f32]) {
+        int::dequant_int4_lanes(kernels::isa(), 2 * H, bytemuck::cast_slice(w), out)
     }
 }
 
@@ -287,7 +335,12 @@ pub fn type_name(d: Dtype, cols: usize) -> String {
     let d = match d {
         Dtype::Ggml(t) => t,
         Dtype::Int8 => return format!("Int8<{cols}>"),
-        Dtype::Int4 { group } => return format!("Int4<{group}, {}, {}>", cols / group, cols / 2),
+        Dtype::Int4 { group, lanes } => {
+            return match lanes {
+                true => format!("Int4Lanes<{}, {}>", cols / group, cols / 2),
+                false => format!("Int4<{group}, {}, {}>", cols / group, cols / 2),
+            }
+        }
         Dtype::Rows(t) => return format!("{}Rows<{}>", type_name(Dtype::Ggml(t), cols), cols / QK),
     };
     match d {

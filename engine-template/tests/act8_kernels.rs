@@ -345,7 +345,7 @@ fn int4_gemv_every_isa_matches_reference() {
 }
 
 #[test]
-fn int4_lanes_layout_round_trips_and_gemv_matches_reference() {
+fn int4_lanes_layout_round_trips_and_kernels_match_reference() {
     // Runs of eight groups with and without plain-order groups after them (576 = 2 runs + 2).
     for ng in [0usize, 1, 7, 8, 9, 16, 18, 24] {
         for scheme in [Scheme::Asym, Scheme::Sym] {
@@ -371,19 +371,39 @@ fn int4_lanes_layout_round_trips_and_gemv_matches_reference() {
             if cols > 0 {
                 int::dequant_int4_ref(32, cols, &plain, &mut deq);
             }
-            let label = format!("gemv_int4_lanes_q8 ng={ng} {scheme:?}");
-            check_every_isa(
-                &label,
-                cols,
-                if cols == 0 { 0 } else { rows },
-                &lanes,
-                &deq,
-                &|isa, w, x, y| {
-                    let mut x = x.clone();
-                    x.fill_lanes();
-                    act8::gemv_int4_lanes_q8(isa, w, &x, y)
-                },
-            );
+            let rows = if cols == 0 { 0 } else { rows };
+            let label = format!("gemm_int4_lanes_q8 one token ng={ng} {scheme:?}");
+            check_every_isa(&label, cols, rows, &lanes, &deq, &|isa, w, x, y| {
+                let mut x = x.clone();
+                x.fill_lanes();
+                act8::gemm_int4_lanes_q8(isa, w, std::slice::from_ref(&x), y)
+            });
+            // The f32 paths read the lane layout too: widening (embedding rows, the f32 GEMM's
+            // copies) and the f32 GEMV.
+            let x = activations(cols, 5);
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; rows * cols];
+                int::dequant_int4_lanes(isa, cols, &lanes, &mut got);
+                for (i, (&e, &a)) in deq.iter().zip(&got).enumerate() {
+                    assert!(
+                        (e - a).abs() <= tol::ELEMENTWISE_REL * e.abs().max(1e-3),
+                        "dequant_int4_lanes {} ng={ng} {scheme:?} index={i}: expected {e}, actual {a}",
+                        isa.name()
+                    );
+                }
+                let mut y = vec![f32::NAN; rows];
+                int::gemv_int4_lanes(isa, &lanes, &x, &mut y);
+                for (r, &v) in y.iter().enumerate() {
+                    let (exp, mag) = dot_f64(&deq[r * cols..(r + 1) * cols], &x);
+                    let bound = tol::QUANT_DOT_REL as f64 * (cols as f64).sqrt() * mag
+                        + tol::DOT_ABS as f64;
+                    assert!(
+                        (v as f64 - exp).abs() <= bound,
+                        "gemv_int4_lanes {} ng={ng} {scheme:?} index={r}: expected {exp}, actual {v}",
+                        isa.name()
+                    );
+                }
+            }
         }
     }
 }
@@ -465,16 +485,20 @@ fn int4_lanes_gemv_sums_the_largest_products_without_overflow() {
     for sign in [1.0f32, -1.0] {
         let mut x = quantized(Isa::Scalar, &vec![127.0 * sign; cols]);
         x.fill_lanes();
-        for isa in Isa::available() {
-            let mut y = vec![f32::NAN; rows];
-            act8::gemv_int4_lanes_q8(isa, &w, &x, &mut y);
-            for (r, &v) in y.iter().enumerate() {
-                let want = sign * 15.0 * 127.0 * cols as f32;
-                assert!(
-                    (v - want).abs() <= tol::DOT_ABS,
-                    "gemv_int4_lanes_q8 {} index={r}: expected {want}, actual {v}",
-                    isa.name()
-                );
+        // One token (decode's tile) and three (prefill's, with the scales in `vpmaddwd`).
+        for n in [1, 3] {
+            let xs = vec![x.clone(); n];
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; n * rows];
+                act8::gemm_int4_lanes_q8(isa, &w, &xs, &mut y);
+                for (r, &v) in y.iter().enumerate() {
+                    let want = sign * 15.0 * 127.0 * cols as f32;
+                    assert!(
+                        (v - want).abs() <= tol::DOT_ABS,
+                        "gemm_int4_lanes_q8 {} tokens={n} index={r}: expected {want}, actual {v}",
+                        isa.name()
+                    );
+                }
             }
         }
     }
@@ -549,6 +573,22 @@ fn gemms_every_isa_match_reference() {
                 &deq,
                 &|isa, w, xs, y| act8::gemm_int4_q8(isa, group, w, xs, y),
             );
+            if group == int::LANE_GROUP {
+                let mut lanes = q.clone();
+                int::int4_to_lanes(&mut lanes, cols);
+                check_gemm_every_isa(
+                    "gemm_int4_lanes_q8",
+                    cols,
+                    rows,
+                    &lanes,
+                    &deq,
+                    &|isa, w, xs, y| {
+                        let mut xs = xs.to_vec();
+                        xs.iter_mut().for_each(ActQ8::fill_lanes);
+                        act8::gemm_int4_lanes_q8(isa, w, &xs, y)
+                    },
+                );
+            }
         }
         let (cols, n) = (ng * QK8, ng * rows);
         let (q40, q41) = (q4_0_blocks(n), q4_1_blocks(n));

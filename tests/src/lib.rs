@@ -532,7 +532,8 @@ impl TinyLlama {
                     clocher_engine::kernels::rows::dequant_rows_ref(g, cols, bytes, values)
                 }
                 Dtype::Int8 => int::dequant_int8_ref(cols, bytes, values),
-                Dtype::Int4 { group } => int::dequant_int4_ref(group, cols, bytes, values),
+                Dtype::Int4 { lanes: true, .. } => int::dequant_int4_lanes_ref(cols, bytes, values),
+                Dtype::Int4 { group, .. } => int::dequant_int4_ref(group, cols, bytes, values),
             }
         }
         m

@@ -354,29 +354,35 @@ pub fn gemv_int4_q8(isa: Isa, group: usize, w: &[u8], x: &ActQ8, y: &mut [f32]) 
     }
 }
 
-/// Scalar reference: int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) against the
-/// dequantized activations (each row put back in plain order, then [`gemv_int4_q8_ref`]).
-pub fn gemv_int4_lanes_q8_ref(w: &[u8], x: &ActQ8, y: &mut [f32]) {
-    let cols = x.len();
-    let rb = int::check_int4_rows("gemv_int4_lanes_q8_ref", 32, cols, w.len(), y.len());
-    let mut plain = vec![0u8; rb];
-    for (row, yr) in w.chunks_exact(rb.max(1)).zip(y.iter_mut()) {
-        plain.copy_from_slice(row);
-        int::int4_from_lanes(&mut plain, cols);
-        gemv_int4_q8_ref(32, &plain, x, std::slice::from_mut(yr));
-    }
+/// Scalar reference of [`gemm_int4_lanes_q8`]: int4 g32 rows in the lane layout
+/// ([`int::int4_to_lanes`]) widened exactly, against each token's dequantized activations.
+pub fn gemm_int4_lanes_q8_ref(w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    gemm_q8_ref_with(xs, y, |x, y| {
+        let cols = x.len();
+        let rb = int::check_int4_rows("gemm_int4_lanes_q8_ref", QK8, cols, w.len(), y.len());
+        let row =
+            |r: usize, o: &mut [f32]| int::dequant_int4_lanes_ref(cols, &w[r * rb..][..rb], o);
+        gemv_q8_ref_with(y.len(), row, x, y)
+    })
 }
 
-/// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · 8-bit activations, their
-/// lanes filled ([`ActQ8::fill_lanes`]).
+/// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · several tokens' 8-bit
+/// activations, their lanes filled ([`ActQ8::fill_lanes`]): `y[i * rows + r] = dot(row r,
+/// xs[i])`, `y` being `[xs.len(), rows]` (decode passes one token).
 #[inline]
-pub fn gemv_int4_lanes_q8(isa: Isa, w: &[u8], x: &ActQ8, y: &mut [f32]) {
+pub fn gemm_int4_lanes_q8(isa: Isa, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    let (rows, Some(x0)) = gemm_rows("gemm_int4_lanes_q8", xs, y.len()) else {
+        return;
+    };
+    int::check_int4_rows("gemm_int4_lanes_q8", QK8, x0.len(), w.len(), rows);
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
-        // detection, and both imply AVX2.
-        Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::gemv_int4_lanes_q8_avx2(w, x, y) },
-        _ => gemv_int4_lanes_q8_ref(w, x, y),
+        // detection, and both imply AVX2; the shapes are checked above.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::avx2_q8::gemm_int4_lanes_q8_avx2(w, xs, y)
+        },
+        _ => gemm_int4_lanes_q8_ref(w, xs, y),
     }
 }
 

@@ -406,6 +406,8 @@ pub fn dequant_int8_ref(cols: usize, w: &[u8], out: &mut [f32]) {
 
 /// Groups in one run of the lane layout of int4 g32 nibbles ([`int4_to_lanes`]).
 pub const LANE_RUN: usize = 8;
+/// The group size of the lane layout: a group's four bytes per 32-byte vector.
+pub const LANE_GROUP: usize = 32;
 
 /// Reorders the nibbles of int4 g32 rows (`cols` weights each) into the lane layout: in each
 /// whole run of [`LANE_RUN`] groups (128 bytes), byte `32 L + 4 j + i` holds group `j`'s
@@ -500,6 +502,22 @@ pub fn dequant_int4_ref(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Widens int4 g32 rows of `cols` weights in the lane layout ([`int4_to_lanes`]) to f32: each
+/// row put back in plain order, then [`dequant_int4_ref`].
+pub fn dequant_int4_lanes_ref(cols: usize, w: &[u8], out: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
+    let rb = int4_row_bytes(cols, 32);
+    assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4_lanes: shape");
+    let mut plain = vec![0u8; rb];
+    for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+        plain.copy_from_slice(row);
+        int4_from_lanes(&mut plain, cols);
+        dequant_int4_ref(32, cols, &plain, o);
+    }
+}
+
 /// The reference GEMV over rows of `x.len()` weights: widen a row, then a plain dot.
 fn gemv_rows_ref(
     rb: usize,
@@ -549,6 +567,21 @@ pub fn gemv_int4_ref(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
     )
 }
 
+/// Scalar reference: `y[r] = dot(int4 g32 row r in the lane layout, x)`.
+pub fn gemv_int4_lanes_ref(w: &[u8], x: &[f32], y: &mut [f32]) {
+    let cols = x.len();
+    if let Some(e) = int4_group_error(cols, 32) {
+        panic!("gemv_int4_lanes: {e}");
+    }
+    gemv_rows_ref(
+        int4_row_bytes(cols, 32),
+        |r, o| dequant_int4_lanes_ref(cols, r, o),
+        w,
+        x,
+        y,
+    )
+}
+
 /// Int8 rows widened to f32 on `isa` (AVX2 where available).
 #[inline]
 pub fn dequant_int8(isa: Isa, cols: usize, w: &[u8], out: &mut [f32]) {
@@ -582,6 +615,26 @@ pub fn dequant_int4(isa: Isa, group: usize, cols: usize, w: &[u8], out: &mut [f3
     }
 }
 
+/// Int4 g32 rows in the lane layout ([`int4_to_lanes`]) widened to f32 on `isa`.
+#[inline]
+pub fn dequant_int4_lanes(isa: Isa, cols: usize, w: &[u8], out: &mut [f32]) {
+    if cols == 0 {
+        return;
+    }
+    if let Some(e) = int4_group_error(cols, 32) {
+        panic!("dequant_int4_lanes: {e}");
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2; the group is checked above.
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::avx2::dequant_int4_lanes_avx2(cols, w, out)
+        },
+        _ => dequant_int4_lanes_ref(cols, w, out),
+    }
+}
+
 /// INT8 GEMV on `isa`, f32 activations.
 #[inline]
 pub fn gemv_int8(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
@@ -607,6 +660,19 @@ pub fn gemv_int4(isa: Isa, group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
         // SAFETY: `Isa::Avx2` is only produced after runtime feature detection.
         Isa::Avx2 => unsafe { super::x86::avx2::gemv_int4_avx2(group, w, x, y) },
         _ => gemv_int4_ref(group, w, x, y),
+    }
+}
+
+/// Int4 g32 rows in the lane layout ([`int4_to_lanes`]) · f32 activations on `isa` (the AVX2
+/// body on AVX-512 machines too).
+#[inline]
+pub fn gemv_int4_lanes(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
+        // detection, and both imply AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2::gemv_int4_lanes_avx2(w, x, y) },
+        _ => gemv_int4_lanes_ref(w, x, y),
     }
 }
 

@@ -373,7 +373,7 @@ impl_for_layer_types! {
             rmsnorm_rows(&s.x[..n * DIM], self.attn_norm, eps, &mut s.xb[..n * DIM]);
             if n == 1 {
                 // Decode: q, k and v in one pool dispatch, on activations quantized once.
-                let a = Acts::new(isa, &s.xb[..DIM], Q::ACT8 || K::ACT8 || V::ACT8, &mut s.xq);
+                let a = Acts::new(isa, &s.xb[..DIM], (Q::ACT8 || K::ACT8 || V::ACT8, Q::LANES || K::LANES || V::LANES), &mut s.xq);
                 let (q, k, v) = (SyncSlice::new(&mut s.q), SyncSlice::new(&mut s.k), SyncSlice::new(&mut s.v));
                 let (kv, ctx) = (&s.kv, s.ctx);
                 pool.broadcast(&|t, nt| {
@@ -388,7 +388,7 @@ impl_for_layer_types! {
                 });
             } else {
                 let xb = &s.xb[..n * DIM];
-                let xq = quantize_rows(isa, xb, DIM, Q::GEMM_Q8 || K::GEMM_Q8 || V::GEMM_Q8, &mut s.xqs);
+                let xq = quantize_rows(isa, xb, DIM, (Q::GEMM_Q8 || K::GEMM_Q8 || V::GEMM_Q8, Q::LANES || K::LANES || V::LANES), &mut s.xqs);
                 if m > 0 {
                     let xq_kept = xq.map(|q| &q[skip..]);
                     self.wq.matmul(pool, m, &xb[skip * DIM..], xq_kept, &mut s.q);
@@ -415,11 +415,11 @@ impl_for_layer_types! {
                 return;
             }
             if m == 1 {
-                let a = Acts::new(isa, &s.att_out[..Q_DIM], O::ACT8, &mut s.xq);
+                let a = Acts::new(isa, &s.att_out[..Q_DIM], (O::ACT8, O::LANES), &mut s.xq);
                 self.wo.gemv(pool, a, &mut s.xb2);
             } else {
                 let att = &s.att_out[..m * Q_DIM];
-                let xq = quantize_rows(isa, att, Q_DIM, O::GEMM_Q8, &mut s.xqs);
+                let xq = quantize_rows(isa, att, Q_DIM, (O::GEMM_Q8, O::LANES), &mut s.xqs);
                 self.wo.matmul(pool, m, att, xq, &mut s.xb2);
             }
             let x = &mut s.x[skip * DIM..n * DIM];
@@ -430,7 +430,7 @@ impl_for_layer_types! {
             if m == 1 {
                 // Decode: gate, up and the SwiGLU of each thread's rows in one pool dispatch
                 // (gate and up have the same rows, so a thread's shares line up).
-                let a = Acts::new(isa, &s.xb[..DIM], G::ACT8 || U::ACT8, &mut s.xq);
+                let a = Acts::new(isa, &s.xb[..DIM], (G::ACT8 || U::ACT8, G::LANES || U::LANES), &mut s.xq);
                 let (g, u) = (SyncSlice::new(&mut s.hb), SyncSlice::new(&mut s.hb2));
                 pool.broadcast(&|t, nt| {
                     self.w_gate.gemv_part(isa, a, t, nt, &g);
@@ -439,11 +439,11 @@ impl_for_layer_types! {
                     // SAFETY: rows r0..r1 of both are this thread's alone.
                     unsafe { kernels::silu_mul(isa, g.range(r0, r1 - r0), u.range(r0, r1 - r0)) };
                 });
-                let a = Acts::new(isa, &s.hb[..INTER], D::ACT8, &mut s.xq);
+                let a = Acts::new(isa, &s.hb[..INTER], (D::ACT8, D::LANES), &mut s.xq);
                 self.w_down.gemv(pool, a, &mut s.xb2);
             } else {
                 let xb = &s.xb[..m * DIM];
-                let xq = quantize_rows(isa, xb, DIM, G::GEMM_Q8 || U::GEMM_Q8, &mut s.xqs);
+                let xq = quantize_rows(isa, xb, DIM, (G::GEMM_Q8 || U::GEMM_Q8, G::LANES || U::LANES), &mut s.xqs);
                 self.w_gate.matmul(pool, m, xb, xq, &mut s.hb);
                 self.w_up.matmul(pool, m, xb, xq, &mut s.hb2);
                 // On the pool: an `exp` a value, on one thread while the other waited, was 5% of
@@ -453,7 +453,7 @@ impl_for_layer_types! {
                     kernels::silu_mul(isa, g, &up[start..start + g.len()])
                 });
                 let hb = &s.hb[..m * INTER];
-                let xq = quantize_rows(isa, hb, INTER, D::GEMM_Q8, &mut s.xqs);
+                let xq = quantize_rows(isa, hb, INTER, (D::GEMM_Q8, D::LANES), &mut s.xqs);
                 self.w_down.matmul(pool, m, hb, xq, &mut s.xb2);
             }
             add(&mut s.x[skip * DIM..n * DIM], &s.xb2[..m * DIM]);
@@ -598,11 +598,13 @@ impl<
                 let out = (lo - first_row) * VOCAB;
                 let logits = &mut s.logits[out..out + m * VOCAB];
                 if m == 1 {
-                    let a = Acts::head(kernels::isa(), &s.xb[..DIM], H::ACT8, &mut s.xq);
+                    let a =
+                        Acts::head(kernels::isa(), &s.xb[..DIM], (H::ACT8, H::LANES), &mut s.xq);
                     self.lm_head.gemv(pool, a, logits);
                 } else {
                     let xb = &s.xb[..m * DIM];
-                    let xq = quantize_rows(kernels::isa(), xb, DIM, H::GEMM_Q8, &mut s.xqs);
+                    let xq =
+                        quantize_rows(kernels::isa(), xb, DIM, (H::GEMM_Q8, H::LANES), &mut s.xqs);
                     self.lm_head.matmul(pool, m, xb, xq, logits);
                 }
             }

@@ -30,19 +30,33 @@ impl<'a> Acts<'a> {
     }
 
     /// `x`, quantized once into `buf` when `want_q8` (a weight type of the op has
-    /// [`WeightType::gemv_q8`]) and the process runs the 8-bit path.
-    pub fn new(isa: Isa, x: &'a [f32], want_q8: bool, buf: &'a mut ActQ8) -> Acts<'a> {
-        Self::quantized_if(isa, x, want_q8 && crate::kernels::act8(), buf)
+    /// [`WeightType::gemv_q8`]) and the process runs the 8-bit path, its lanes filled too where
+    /// `lanes` (a weight type of the op has [`WeightType::LANES`]).
+    pub fn new(
+        isa: Isa,
+        x: &'a [f32],
+        (want_q8, lanes): (bool, bool),
+        buf: &'a mut ActQ8,
+    ) -> Acts<'a> {
+        Self::quantized_if(isa, x, want_q8 && crate::kernels::act8(), lanes, buf)
     }
 
     /// As [`Acts::new`] for the output head, which follows [`crate::kernels::act8_head()`].
-    pub fn head(isa: Isa, x: &'a [f32], want_q8: bool, buf: &'a mut ActQ8) -> Acts<'a> {
-        Self::quantized_if(isa, x, want_q8 && crate::kernels::act8_head(), buf)
+    pub fn head(
+        isa: Isa,
+        x: &'a [f32],
+        (want_q8, lanes): (bool, bool),
+        buf: &'a mut ActQ8,
+    ) -> Acts<'a> {
+        Self::quantized_if(isa, x, want_q8 && crate::kernels::act8_head(), lanes, buf)
     }
 
-    fn quantized_if(isa: Isa, x: &'a [f32], on: bool, buf: &'a mut ActQ8) -> Acts<'a> {
+    fn quantized_if(isa: Isa, x: &'a [f32], on: bool, lanes: bool, buf: &'a mut ActQ8) -> Acts<'a> {
         let q = on.then(|| {
             buf.quantize(isa, x);
+            if lanes {
+                buf.fill_lanes();
+            }
             &*buf
         });
         Acts { x, q }
@@ -135,12 +149,13 @@ mod tests {
 
 /// The 8-bit quantization of `n` tokens' activations (`x` is `[n, cols]`), one [`ActQ8`] a
 /// token in `bufs`, where some weight type of the op runs the 8-bit path (`want_q8`) and the
-/// process does ([`crate::kernels::act8()`]); `None` otherwise.
+/// process does ([`crate::kernels::act8()`]); `None` otherwise. Their lanes are filled where
+/// `lanes` ([`WeightType::LANES`]).
 pub fn quantize_rows<'a>(
     isa: Isa,
     x: &[f32],
     cols: usize,
-    want_q8: bool,
+    (want_q8, lanes): (bool, bool),
     bufs: &'a mut Vec<ActQ8>,
 ) -> Option<&'a [ActQ8]> {
     if !(want_q8 && crate::kernels::act8()) {
@@ -152,6 +167,9 @@ pub fn quantize_rows<'a>(
     }
     for (b, xi) in bufs.iter_mut().zip(x.chunks_exact(cols)) {
         b.quantize(isa, xi);
+        if lanes {
+            b.fill_lanes();
+        }
     }
     Some(&bufs[..n])
 }

@@ -386,7 +386,7 @@ unsafe fn attend_group<T: KvElem, const NH: usize, const C: usize>(
 
 // ---- GGUF block formats -------------------------------------------------------------------
 
-use super::{f16_to_f32, u8x16_to_f32x8x2, unpack_nibbles};
+use super::{f16_to_f32, lane_nibbles, u8x16_to_f32x8x2, unpack_nibbles};
 use crate::kernels::blocks::{self as b, QK, QK_K};
 use crate::kernels::int;
 
@@ -809,6 +809,22 @@ pub unsafe fn gemv_int8_avx2(w: &[u8], x: &[f32], y: &mut [f32]) {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
+    gemv_int4_avx2_body::<false>(group, w, x, y)
+}
+
+/// [`gemv_int4_avx2`] over int4 g32 rows in the lane layout (`int::int4_to_lanes`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv_int4_lanes_avx2(w: &[u8], x: &[f32], y: &mut [f32]) {
+    gemv_int4_avx2_body::<true>(32, w, x, y)
+}
+
+/// The body of [`gemv_int4_avx2`] and [`gemv_int4_lanes_avx2`]: a group's codes come from
+/// [`int4_codes`].
+#[inline(always)]
+unsafe fn gemv_int4_avx2_body<const LANES: bool>(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
     let rb = int::check_int4("gemv_int4_avx2", group, w, x, y);
     let ng = x.len() / group;
     let half = group / 2;
@@ -818,11 +834,10 @@ pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
         let mut acc = [_mm256_setzero_ps(); 2];
         for g in 0..ng {
             let xg = x.as_ptr().add(g * group);
-            let qg = qs.as_ptr().add(g * half);
             let (mut v0, mut v1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let mut c = 0;
             while c < half {
-                let (lo, hi) = unpack_nibbles(qg.add(c));
+                let (lo, hi) = int4_codes::<LANES>(qs, (ng, half), g, c);
                 let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
                 v0 = _mm256_fmadd_ps(q0, _mm256_loadu_ps(xg.add(c)), v0);
                 v1 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xg.add(c + 8)), v1);
@@ -846,6 +861,44 @@ pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
 /// dividing `cols` (`int::dequant_int4` checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequant_int4_avx2(group: usize, cols: usize, w: &[u8], out: &mut [f32]) {
+    dequant_int4_avx2_body::<false>(group, cols, w, out)
+}
+
+/// [`dequant_int4_avx2`] of int4 g32 rows in the lane layout (`int::int4_to_lanes`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C, and `cols` must be a multiple of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_int4_lanes_avx2(cols: usize, w: &[u8], out: &mut [f32]) {
+    dequant_int4_avx2_body::<true>(32, cols, w, out)
+}
+
+/// Bytes `c..c + 16` of group `g` of a row's nibbles `qs` (`ng` groups) split into its low and
+/// high weights, one per byte, as [`unpack_nibbles`] gives them; with `LANES` (groups of 32),
+/// the groups in whole runs of eight come from [`lane_nibbles`] in the same order.
+#[inline(always)]
+unsafe fn int4_codes<const LANES: bool>(
+    qs: &[u8],
+    (ng, half): (usize, usize),
+    g: usize,
+    c: usize,
+) -> (__m128i, __m128i) {
+    let run = g / int::LANE_RUN;
+    if LANES && run < ng / int::LANE_RUN {
+        lane_nibbles(qs.as_ptr().add(run * 16 * int::LANE_RUN), g % int::LANE_RUN)
+    } else {
+        unpack_nibbles(qs.as_ptr().add(g * half + c))
+    }
+}
+
+/// The body of [`dequant_int4_avx2`] and [`dequant_int4_lanes_avx2`].
+#[inline(always)]
+unsafe fn dequant_int4_avx2_body<const LANES: bool>(
+    group: usize,
+    cols: usize,
+    w: &[u8],
+    out: &mut [f32],
+) {
     let rb = int::int4_row_bytes(cols, group);
     assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4_avx2: shape");
     let (ng, half) = (cols / group, group / 2);
@@ -854,10 +907,10 @@ pub unsafe fn dequant_int4_avx2(group: usize, cols: usize, w: &[u8], out: &mut [
         for g in 0..ng {
             let step = _mm256_set1_ps(d * scales[g] as f32);
             let off = _mm256_set1_ps(-dmin * mins[g] as f32);
-            let (qg, og) = (qs.as_ptr().add(g * half), o.as_mut_ptr().add(g * group));
+            let og = o.as_mut_ptr().add(g * group);
             let mut c = 0;
             while c < half {
-                let (lo, hi) = unpack_nibbles(qg.add(c));
+                let (lo, hi) = int4_codes::<LANES>(qs, (ng, half), g, c);
                 let ((q0, q1), (q2, q3)) = (u8x16_to_f32x8x2(lo), u8x16_to_f32x8x2(hi));
                 _mm256_storeu_ps(og.add(c), _mm256_fmadd_ps(q0, step, off));
                 _mm256_storeu_ps(og.add(c + 8), _mm256_fmadd_ps(q1, step, off));

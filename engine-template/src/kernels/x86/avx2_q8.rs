@@ -729,7 +729,7 @@ pub unsafe fn gemm_int4_q8_avx2(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f
     let rb = int::check_int4_rows("gemm_int4_q8_avx2", group, x0.len(), w.len(), rows);
     let ng = x0.len() / QK8;
     gemm_rows_q8(xs, y, |r| {
-        Int4G32::of(w.get_unchecked(r * rb..(r + 1) * rb), ng)
+        Int4G32::<false>::of(w.get_unchecked(r * rb..(r + 1) * rb), ng)
     })
 }
 
@@ -771,29 +771,22 @@ macro_rules! last_groups_q8 {
     }};
 }
 
-/// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · one token's 8-bit activations,
-/// two rows at a time ([`gemv_lanes_tile_q8`]), then an odd last row alone.
+/// Int4 g32 rows in the lane layout ([`int::int4_to_lanes`]) · several tokens' 8-bit
+/// activations, their lanes filled ([`ActQ8::fill_lanes`]): `y[i * rows + r] = dot(row r,
+/// xs[i])` through [`gemm_rows_q8`] (decode passes one token: [`gemv_lanes_tile_q8`]).
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C; every token the same length (the `act8`
+/// dispatcher checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemv_int4_lanes_q8_avx2(w: &[u8], x: &ActQ8, y: &mut [f32]) {
-    let rb = int::check_int4_rows("gemv_int4_lanes_q8_avx2", 32, x.len(), w.len(), y.len());
-    assert!(
-        x.lanes_sized(),
-        "gemv_int4_lanes_q8_avx2: activations not filled by ActQ8::quantize and fill_lanes"
-    );
-    let ng = x.len() / QK8;
-    let row = |r: usize| Int4G32::of(w.get_unchecked(r * rb..(r + 1) * rb), ng);
-    let rows = y.len();
-    let mut r = 0;
-    while r + 2 <= rows {
-        gemv_lanes_tile_q8::<2>(x, y, r, &row);
-        r += 2;
-    }
-    if r < rows {
-        gemv_lanes_tile_q8::<1>(x, y, r, &row);
-    }
+pub unsafe fn gemm_int4_lanes_q8_avx2(w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+    let Some(x0) = xs.first() else { return };
+    let rows = y.len() / xs.len();
+    let rb = int::check_int4_rows("gemm_int4_lanes_q8_avx2", QK8, x0.len(), w.len(), rows);
+    let ng = x0.len() / QK8;
+    gemm_rows_q8(xs, y, |r| {
+        Int4G32::<true>::of(w.get_unchecked(r * rb..(r + 1) * rb), ng)
+    })
 }
 
 /// Rows `r..r + RW` in the lane layout against one token. Each run of eight groups is four
@@ -805,11 +798,11 @@ pub unsafe fn gemv_int4_lanes_q8_avx2(w: &[u8], x: &ActQ8, y: &mut [f32]) {
 /// the shuffles and the nibble shifts at 81% there. Measured on one thread, this kernel streams
 /// 15-26% more bytes a second (ADR 43).
 #[inline(always)]
-unsafe fn gemv_lanes_tile_q8<'a, const RW: usize>(
+unsafe fn gemv_lanes_tile_q8<R: RowQ8, const RW: usize>(
     x: &ActQ8,
     y: &mut [f32],
     r: usize,
-    row: &impl Fn(usize) -> Int4G32<'a>,
+    row: &impl Fn(usize) -> R,
 ) {
     let ng = x.len() / QK8;
     let rows = y.len();
@@ -819,7 +812,7 @@ unsafe fn gemv_lanes_tile_q8<'a, const RW: usize>(
         let end = row((r + PREFETCH_ROWS + RW).min(rows - 1)).start();
         crate::kernels::prefetch_span(row(r + PREFETCH_ROWS).start(), end);
     }
-    let w: [Int4G32; RW] = std::array::from_fn(|j| row(r + j));
+    let w: [R; RW] = std::array::from_fn(|j| row(r + j));
     let mut acc = [_mm256_setzero_ps(); RW];
     let mut accm = [_mm256_setzero_ps(); RW];
     let mut g = 0;
@@ -829,7 +822,7 @@ unsafe fn gemv_lanes_tile_q8<'a, const RW: usize>(
         for j in 0..RW {
             let (sc, off) = w[j].scales8(g);
             accm[j] = _mm256_fmadd_ps(off, m, accm[j]);
-            let qs = w[j].qs.as_ptr().add(g * 16) as *const __m256i;
+            let qs = w[j].run_qs(g);
             // Two partial sums, so the i16 adds are not one chain.
             let mut s = [_mm256_setzero_si256(); 2];
             for l in 0..4 {
@@ -856,6 +849,14 @@ unsafe fn gemv_lanes_tile_q8<'a, const RW: usize>(
 /// One weight row as the batched kernel ([`gemm_rows_q8`]) reads it: groups of 32 weights,
 /// each with a scale `d` and an offset `c` per unit of activation sum (value = `d * q + c`).
 trait RowQ8 {
+    /// Whether each whole run of eight groups is in the lane layout ([`int::int4_to_lanes`]):
+    /// the tiles then read it through [`RowQ8::run_qs`] and the activations' lanes.
+    const LANES: bool = false;
+    /// The four 32-byte vectors of the run of eight groups from `g` (only called where
+    /// [`RowQ8::LANES`]).
+    unsafe fn run_qs(&self, _g: usize) -> *const __m256i {
+        unreachable!("only rows in the lane layout have runs")
+    }
     /// Whether the group scales are small integers under one float per row (int4 g32's u8
     /// `scales` times `d`). They then weight the pair sums in `vpmaddwd`, which otherwise adds
     /// them with weight 1, and `d` multiplies the row's sum once ([`RowQ8::row_d`]).
@@ -918,8 +919,9 @@ impl<B: Q8Pair> RowQ8 for &[B] {
     }
 }
 
-/// An int4 g32 row's parts (`int::int4_row`).
-struct Int4G32<'a> {
+/// An int4 g32 row's parts (`int::int4_row`), its runs of eight groups in the lane layout
+/// where `LANES`.
+struct Int4G32<'a, const LANES: bool> {
     d: f32,
     dmin: f32,
     scales: &'a [u8],
@@ -927,7 +929,7 @@ struct Int4G32<'a> {
     qs: &'a [u8],
 }
 
-impl<'a> Int4G32<'a> {
+impl<'a, const LANES: bool> Int4G32<'a, LANES> {
     /// The parts of `row`, a row of `ng` groups.
     #[inline(always)]
     fn of(row: &'a [u8], ng: usize) -> Self {
@@ -954,7 +956,12 @@ unsafe fn pair_sums(lo: __m256i, hi: __m256i, xp: *const __m256i, w16: __m256i) 
     _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, w16))
 }
 
-impl RowQ8 for Int4G32<'_> {
+impl<const LANES: bool> RowQ8 for Int4G32<'_, LANES> {
+    const LANES: bool = LANES;
+    #[inline(always)]
+    unsafe fn run_qs(&self, g: usize) -> *const __m256i {
+        self.qs.as_ptr().add(g * 16) as *const __m256i
+    }
     const INT_SCALES: bool = true;
     #[inline(always)]
     fn row_d(&self) -> f32 {
@@ -1140,6 +1147,10 @@ unsafe fn gemm_rows_q8<R: RowQ8>(xs: &[ActQ8], y: &mut [f32], row: impl Fn(usize
         xs.iter().all(ActQ8::pairs_sized),
         "gemm_rows_q8: activations not filled by ActQ8::quantize"
     );
+    assert!(
+        !R::LANES || xs.iter().all(ActQ8::lanes_sized),
+        "gemm_rows_q8: rows in the lane layout, activations' lanes not filled (fill_lanes)"
+    );
     let rows = y.len() / xs.len().max(1);
     let mut i = 0;
     while i + 4 <= xs.len() {
@@ -1197,7 +1208,11 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
     // slower than a lane shuffle of the steps, as the weight-side work is not shared.
     let int = R::INT_SCALES;
     let mut xdp = [std::ptr::null::<f32>(); T];
+    let mut xl = [std::ptr::null::<i8>(); T];
     for t in 0..T {
+        if R::LANES {
+            xl[t] = xs[t].lanes().as_ptr();
+        }
         px[t] = xs[t].pairs().as_ptr();
         xd[t] = xs[t].d.as_ptr();
         xsum[t] = xs[t].s.as_ptr();
@@ -1227,6 +1242,62 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
                 if !int {
                     step[t] = _mm256_mul_ps(sc, _mm256_loadu_ps(xd[t].add(g)));
                 }
+            }
+            if R::LANES {
+                // Lane `j` of every vector is group `j`'s: a token's eight `vpmaddubsw` add up
+                // in i16 (at most 8 * 3810), and one `vpmaddwd` weights them by the groups'
+                // integer scales, each in both i16 halves of its lane, into the eight groups'
+                // sums; the step is then the token's block scales as they lie.
+                let qs = w.run_qs(g);
+                let wsc = if int {
+                    // i16 scales 0-3 (low half) and 4-7 (high half), each twice.
+                    let pick = |b: i8| {
+                        _mm_setr_epi8(
+                            b,
+                            b + 1,
+                            b,
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 4,
+                            b + 5,
+                            b + 6,
+                            b + 7,
+                            b + 6,
+                            b + 7,
+                        )
+                    };
+                    _mm256_shuffle_epi8(isc, _mm256_setr_m128i(pick(0), pick(8)))
+                } else {
+                    ones
+                };
+                let mut s16 = [_mm256_setzero_si256(); T];
+                for l in 0..4 {
+                    let (lo, hi) = nibble_halves(_mm256_loadu_si256(qs.add(l)));
+                    for t in 0..T {
+                        let xv = xl[t].add(g * QK8) as *const __m256i;
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xv.add(2 * l))),
+                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xv.add(2 * l + 1))),
+                        );
+                        s16[t] = _mm256_add_epi16(s16[t], p);
+                    }
+                }
+                for t in 0..T {
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], wsc));
+                    let sj = if int {
+                        _mm256_loadu_ps(xd[t].add(g))
+                    } else {
+                        step[t]
+                    };
+                    acc[t] = _mm256_fmadd_ps(p, sj, acc[t]);
+                }
+                g += 8;
+                continue;
             }
             macro_rules! pair {
                 ($j:literal) => {
@@ -1315,11 +1386,19 @@ unsafe fn gemv_rows_q8<R: RowQ8>(x: &ActQ8, y: &mut [f32], row: &impl Fn(usize) 
     let rows = y.len();
     let mut r = 0;
     while r + 2 <= rows {
-        gemv_tile_q8::<R, 2>(x, y, r, row);
+        if R::LANES {
+            gemv_lanes_tile_q8::<R, 2>(x, y, r, row);
+        } else {
+            gemv_tile_q8::<R, 2>(x, y, r, row);
+        }
         r += 2;
     }
     if r < rows {
-        gemv_tile_q8::<R, 1>(x, y, r, row);
+        if R::LANES {
+            gemv_lanes_tile_q8::<R, 1>(x, y, r, row);
+        } else {
+            gemv_tile_q8::<R, 1>(x, y, r, row);
+        }
     }
 }
 

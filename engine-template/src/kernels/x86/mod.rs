@@ -133,6 +133,26 @@ pub unsafe fn unpack_nibbles(p: *const u8) -> (__m128i, __m128i) {
     )
 }
 
+/// Group `j`'s 32 codes in a run of eight groups in the lane layout (`int::int4_to_lanes`,
+/// `run` its 128 bytes), one per byte in element order: (weights 0..16, weights 16..32), as
+/// [`unpack_nibbles`] gives a plain group's. Lane `j` of each 32 bytes holds weights
+/// `8 L..8 L + 4` (low nibbles) and `8 L + 4..8 L + 8` (high), so interleaving the halves' 32-bit
+/// lanes puts them in order.
+///
+/// # Safety
+/// The CPU must support AVX2, `j < 8`, and `run` must point to 128 readable bytes.
+#[inline(always)]
+pub unsafe fn lane_nibbles(run: *const u8, j: usize) -> (__m128i, __m128i) {
+    let lane = |l: usize| (run.add(32 * l + 4 * j) as *const i32).read_unaligned();
+    let bytes = _mm_setr_epi32(lane(0), lane(1), lane(2), lane(3));
+    let mask = _mm_set1_epi8(0x0f);
+    let (lo, hi) = (
+        _mm_and_si128(bytes, mask),
+        _mm_and_si128(_mm_srli_epi16(bytes, 4), mask),
+    );
+    (_mm_unpacklo_epi32(lo, hi), _mm_unpackhi_epi32(lo, hi))
+}
+
 /// Bytes 0..8 and 8..16 of `v`, as two vectors of 8 f32 (unsigned).
 ///
 /// # Safety
