@@ -357,7 +357,7 @@ fn max_weight_change(a: &TinyLlama, b: &TinyLlama) -> f32 {
 fn tiny_int8w_and_int4w_match_oracle_on_their_stored_weights() {
     for (p, linear, head) in [
         ("int8w", "int8", "q8_0"),
-        ("int4w", "int4_g32", "q5_1_rows"),
+        ("int4w", "int4_g32_lanes", "q5_1_rows"),
     ] {
         let name = format!("tiny-{p}");
         let (work, model, _, bin) = build_tiny(false, 3, "F32", &name, &["--precision", p]);
@@ -444,7 +444,7 @@ fn tiny_manifest_mixes_layouts() {
         ("model.layers.0.mlp.down_proj.weight", "int4_g96"),
         ("model.layers.1.mlp.gate_proj.weight", "int8"),
         ("model.layers.1.mlp.up_proj.weight", "f32"),
-        ("model.layers.1.mlp.down_proj.weight", "int4_g32"),
+        ("model.layers.1.mlp.down_proj.weight", "int4_g32_lanes"),
         ("model.embed_tokens.weight", "int8"),
     ] {
         assert_eq!(dtype_of(&meta, t), want, "{t}");
