@@ -109,7 +109,7 @@ fn gemvs(c: &mut Criterion) {
         });
         let split = |t: GgmlType, blocks: &[u8]| {
             let mut out = vec![0u8; blocks.len()];
-            rows::split_rows(t, cols / 32, blocks, &mut out);
+            rows::split_rows(t, cols / 32, false, blocks, &mut out);
             out
         };
         let q50r = split(GgmlType::Q5_0, bytemuck::cast_slice(&q50));
@@ -117,7 +117,7 @@ fn gemvs(c: &mut Criterion) {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
                 let xs = std::slice::from_ref(&xq);
-                act8::gemm_split_q8(isa, GgmlType::Q5_0, &q50r, xs, &mut y)
+                act8::gemm_split_q8(isa, GgmlType::Q5_0, false, &q50r, xs, &mut y)
             })
         });
         let q51: Vec<BlockQ5_1> = q50
@@ -141,7 +141,7 @@ fn gemvs(c: &mut Criterion) {
             b.iter(|| {
                 xq.quantize(isa, black_box(&x));
                 let xs = std::slice::from_ref(&xq);
-                act8::gemm_split_q8(isa, GgmlType::Q5_1, &q51r, xs, &mut y)
+                act8::gemm_split_q8(isa, GgmlType::Q5_1, false, &q51r, xs, &mut y)
             })
         });
         // Q4_K (Q4_K_M's down projections), rows of whole 256-weight blocks only.

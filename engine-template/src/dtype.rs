@@ -293,30 +293,35 @@ impl<const NG: usize, const H: usize> WeightType for Int4Lanes<NG, H> {
 
 macro_rules! rows_weight {
     ($(#[$doc:meta])* $name:ident, $row:ident, $gt:expr) => {
+        rows_weight!($(#[$doc])* $name, $row, $gt, Dtype::Rows($gt), false);
+    };
+    ($(#[$doc:meta])* $name:ident, $row:ident, $gt:expr, $dtype:expr, $lanes:literal) => {
         $(#[$doc])*
         pub struct $name<const NB: usize>;
 
         impl<const NB: usize> WeightType for $name<NB> {
             type Elem = rows::$row<NB>;
             type Tile = f32;
-            const DTYPE: Dtype = Dtype::Rows($gt);
+            const DTYPE: Dtype = $dtype;
             const BLOCK: usize = NB * QK;
             #[inline]
             fn gemv(isa: Isa, w: &[rows::$row<NB>], x: &[f32], y: &mut [f32]) {
-                rows::gemv_rows(isa, $gt, bytemuck::cast_slice(w), x, y)
+                rows::gemv_rows(isa, $gt, $lanes, bytemuck::cast_slice(w), x, y)
             }
             const ACT8: bool = true;
+            const LANES: bool = $lanes;
             #[inline]
             fn gemv_q8(isa: Isa, w: &[rows::$row<NB>], x: &ActQ8, y: &mut [f32]) {
-                act8::gemm_split_q8(isa, $gt, bytemuck::cast_slice(w), std::slice::from_ref(x), y)
+                let xs = std::slice::from_ref(x);
+                act8::gemm_split_q8(isa, $gt, $lanes, bytemuck::cast_slice(w), xs, y)
             }
             const GEMM_Q8: bool = true;
             #[inline]
             fn gemm_q8(isa: Isa, w: &[rows::$row<NB>], xs: &[ActQ8], y: &mut [f32]) {
-                act8::gemm_split_q8(isa, $gt, bytemuck::cast_slice(w), xs, y)
+                act8::gemm_split_q8(isa, $gt, $lanes, bytemuck::cast_slice(w), xs, y)
             }
             fn to_f32(w: &[rows::$row<NB>], out: &mut [f32]) {
-                rows::dequant_rows_ref($gt, NB * QK, bytemuck::cast_slice(w), out)
+                rows::dequant_rows_ref($gt, $lanes, NB * QK, bytemuck::cast_slice(w), out)
             }
         }
     };
@@ -329,6 +334,10 @@ rows_weight!(/// GGUF Q5_0 rows of `NB` blocks, split by field ([`crate::kernels
     Q5_0Rows, RowQ5_0, Gt::Q5_0);
 rows_weight!(/// GGUF Q5_1 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).
     Q5_1Rows, RowQ5_1, Gt::Q5_1);
+rows_weight!(/// GGUF Q4_0 rows of `NB` blocks, split by field, `qs` in the lane layout (ADR 45).
+    Q4_0RowsLanes, RowQ4_0, Gt::Q4_0, Dtype::RowsLanes(Gt::Q4_0), true);
+rows_weight!(/// GGUF Q4_1 rows of `NB` blocks, split by field, `qs` in the lane layout (ADR 45).
+    Q4_1RowsLanes, RowQ4_1, Gt::Q4_1, Dtype::RowsLanes(Gt::Q4_1), true);
 
 /// The type a generated crate uses for `d` in rows of `cols` (`clocher_engine::dtype::<name>`).
 pub fn type_name(d: Dtype, cols: usize) -> String {
@@ -342,6 +351,13 @@ pub fn type_name(d: Dtype, cols: usize) -> String {
             }
         }
         Dtype::Rows(t) => return format!("{}Rows<{}>", type_name(Dtype::Ggml(t), cols), cols / QK),
+        Dtype::RowsLanes(t) => {
+            return format!(
+                "{}RowsLanes<{}>",
+                type_name(Dtype::Ggml(t), cols),
+                cols / QK
+            )
+        }
     };
     match d {
         Gt::F32 => "F32",

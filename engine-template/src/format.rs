@@ -37,6 +37,9 @@ pub enum Dtype {
     Ggml(GgmlType),
     /// GGUF blocks of a format that [`rows::fields`] lists, split by field within each row.
     Rows(GgmlType),
+    /// [`Dtype::Rows`] of Q4_0 or Q4_1 ([`rows::lanes_ok`]) with each row's `qs` in the lane
+    /// layout ([`int::qs_to_lanes`], ADR 45).
+    RowsLanes(GgmlType),
     /// Int8 rows: `d: f32, m: f32, qs: [u8; cols]`.
     Int8,
     /// Int4 rows with groups of `group` weights; with `lanes` (groups of 32 only), each run of
@@ -56,6 +59,7 @@ impl Dtype {
         match self {
             Dtype::Ggml(t) => t.name().to_ascii_lowercase(),
             Dtype::Rows(t) => format!("{}_rows", t.name().to_ascii_lowercase()),
+            Dtype::RowsLanes(t) => format!("{}_rows_lanes", t.name().to_ascii_lowercase()),
             Dtype::Int8 => "int8".into(),
             Dtype::Int4 { group, lanes } => {
                 format!("int4_g{group}{}", if lanes { "_lanes" } else { "" })
@@ -66,13 +70,15 @@ impl Dtype {
     /// Bytes of one row of `cols` elements, or why such a row can't be stored.
     pub fn row_bytes(self, cols: usize) -> Result<usize, String> {
         match self {
-            Dtype::Ggml(t) | Dtype::Rows(t) => t.nbytes(cols).ok_or_else(|| {
-                format!(
-                    "rows of {cols} don't divide into {}-element {} blocks",
-                    t.block_elems(),
-                    t.name()
-                )
-            }),
+            Dtype::Ggml(t) | Dtype::Rows(t) | Dtype::RowsLanes(t) => {
+                t.nbytes(cols).ok_or_else(|| {
+                    format!(
+                        "rows of {cols} don't divide into {}-element {} blocks",
+                        t.block_elems(),
+                        t.name()
+                    )
+                })
+            }
             Dtype::Int8 => Ok(int::int8_row_bytes(cols)),
             Dtype::Int4 { group, .. } => match int::int4_group_error(cols, group) {
                 Some(e) => Err(e),
@@ -114,6 +120,12 @@ impl std::str::FromStr for Dtype {
                 .into_iter()
                 .find(|t| t.name().eq_ignore_ascii_case(s))
         };
+        if let Some(b) = s.strip_suffix("_rows_lanes") {
+            return ggml(b)
+                .filter(|t| rows::lanes_ok(*t))
+                .map(Dtype::RowsLanes)
+                .ok_or_else(|| format!("unknown dtype {s:?}"));
+        }
         match s.strip_suffix("_rows") {
             Some(b) => ggml(b)
                 .filter(|t| rows::fields(*t).is_some())
@@ -303,7 +315,9 @@ impl QuantSpec {
                 }
                 Ok(q)
             }
-            Dtype::Ggml(_) | Dtype::Rows(_) => unreachable!("QuantSpec::dtype gives int types"),
+            Dtype::Ggml(_) | Dtype::Rows(_) | Dtype::RowsLanes(_) => {
+                unreachable!("QuantSpec::dtype gives int types")
+            }
         }
     }
 }
@@ -324,23 +338,31 @@ pub fn layout_doc(d: Dtype) -> Option<String> {
             },
             h = group / 2
         )),
-        Dtype::Rows(t) => Some(format!(
-            "{n}_rows: ggml's {n} blocks, each row's fields gathered into arrays in block order: {}. Block k is field[k] of each; bytes and values as in ggml.",
+        Dtype::Rows(t) | Dtype::RowsLanes(t) => Some(format!(
+            "{}: ggml's {n} blocks, each row's fields gathered into arrays in block order: {}. Block k is field[k] of each; bytes and values as in ggml{}.",
+            d.name(),
             rows::fields(t)
                 .unwrap_or_default()
                 .iter()
                 .map(|f| format!("{}[nb] ({})", f.name, f.ty))
                 .collect::<Vec<_>>()
                 .join(", "),
+            if matches!(d, Dtype::RowsLanes(_)) {
+                ", except that qs is in the lane layout: in each whole run of 8 blocks (128 bytes from qs[128*R]), byte 32*L+4*j+i holds element 8*L+i of block 8*R+j in its low nibble and element 8*L+4+i in its high nibble (L < 4, j < 8, i < 4); blocks past the last whole run keep ggml's order"
+            } else {
+                ""
+            },
             n = t.name().to_ascii_lowercase()
         )),
         Dtype::Ggml(_) => None,
     }
 }
 
-/// How a GGUF format is stored: split by rows where [`rows::fields`] lists it.
+/// How a GGUF format is stored: split by rows where [`rows::fields`] lists it, the 4-bit ones
+/// with their nibbles in the lane layout (ADR 45).
 pub fn stored(t: GgmlType) -> Dtype {
     match rows::fields(t) {
+        Some(_) if rows::lanes_ok(t) => Dtype::RowsLanes(t),
         Some(_) => Dtype::Rows(t),
         None => Dtype::Ggml(t),
     }

@@ -601,17 +601,29 @@ fn gemms_every_isa_match_reference() {
             (GgmlType::Q5_0, as_bytes(&q50)),
             (GgmlType::Q5_1, as_bytes(&q51)),
         ] {
-            let mut split = vec![0u8; bytes.len()];
-            rows::split_rows(t, ng, &bytes, &mut split);
             t.dequant(&bytes, &mut deq);
-            check_gemm_every_isa(
-                &format!("gemm_split_q8 {}", t.name()),
-                cols,
-                rows,
-                &split,
-                &deq,
-                &|isa, w, xs, y| act8::gemm_split_q8(isa, t, w, xs, y),
-            );
+            // And the 4-bit ones with their nibbles in the lane layout (runs of eight blocks).
+            for lanes in [false, true]
+                .into_iter()
+                .filter(|&l| !l || rows::lanes_ok(t))
+            {
+                let mut split = vec![0u8; bytes.len()];
+                rows::split_rows(t, ng, lanes, &bytes, &mut split);
+                check_gemm_every_isa(
+                    &format!("gemm_split_q8 {} lanes={lanes}", t.name()),
+                    cols,
+                    rows,
+                    &split,
+                    &deq,
+                    &|isa, w, xs, y| {
+                        let mut xs = xs.to_vec();
+                        if lanes {
+                            xs.iter_mut().for_each(ActQ8::fill_lanes);
+                        }
+                        act8::gemm_split_q8(isa, t, lanes, w, &xs, y)
+                    },
+                );
+            }
         }
         blocks::dequant_q4_0_ref(&q40, &mut deq);
         check_gemm_every_isa(

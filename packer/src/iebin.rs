@@ -215,8 +215,8 @@ pub fn write(
         put(&vec![0u8; pad as usize], &mut pos)?;
         let bytes: Vec<u8> = if dtype == Dtype::Ggml(t.ty) {
             ck.read_raw(t)
-        } else if dtype == Dtype::Rows(t.ty) {
-            crate::quant::split(t.ty, cols, &ck.read_raw(t))
+        } else if dtype == Dtype::Rows(t.ty) || dtype == Dtype::RowsLanes(t.ty) {
+            crate::quant::split(dtype, t.ty, cols, &ck.read_raw(t))
         } else {
             crate::quant::encode(tplan, &ck.read_f32(t), cols)
                 .map_err(|e| input(&ck.path, format!("converting tensor {tname}: {e}")))?

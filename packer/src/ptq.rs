@@ -325,7 +325,9 @@ fn gemv(isa: Isa, d: Dtype, w: &[u8], x: &[f32], y: &mut [f32]) {
         Dtype::Int8 => int::gemv_int8(isa, w, x, y),
         Dtype::Int4 { lanes: true, .. } => int::gemv_int4_lanes(isa, w, x, y),
         Dtype::Int4 { group, .. } => int::gemv_int4(isa, group, w, x, y),
-        Dtype::Ggml(_) | Dtype::Rows(_) => unreachable!("ptq quantizes to int types"),
+        Dtype::Ggml(_) | Dtype::Rows(_) | Dtype::RowsLanes(_) => {
+            unreachable!("ptq quantizes to int types")
+        }
     }
 }
 

@@ -153,18 +153,19 @@ pub fn encode(plan: TensorPlan, w: &[f32], cols: usize) -> std::result::Result<V
             Dtype::Rows(t @ GgmlType::Q5_1) => {
                 d.row_bytes(cols)?;
                 let q = blocks::quantize_q5_1_ref(w);
-                split(t, cols, bytemuck::cast_slice(&q))
+                split(d, t, cols, bytemuck::cast_slice(&q))
             }
             other => return Err(format!("converting to {} is not offered", other.name())),
         }),
     }
 }
 
-/// GGUF blocks of `t` (rows of `cols` weights) split by field within each row, as
-/// [`format::stored`] keeps them.
-pub fn split(t: GgmlType, cols: usize, blocks: &[u8]) -> Vec<u8> {
+/// GGUF blocks of `t` (rows of `cols` weights) split by field within each row, as `d`
+/// (`Dtype::Rows` or `Dtype::RowsLanes` of `t`) keeps them.
+pub fn split(d: Dtype, t: GgmlType, cols: usize, blocks: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; blocks.len()];
-    rows::split_rows(t, cols / t.block_elems(), blocks, &mut out);
+    let lanes = d == Dtype::RowsLanes(t);
+    rows::split_rows(t, cols / t.block_elems(), lanes, blocks, &mut out);
     out
 }
 

@@ -529,7 +529,10 @@ impl TinyLlama {
             match t.dtype {
                 Dtype::Ggml(g) => g.dequant(bytes, values),
                 Dtype::Rows(g) => {
-                    clocher_engine::kernels::rows::dequant_rows_ref(g, cols, bytes, values)
+                    clocher_engine::kernels::rows::dequant_rows_ref(g, false, cols, bytes, values)
+                }
+                Dtype::RowsLanes(g) => {
+                    clocher_engine::kernels::rows::dequant_rows_ref(g, true, cols, bytes, values)
                 }
                 Dtype::Int8 => int::dequant_int8_ref(cols, bytes, values),
                 Dtype::Int4 { lanes: true, .. } => int::dequant_int4_lanes_ref(cols, bytes, values),

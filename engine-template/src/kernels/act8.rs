@@ -411,24 +411,28 @@ pub fn gemm_int4_q8(isa: Isa, group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f32
 }
 
 /// Scalar reference of [`gemm_split_q8`]: the reference GEMV once per token.
-pub fn gemm_split_q8_ref(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+pub fn gemm_split_q8_ref(t: GgmlType, lanes: bool, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     gemm_q8_ref_with(xs, y, |x, y| {
         let (cols, rb) = (x.len(), t.nbytes(x.len()).expect("rows of whole blocks"));
-        let row = |r: usize, o: &mut [f32]| rows::dequant_rows_ref(t, cols, &w[r * rb..][..rb], o);
+        let row =
+            |r: usize, o: &mut [f32]| rows::dequant_rows_ref(t, lanes, cols, &w[r * rb..][..rb], o);
         gemv_q8_ref_with(y.len(), row, x, y)
     })
 }
 
 /// Split Q4_0 / Q4_1 / Q5_0 / Q5_1 rows ([`rows`]) · several tokens' 8-bit activations:
 /// `y[i * rows + r] = dot(row r, xs[i])`, `y` being `[xs.len(), rows]` (decode passes one
-/// token).
+/// token). With `lanes` (Q4_0, Q4_1) the rows' `qs` are in the lane layout and the tokens'
+/// lanes must be filled ([`ActQ8::fill_lanes`]).
 #[inline]
-pub fn gemm_split_q8(isa: Isa, t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+pub fn gemm_split_q8(isa: Isa, t: GgmlType, lanes: bool, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     let (rows, Some(x0)) = gemm_rows("gemm_split_q8", xs, y.len()) else {
         return;
     };
     assert!(
-        rows::fields(t).is_some() && w.len().is_multiple_of(t.block_bytes()),
+        rows::fields(t).is_some()
+            && (!lanes || rows::lanes_ok(t))
+            && w.len().is_multiple_of(t.block_bytes()),
         "gemm_split_q8: {} bytes of {} rows",
         w.len(),
         t.name()
@@ -438,7 +442,9 @@ pub fn gemm_split_q8(isa: Isa, t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only produced after runtime feature
         // detection, and both imply AVX2; the shapes are checked above.
-        Isa::Avx2 | Isa::Avx512 => unsafe { super::x86::avx2_q8::gemm_split_q8_avx2(t, w, xs, y) },
-        _ => gemm_split_q8_ref(t, w, xs, y),
+        Isa::Avx2 | Isa::Avx512 => unsafe {
+            super::x86::avx2_q8::gemm_split_q8_avx2(t, lanes, w, xs, y)
+        },
+        _ => gemm_split_q8_ref(t, lanes, w, xs, y),
     }
 }

@@ -416,18 +416,35 @@ pub const LANE_GROUP: usize = 32;
 /// one vector (no per-pair shuffle of scales; ADR 43). Groups past the last whole run keep the
 /// plain order (byte `b` of a group: weights `b` and `b + 16`).
 pub fn int4_to_lanes(w: &mut [u8], cols: usize) {
-    int4_lanes_map(w, cols, |run, nat| {
-        for (k, b) in run.iter_mut().enumerate() {
-            let (l, j, i) = (k / 32, k / 4 % 8, k % 4);
-            *b = plain_nibble(&nat[16 * j..16 * j + 16], 8 * l + i)
-                | plain_nibble(&nat[16 * j..16 * j + 16], 8 * l + 4 + i) << 4;
-        }
-    })
+    int4_lanes_map(w, cols, qs_to_lanes)
 }
 
 /// The inverse of [`int4_to_lanes`].
 pub fn int4_from_lanes(w: &mut [u8], cols: usize) {
-    int4_lanes_map(w, cols, |run, lanes| {
+    int4_lanes_map(w, cols, qs_from_lanes)
+}
+
+/// Bytes of one run of the lane layout: [`LANE_RUN`] groups of 16 bytes.
+pub const LANE_RUN_BYTES: usize = 16 * LANE_RUN;
+
+/// A row's nibbles (groups of 32 weights in 16 bytes each, ggml's order within a group) into
+/// the lane layout ([`int4_to_lanes`]), each whole run of [`LANE_RUN`] groups; the groups
+/// after the last whole run stay as they are. Split Q4_0 / Q4_1 rows' `qs` take it too.
+pub fn qs_to_lanes(qs: &mut [u8]) {
+    for run in qs.chunks_exact_mut(LANE_RUN_BYTES) {
+        let nat: [u8; LANE_RUN_BYTES] = (&*run).try_into().expect("a whole run");
+        for (k, b) in run.iter_mut().enumerate() {
+            let (l, j, i) = (k / 32, k / 4 % 8, k % 4);
+            let group = &nat[16 * j..16 * j + 16];
+            *b = plain_nibble(group, 8 * l + i) | plain_nibble(group, 8 * l + 4 + i) << 4;
+        }
+    }
+}
+
+/// The inverse of [`qs_to_lanes`].
+pub fn qs_from_lanes(qs: &mut [u8]) {
+    for run in qs.chunks_exact_mut(LANE_RUN_BYTES) {
+        let lanes: [u8; LANE_RUN_BYTES] = (&*run).try_into().expect("a whole run");
         for (k, byte) in run.iter_mut().enumerate() {
             // Byte `b` of group `j` holds weights `b` and `b + 16`; where the lanes keep them.
             let (j, b) = (k / 16, k % 16);
@@ -441,7 +458,7 @@ pub fn int4_from_lanes(w: &mut [u8], cols: usize) {
             };
             *byte = at(b) | at(b + 16) << 4;
         }
-    })
+    }
 }
 
 /// Weight `e` (0..32) of one group's 16 plain-order bytes (byte `e % 16`, low nibble below 16).
@@ -454,26 +471,22 @@ fn plain_nibble(group: &[u8], e: usize) -> u8 {
     }
 }
 
-/// Rewrites each whole run of each g32 row's nibbles with `f(run, copy of the run)`.
-fn int4_lanes_map(w: &mut [u8], cols: usize, f: impl Fn(&mut [u8], &[u8])) {
+/// Rewrites the nibbles of each g32 row of `cols` with `f`.
+fn int4_lanes_map(w: &mut [u8], cols: usize, f: fn(&mut [u8])) {
     if cols == 0 {
         return;
     }
-    if let Some(e) = int4_group_error(cols, 32) {
+    if let Some(e) = int4_group_error(cols, LANE_GROUP) {
         panic!("int4 lanes: {e}");
     }
-    let (rb, ng) = (int4_row_bytes(cols, 32), cols / 32);
+    let (rb, ng) = (int4_row_bytes(cols, LANE_GROUP), cols / LANE_GROUP);
     assert!(
         w.len().is_multiple_of(rb),
         "int4 lanes: {} bytes are not whole g32 rows of {cols}",
         w.len()
     );
     for row in w.chunks_exact_mut(rb) {
-        let qs = &mut row[int4_qs_offset(ng)..];
-        for run in qs.chunks_exact_mut(16 * LANE_RUN) {
-            let copy: [u8; 16 * LANE_RUN] = run.try_into().expect("a whole run");
-            f(run, &copy);
-        }
+        f(&mut row[int4_qs_offset(ng)..]);
     }
 }
 

@@ -13,7 +13,7 @@
 //! for decode and prefill alike.
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, GgmlType as Gt, QK};
-use super::{quant, Isa};
+use super::{int, quant, Isa};
 
 /// A Q4_0 row of `NB` blocks split by field: 4.5 bits per weight; block `k` is `d[k]` (f16)
 /// and `qs[k]` of ggml's `block_q4_0`, elements in its order. Byte fields only (alignment 1, no
@@ -213,8 +213,20 @@ fn plane_to_words(plane: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Splits GGUF blocks of `t`, rows of `nb` blocks, into `out` (the same length).
-pub fn split_rows(t: Gt, nb: usize, blocks: &[u8], out: &mut [u8]) {
+/// Whether split rows of `t` may put their `qs` in the lane layout ([`lanes_ok`]): the 4-bit
+/// formats, whose 16 bytes a block are an int4 g32 group's ([`int::qs_to_lanes`], ADR 45).
+pub fn lanes_ok(t: Gt) -> bool {
+    matches!(t, Gt::Q4_0 | Gt::Q4_1)
+}
+
+/// Splits GGUF blocks of `t`, rows of `nb` blocks, into `out` (the same length); with `lanes`
+/// (Q4_0 and Q4_1 only, [`lanes_ok`]), each row's `qs` in the lane layout.
+pub fn split_rows(t: Gt, nb: usize, lanes: bool, blocks: &[u8], out: &mut [u8]) {
+    assert!(
+        !lanes || lanes_ok(t),
+        "{} rows have no lane layout",
+        t.name()
+    );
     assert_eq!(blocks.len(), out.len(), "splitting {} rows", t.name());
     let rb = nb * t.block_bytes();
     if rb == 0 {
@@ -229,16 +241,32 @@ pub fn split_rows(t: Gt, nb: usize, blocks: &[u8], out: &mut [u8]) {
             let p = words_to_plane(plane);
             plane.copy_from_slice(&p);
         }
+        if lanes {
+            int::qs_to_lanes(&mut dst[field_range(t, nb, "qs")]);
+        }
     }
 }
 
-/// One split row of `t` back into GGUF blocks (`out` as long as `row`).
-pub fn join_row(t: Gt, row: &[u8], out: &mut [u8]) {
+/// One split row of `t` back into GGUF blocks (`out` as long as `row`); `lanes` as in
+/// [`split_rows`].
+pub fn join_row(t: Gt, lanes: bool, row: &[u8], out: &mut [u8]) {
     assert_eq!(row.len(), out.len(), "joining a {} row", t.name());
     let nb = row.len() / t.block_bytes();
     each_field(t, nb, |b, r, len| {
         copy_field(&mut out[b..b + len], &row[r..r + len])
     });
+    if lanes {
+        // Each whole run's nibbles back in plain order, into its eight blocks.
+        let (qs, at) = (field_range(t, nb, "qs"), field_range(t, 1, "qs").start);
+        for (i, run) in row[qs].chunks_exact(int::LANE_RUN_BYTES).enumerate() {
+            let mut plain: [u8; int::LANE_RUN_BYTES] = run.try_into().expect("a whole run");
+            int::qs_from_lanes(&mut plain);
+            for (j, group) in plain.chunks_exact(QK / 2).enumerate() {
+                let b = (int::LANE_RUN * i + j) * t.block_bytes() + at;
+                copy_field(&mut out[b..b + QK / 2], group);
+            }
+        }
+    }
     // The planes' words back into their blocks.
     let qh = field_range(t, nb, "qh");
     let at = field_range(t, 1, "qh").start;
@@ -250,16 +278,16 @@ pub fn join_row(t: Gt, row: &[u8], out: &mut [u8]) {
     }
 }
 
-/// Dequantizes split rows of `cols` weights, bit-exact with ggml: each row joined back into
-/// blocks, then the blocks' reference dequantization.
-pub fn dequant_rows_ref(t: Gt, cols: usize, w: &[u8], out: &mut [f32]) {
+/// Dequantizes split rows of `cols` weights (`lanes` as in [`split_rows`]), bit-exact with
+/// ggml: each row joined back into blocks, then the blocks' reference dequantization.
+pub fn dequant_rows_ref(t: Gt, lanes: bool, cols: usize, w: &[u8], out: &mut [f32]) {
     let rb = t.nbytes(cols).expect("rows of whole blocks");
     let mut blocks = vec![0u8; rb];
     for (row, o) in w
         .chunks_exact(rb.max(1))
         .zip(out.chunks_exact_mut(cols.max(1)))
     {
-        join_row(t, row, &mut blocks);
+        join_row(t, lanes, row, &mut blocks);
         t.dequant(&blocks, o);
     }
 }
@@ -267,7 +295,7 @@ pub fn dequant_rows_ref(t: Gt, cols: usize, w: &[u8], out: &mut [f32]) {
 /// Split rows · f32 activations: each row joined back into blocks and run through the block
 /// format's GEMV. Decode and prefill take the 8-bit path
 /// ([`super::act8::gemm_split_q8`]); this one serves `IE_ACT8=0` and the packer's checks.
-pub fn gemv_rows(isa: Isa, t: Gt, w: &[u8], x: &[f32], y: &mut [f32]) {
+pub fn gemv_rows(isa: Isa, t: Gt, lanes: bool, w: &[u8], x: &[f32], y: &mut [f32]) {
     let rb = t.nbytes(x.len()).expect("rows of whole blocks");
     assert_eq!(
         w.len(),
@@ -276,10 +304,10 @@ pub fn gemv_rows(isa: Isa, t: Gt, w: &[u8], x: &[f32], y: &mut [f32]) {
         t.name()
     );
     match t {
-        Gt::Q4_0 => gemv_joined(isa, t, w, x, y, quant::gemv_q4_0),
-        Gt::Q4_1 => gemv_joined(isa, t, w, x, y, quant::gemv_q4_1),
-        Gt::Q5_0 => gemv_joined(isa, t, w, x, y, quant::gemv_q5_0),
-        Gt::Q5_1 => gemv_joined(isa, t, w, x, y, quant::gemv_q5_1),
+        Gt::Q4_0 => gemv_joined(isa, (t, lanes), w, x, y, quant::gemv_q4_0),
+        Gt::Q4_1 => gemv_joined(isa, (t, lanes), w, x, y, quant::gemv_q4_1),
+        Gt::Q5_0 => gemv_joined(isa, (t, lanes), w, x, y, quant::gemv_q5_0),
+        Gt::Q5_1 => gemv_joined(isa, (t, lanes), w, x, y, quant::gemv_q5_1),
         _ => unreachable!("{} is not stored split", t.name()),
     }
 }
@@ -287,7 +315,7 @@ pub fn gemv_rows(isa: Isa, t: Gt, w: &[u8], x: &[f32], y: &mut [f32]) {
 /// [`gemv_rows`] for blocks `B`: one row's blocks at a time, in one buffer.
 fn gemv_joined<B: bytemuck::Pod>(
     isa: Isa,
-    t: Gt,
+    (t, lanes): (Gt, bool),
     w: &[u8],
     x: &[f32],
     y: &mut [f32],
@@ -298,6 +326,7 @@ fn gemv_joined<B: bytemuck::Pod>(
     for (r, yr) in y.iter_mut().enumerate() {
         join_row(
             t,
+            lanes,
             &w[r * rb..(r + 1) * rb],
             bytemuck::cast_slice_mut(&mut blocks),
         );
@@ -325,7 +354,7 @@ mod tests {
             .collect();
         let bytes: &[u8] = bytemuck::cast_slice(&blocks);
         let mut split = vec![0u8; bytes.len()];
-        split_rows(Gt::Q5_1, nb, bytes, &mut split);
+        split_rows(Gt::Q5_1, nb, false, bytes, &mut split);
         let split_rows: &[RowQ5_1<3>] = bytemuck::cast_slice(&split);
         for (r, row) in split_rows.iter().enumerate() {
             for k in 0..nb {
@@ -339,7 +368,7 @@ mod tests {
         let rb = nb * Gt::Q5_1.block_bytes();
         let mut joined = vec![0u8; rb];
         for r in 0..rows {
-            join_row(Gt::Q5_1, &split[r * rb..(r + 1) * rb], &mut joined);
+            join_row(Gt::Q5_1, false, &split[r * rb..(r + 1) * rb], &mut joined);
             assert_eq!(joined, bytes[r * rb..(r + 1) * rb], "row {r}");
         }
     }
@@ -358,7 +387,7 @@ mod tests {
             blocks[17].qh = [1, 2, 3, 4];
             let bytes: &[u8] = bytemuck::cast_slice(&blocks);
             let mut split = vec![0u8; bytes.len()];
-            split_rows(Gt::Q5_0, nb, bytes, &mut split);
+            split_rows(Gt::Q5_0, nb, false, bytes, &mut split);
             let (b, v) = (16 * (j % 2) + e % 16, 2 * (j / 2) + e / 16);
             for run in 0..2 {
                 let plane = &split[at + 32 * run..at + 32 * (run + 1)];
@@ -373,8 +402,46 @@ mod tests {
                 "the last block's word"
             );
             let mut joined = vec![0u8; bytes.len()];
-            join_row(Gt::Q5_0, &split, &mut joined);
+            join_row(Gt::Q5_0, false, &split, &mut joined);
             assert_eq!(joined, bytes, "block {j} element {e}: joined");
+        }
+    }
+
+    /// Split Q4 rows with their `qs` in the lane layout: joining undoes it, and the bytes of
+    /// the whole run are those of `int::qs_to_lanes` over the split `qs`.
+    #[test]
+    fn lanes_split_and_join_back() {
+        let nb = 10;
+        for t in [Gt::Q4_0, Gt::Q4_1] {
+            let bytes: Vec<u8> = (0..2 * nb * t.block_bytes())
+                .map(|i| (i * 53 % 251) as u8)
+                .collect();
+            let (mut plain, mut lanes) = (vec![0u8; bytes.len()], vec![0u8; bytes.len()]);
+            split_rows(t, nb, false, &bytes, &mut plain);
+            split_rows(t, nb, true, &bytes, &mut lanes);
+            let rb = nb * t.block_bytes();
+            for (p, l) in plain.chunks_exact(rb).zip(lanes.chunks_exact(rb)) {
+                let qs = field_range(t, nb, "qs");
+                let mut want = p[qs.clone()].to_vec();
+                int::qs_to_lanes(&mut want);
+                assert_eq!(
+                    l[qs.clone()],
+                    want[..],
+                    "{}: qs in the lane layout",
+                    t.name()
+                );
+                assert_ne!(l[qs.clone()], p[qs.clone()], "{}: the run moved", t.name());
+                assert_eq!(
+                    l[..qs.start],
+                    p[..qs.start],
+                    "{}: headers as split",
+                    t.name()
+                );
+                let mut joined = vec![0u8; rb];
+                join_row(t, true, l, &mut joined);
+                let k = (p.as_ptr() as usize - plain.as_ptr() as usize) / rb;
+                assert_eq!(joined, bytes[k * rb..(k + 1) * rb], "{}: joined", t.name());
+            }
         }
     }
 
@@ -382,11 +449,19 @@ mod tests {
     /// reference and an f64 dot.
     #[test]
     fn gemv_rows_matches_dequantized_rows() {
-        let (nb, rows) = (3, 4);
+        // Nine blocks: a whole run of eight in the lane layout and one after it.
+        let (nb, rows) = (9, 4);
         let x: Vec<f32> = (0..nb * QK)
             .map(|i| ((i * 7 % 19) as f32 - 9.0) / 8.0)
             .collect();
-        for t in [Gt::Q4_0, Gt::Q4_1, Gt::Q5_0, Gt::Q5_1] {
+        for (t, lanes) in [
+            (Gt::Q4_0, false),
+            (Gt::Q4_0, true),
+            (Gt::Q4_1, false),
+            (Gt::Q4_1, true),
+            (Gt::Q5_0, false),
+            (Gt::Q5_1, false),
+        ] {
             let mut w: Vec<u8> = (0..rows * nb * t.block_bytes())
                 .map(|i| (i * 37 % 251) as u8)
                 .collect();
@@ -402,10 +477,10 @@ mod tests {
                 }
             }
             let mut deq = vec![0.0f32; rows * nb * QK];
-            dequant_rows_ref(t, nb * QK, &w, &mut deq);
+            dequant_rows_ref(t, lanes, nb * QK, &w, &mut deq);
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; rows];
-                gemv_rows(isa, t, &w, &x, &mut y);
+                gemv_rows(isa, t, lanes, &w, &x, &mut y);
                 for (r, &got) in y.iter().enumerate() {
                     let row = &deq[r * nb * QK..(r + 1) * nb * QK];
                     let exp: f64 = row.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();

@@ -1009,15 +1009,16 @@ impl<const LANES: bool> RowQ8 for Int4G32<'_, LANES> {
 
 /// A row of split Q4_0 / Q4_1 / Q5_0 / Q5_1 blocks ([`crate::kernels::rows`]): its fields'
 /// arrays, `m` empty without `MIN` (Q4_0's offset is `-8 d`, Q5_0's `-16 d`), `qh` without
-/// `HIGH` (the 4-bit formats).
-struct SplitRow<'a, const MIN: bool, const HIGH: bool> {
+/// `HIGH` (the 4-bit formats); with `LANES`, `qs`'s whole runs of eight blocks in the lane
+/// layout (`int::qs_to_lanes`).
+struct SplitRow<'a, const MIN: bool, const HIGH: bool, const LANES: bool = false> {
     d: &'a [u8],
     m: &'a [u8],
     qh: &'a [u8],
     qs: &'a [u8],
 }
 
-impl<const MIN: bool, const HIGH: bool> SplitRow<'_, MIN, HIGH> {
+impl<const MIN: bool, const HIGH: bool, const LANES: bool> SplitRow<'_, MIN, HIGH, LANES> {
     /// The offset per unit of `d` of the formats without `m`.
     const ZERO: f32 = if HIGH { -16.0 } else { -8.0 };
 
@@ -1030,7 +1031,14 @@ impl<const MIN: bool, const HIGH: bool> SplitRow<'_, MIN, HIGH> {
     }
 }
 
-impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
+impl<const MIN: bool, const HIGH: bool, const LANES: bool> RowQ8
+    for SplitRow<'_, MIN, HIGH, LANES>
+{
+    const LANES: bool = LANES;
+    #[inline(always)]
+    unsafe fn run_qs(&self, g: usize) -> *const __m256i {
+        self.qs.as_ptr().add(g * 16) as *const __m256i
+    }
     #[inline(always)]
     fn start(&self) -> *const u8 {
         // A split row begins with its scales (`rows::fields`).
@@ -1103,14 +1111,15 @@ impl<const MIN: bool, const HIGH: bool> RowQ8 for SplitRow<'_, MIN, HIGH> {
 }
 
 /// Split Q4_0 / Q4_1 / Q5_0 / Q5_1 rows ([`crate::kernels::rows`]) · several tokens' 8-bit
-/// activations, through [`gemm_rows_q8`] (decode passes one token).
+/// activations, through [`gemm_rows_q8`] (decode passes one token); with `lanes`, the 4-bit
+/// rows' `qs` in the lane layout.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `t` must be one of those formats, `w` whole rows of
-/// `xs[0].len() / 32` blocks for `y.len() / xs.len()` outputs, and every token the same length
-/// (the `act8` dispatcher checks it).
+/// The CPU must support AVX2, FMA and F16C; `t` must be one of those formats (a 4-bit one with
+/// `lanes`), `w` whole rows of `xs[0].len() / 32` blocks for `y.len() / xs.len()` outputs, and
+/// every token the same length (the `act8` dispatcher checks it).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
+pub unsafe fn gemm_split_q8_avx2(t: GgmlType, lanes: bool, w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     let Some(x0) = xs.first() else { return };
     let nb = x0.len() / QK8;
     let rb = nb * t.block_bytes();
@@ -1119,9 +1128,12 @@ pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f
     let (min, high) = (!m.is_empty(), !qh.is_empty());
     macro_rules! run {
         ($min:literal, $high:literal) => {
+            run!($min, $high, false)
+        };
+        ($min:literal, $high:literal, $lanes:literal) => {
             gemm_rows_q8(xs, y, |r| {
                 let row = w.get_unchecked(r * rb..(r + 1) * rb);
-                SplitRow::<$min, $high> {
+                SplitRow::<$min, $high, $lanes> {
                     d: row.get_unchecked(d.clone()),
                     m: row.get_unchecked(m.clone()),
                     qh: row.get_unchecked(qh.clone()),
@@ -1130,11 +1142,13 @@ pub unsafe fn gemm_split_q8_avx2(t: GgmlType, w: &[u8], xs: &[ActQ8], y: &mut [f
             })
         };
     }
-    match (min, high) {
-        (false, false) => run!(false, false),
-        (true, false) => run!(true, false),
-        (false, true) => run!(false, true),
-        (true, true) => run!(true, true),
+    match (min, high, lanes) {
+        (false, false, false) => run!(false, false),
+        (true, false, false) => run!(true, false),
+        (false, false, true) => run!(false, false, true),
+        (true, false, true) => run!(true, false, true),
+        (false, true, _) => run!(false, true),
+        (true, true, _) => run!(true, true),
     }
 }
 
