@@ -727,3 +727,66 @@ mod digest_tests {
         assert_eq!(read(&utf8), None, "a token that is not UTF-8");
     }
 }
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::{Dtype, GgmlType as Gt};
+    use crate::dtype::type_name;
+
+    /// Every stored name parses back to its dtype, old layouts beside the lane ones (ADR 44,
+    /// 45), and the generated types tell them apart.
+    #[test]
+    fn names_round_trip_and_lane_layouts_are_their_own_types() {
+        let all = [
+            (
+                Dtype::Int4 {
+                    group: 32,
+                    lanes: false,
+                },
+                "int4_g32",
+                "Int4<32, 18, 288>",
+            ),
+            (
+                Dtype::Int4 {
+                    group: 32,
+                    lanes: true,
+                },
+                "int4_g32_lanes",
+                "Int4Lanes<18, 288>",
+            ),
+            (
+                Dtype::Int4 {
+                    group: 64,
+                    lanes: false,
+                },
+                "int4_g64",
+                "Int4<64, 9, 288>",
+            ),
+            (Dtype::Rows(Gt::Q4_1), "q4_1_rows", "Q4_1Rows<18>"),
+            (
+                Dtype::RowsLanes(Gt::Q4_1),
+                "q4_1_rows_lanes",
+                "Q4_1RowsLanes<18>",
+            ),
+            (
+                Dtype::RowsLanes(Gt::Q4_0),
+                "q4_0_rows_lanes",
+                "Q4_0RowsLanes<18>",
+            ),
+            (Dtype::Rows(Gt::Q5_1), "q5_1_rows", "Q5_1Rows<18>"),
+        ];
+        for (d, name, ty) in all {
+            assert_eq!(d.name(), name);
+            assert_eq!(name.parse::<Dtype>(), Ok(d), "{name}");
+            assert_eq!(type_name(d, 576), ty, "{name}");
+        }
+        for bad in [
+            "int4_g64_lanes",
+            "q5_0_rows_lanes",
+            "q8_0_rows_lanes",
+            "int4_gx_lanes",
+        ] {
+            assert!(bad.parse::<Dtype>().is_err(), "{bad} parsed");
+        }
+    }
+}

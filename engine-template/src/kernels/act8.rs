@@ -37,8 +37,8 @@ pub struct ActQ8 {
     pairs: Vec<i8>,
     /// Each pair of blocks' `d` in the lanes of their pair sums ([`ActQ8::d_pairs`]).
     d_pairs: Vec<f32>,
-    /// `qs` with each run of eight blocks in the order of int4 g32 rows' lane layout
-    /// ([`ActQ8::lanes`]).
+    /// `qs` with each run of eight blocks in the order of the lane layout of int4 g32 rows and
+    /// split Q4 rows ([`ActQ8::lanes`]).
     lanes: Vec<i8>,
 }
 

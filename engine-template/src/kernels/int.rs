@@ -16,9 +16,11 @@
 //!   largest group still has code 255: f16 would go subnormal (and lose its precision) for the
 //!   small weights of real checkpoints, and the 8-bit codes absorb bf16's short mantissa. Sym stores `dmin = 8 d`, `mins = scales`
 //!   (weight = `d * scales[g] * (q - 8)`), so both schemes share one layout and one kernel.
+//! - **`int4_g32_lanes`**: `int4_g32` with each whole run of eight groups' `qs` in the lane
+//!   layout ([`int4_to_lanes`], ADR 43-44), what int4w packs now.
 //!
 //! Every op has a plain `*_ref` (dequantize the row, then dot: the oracle and the fallback)
-//! and fused AVX2 / AVX-512 kernels with the same signature.
+//! and fused AVX2 kernels with the same signature (AVX-512 ones for the plain layouts).
 
 use super::{reference, Isa};
 use half::bf16;
@@ -521,13 +523,13 @@ pub fn dequant_int4_lanes_ref(cols: usize, w: &[u8], out: &mut [f32]) {
     if cols == 0 {
         return;
     }
-    let rb = int4_row_bytes(cols, 32);
+    let rb = int4_row_bytes(cols, LANE_GROUP);
     assert_eq!(w.len() / rb * cols, out.len(), "dequant_int4_lanes: shape");
     let mut plain = vec![0u8; rb];
     for (row, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
         plain.copy_from_slice(row);
         int4_from_lanes(&mut plain, cols);
-        dequant_int4_ref(32, cols, &plain, o);
+        dequant_int4_ref(LANE_GROUP, cols, &plain, o);
     }
 }
 
@@ -583,11 +585,11 @@ pub fn gemv_int4_ref(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
 /// Scalar reference: `y[r] = dot(int4 g32 row r in the lane layout, x)`.
 pub fn gemv_int4_lanes_ref(w: &[u8], x: &[f32], y: &mut [f32]) {
     let cols = x.len();
-    if let Some(e) = int4_group_error(cols, 32) {
+    if let Some(e) = int4_group_error(cols, LANE_GROUP) {
         panic!("gemv_int4_lanes: {e}");
     }
     gemv_rows_ref(
-        int4_row_bytes(cols, 32),
+        int4_row_bytes(cols, LANE_GROUP),
         |r, o| dequant_int4_lanes_ref(cols, r, o),
         w,
         x,
@@ -634,7 +636,7 @@ pub fn dequant_int4_lanes(isa: Isa, cols: usize, w: &[u8], out: &mut [f32]) {
     if cols == 0 {
         return;
     }
-    if let Some(e) = int4_group_error(cols, 32) {
+    if let Some(e) = int4_group_error(cols, LANE_GROUP) {
         panic!("dequant_int4_lanes: {e}");
     }
     match isa {

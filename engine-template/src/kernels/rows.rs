@@ -11,6 +11,10 @@
 //! Split, eight scales are one 16-byte load and one `vcvtph2ps`, and two blocks' nibbles are
 //! one 32-byte load, as in int4 g32 rows, so the batched 8-bit tile (`x86::avx2_q8`) runs them,
 //! for decode and prefill alike.
+//!
+//! New packs (`q4_0_rows_lanes`, `q4_1_rows_lanes`, ADR 45) also put each whole run of eight
+//! Q4 blocks' `qs` in int4 g32's lane layout ([`int::qs_to_lanes`]), in the same row structs:
+//! `qs[k]` is then block `k`'s bytes only once [`join_row`] has undone it.
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, GgmlType as Gt, QK};
 use super::{int, quant, Isa};
@@ -224,7 +228,7 @@ pub fn lanes_ok(t: Gt) -> bool {
 pub fn split_rows(t: Gt, nb: usize, lanes: bool, blocks: &[u8], out: &mut [u8]) {
     assert!(
         !lanes || lanes_ok(t),
-        "{} rows have no lane layout",
+        "splitting {} rows: the format has no lane layout",
         t.name()
     );
     assert_eq!(blocks.len(), out.len(), "splitting {} rows", t.name());

@@ -818,14 +818,19 @@ pub unsafe fn gemv_int4_avx2(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_int4_lanes_avx2(w: &[u8], x: &[f32], y: &mut [f32]) {
-    gemv_int4_avx2_body::<true>(32, w, x, y)
+    gemv_int4_avx2_body::<true>(int::LANE_GROUP, w, x, y)
 }
 
 /// The body of [`gemv_int4_avx2`] and [`gemv_int4_lanes_avx2`]: a group's codes come from
 /// [`int4_codes`].
 #[inline(always)]
 unsafe fn gemv_int4_avx2_body<const LANES: bool>(group: usize, w: &[u8], x: &[f32], y: &mut [f32]) {
-    let rb = int::check_int4("gemv_int4_avx2", group, w, x, y);
+    let name = if LANES {
+        "gemv_int4_lanes_avx2"
+    } else {
+        "gemv_int4_avx2"
+    };
+    let rb = int::check_int4(name, group, w, x, y);
     let ng = x.len() / group;
     let half = group / 2;
     let xs = int::group_sums(x, group);
@@ -870,7 +875,7 @@ pub unsafe fn dequant_int4_avx2(group: usize, cols: usize, w: &[u8], out: &mut [
 /// The CPU must support AVX2, FMA and F16C, and `cols` must be a multiple of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequant_int4_lanes_avx2(cols: usize, w: &[u8], out: &mut [f32]) {
-    dequant_int4_avx2_body::<true>(32, cols, w, out)
+    dequant_int4_avx2_body::<true>(int::LANE_GROUP, cols, w, out)
 }
 
 /// Bytes `c..c + 16` of group `g` of a row's nibbles `qs` (`ng` groups) split into its low and

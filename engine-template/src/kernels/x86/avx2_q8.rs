@@ -1203,7 +1203,8 @@ unsafe fn gemm_tile_q8_apart<R: RowQ8, const T: usize>(
 /// are summed only at the end, so no scalar loop remains per row. Rows with integer group
 /// scales (int4 g32, [`RowQ8::INT_SCALES`]) put them in the `vpmaddwd` instead of ones when
 /// several tokens share them, and read each token's steps from [`ActQ8::d_pairs`] in place of
-/// the lane broadcast: prefill 4-6% faster.
+/// the lane broadcast: prefill 4-6% faster. Rows in the lane layout ([`RowQ8::LANES`]) take
+/// each run as [`gemv_lanes_tile_q8`] does, its four vectors split once for all `T` tokens.
 #[inline(always)]
 unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
     xs: &[ActQ8],
@@ -1394,7 +1395,8 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
 }
 
 /// One token against every row (`row(r)` for `r < y.len()`), two rows at a time
-/// ([`gemv_tile_q8`]), then an odd last row alone.
+/// ([`gemv_tile_q8`], or [`gemv_lanes_tile_q8`] for rows in the lane layout), then an odd last
+/// row alone.
 #[inline(always)]
 unsafe fn gemv_rows_q8<R: RowQ8>(x: &ActQ8, y: &mut [f32], row: &impl Fn(usize) -> R) {
     let rows = y.len();
