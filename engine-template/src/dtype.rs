@@ -293,9 +293,9 @@ impl<const NG: usize, const H: usize> WeightType for Int4Lanes<NG, H> {
 
 macro_rules! rows_weight {
     ($(#[$doc:meta])* $name:ident, $row:ident, $gt:expr) => {
-        rows_weight!($(#[$doc])* $name, $row, $gt, Dtype::Rows($gt), false);
+        rows_weight!($(#[$doc])* $name, $row, $gt, Dtype::Rows($gt));
     };
-    ($(#[$doc:meta])* $name:ident, $row:ident, $gt:expr, $dtype:expr, $lanes:literal) => {
+    ($(#[$doc:meta])* $name:ident, $row:ident, $gt:expr, $dtype:expr) => {
         $(#[$doc])*
         pub struct $name<const NB: usize>;
 
@@ -306,22 +306,22 @@ macro_rules! rows_weight {
             const BLOCK: usize = NB * QK;
             #[inline]
             fn gemv(isa: Isa, w: &[rows::$row<NB>], x: &[f32], y: &mut [f32]) {
-                rows::gemv_rows(isa, $gt, $lanes, bytemuck::cast_slice(w), x, y)
+                rows::gemv_rows(isa, $gt, Self::LANES, bytemuck::cast_slice(w), x, y)
             }
             const ACT8: bool = true;
-            const LANES: bool = $lanes;
+            const LANES: bool = matches!($dtype, Dtype::RowsLanes(_));
             #[inline]
             fn gemv_q8(isa: Isa, w: &[rows::$row<NB>], x: &ActQ8, y: &mut [f32]) {
                 let xs = std::slice::from_ref(x);
-                act8::gemm_split_q8(isa, $gt, $lanes, bytemuck::cast_slice(w), xs, y)
+                act8::gemm_split_q8(isa, $gt, Self::LANES, bytemuck::cast_slice(w), xs, y)
             }
             const GEMM_Q8: bool = true;
             #[inline]
             fn gemm_q8(isa: Isa, w: &[rows::$row<NB>], xs: &[ActQ8], y: &mut [f32]) {
-                act8::gemm_split_q8(isa, $gt, $lanes, bytemuck::cast_slice(w), xs, y)
+                act8::gemm_split_q8(isa, $gt, Self::LANES, bytemuck::cast_slice(w), xs, y)
             }
             fn to_f32(w: &[rows::$row<NB>], out: &mut [f32]) {
-                rows::dequant_rows_ref($gt, $lanes, NB * QK, bytemuck::cast_slice(w), out)
+                rows::dequant_rows_ref($gt, Self::LANES, NB * QK, bytemuck::cast_slice(w), out)
             }
         }
     };
@@ -335,9 +335,9 @@ rows_weight!(/// GGUF Q5_0 rows of `NB` blocks, split by field ([`crate::kernels
 rows_weight!(/// GGUF Q5_1 rows of `NB` blocks, split by field ([`crate::kernels::rows`]).
     Q5_1Rows, RowQ5_1, Gt::Q5_1);
 rows_weight!(/// GGUF Q4_0 rows of `NB` blocks, split by field, `qs` in the lane layout (ADR 45).
-    Q4_0RowsLanes, RowQ4_0, Gt::Q4_0, Dtype::RowsLanes(Gt::Q4_0), true);
+    Q4_0RowsLanes, RowQ4_0, Gt::Q4_0, Dtype::RowsLanes(Gt::Q4_0));
 rows_weight!(/// GGUF Q4_1 rows of `NB` blocks, split by field, `qs` in the lane layout (ADR 45).
-    Q4_1RowsLanes, RowQ4_1, Gt::Q4_1, Dtype::RowsLanes(Gt::Q4_1), true);
+    Q4_1RowsLanes, RowQ4_1, Gt::Q4_1, Dtype::RowsLanes(Gt::Q4_1));
 
 /// The type a generated crate uses for `d` in rows of `cols` (`clocher_engine::dtype::<name>`).
 pub fn type_name(d: Dtype, cols: usize) -> String {

@@ -802,17 +802,11 @@ unsafe fn gemv_lanes_tile_q8<R: RowQ8, const RW: usize>(
     x: &ActQ8,
     y: &mut [f32],
     r: usize,
-    row: &impl Fn(usize) -> R,
+    w: [R; RW],
 ) {
     let ng = x.len() / QK8;
-    let rows = y.len();
     let ones = _mm256_set1_epi16(1);
     let (xl, xd, xsum) = (x.lanes().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
-    if r + PREFETCH_ROWS < rows {
-        let end = row((r + PREFETCH_ROWS + RW).min(rows - 1)).start();
-        crate::kernels::prefetch_span(row(r + PREFETCH_ROWS).start(), end);
-    }
-    let w: [R; RW] = std::array::from_fn(|j| row(r + j));
     let mut acc = [_mm256_setzero_ps(); RW];
     let mut accm = [_mm256_setzero_ps(); RW];
     let mut g = 0;
@@ -1402,37 +1396,24 @@ unsafe fn gemv_rows_q8<R: RowQ8>(x: &ActQ8, y: &mut [f32], row: &impl Fn(usize) 
     let rows = y.len();
     let mut r = 0;
     while r + 2 <= rows {
-        if R::LANES {
-            gemv_lanes_tile_q8::<R, 2>(x, y, r, row);
-        } else {
-            gemv_tile_q8::<R, 2>(x, y, r, row);
-        }
+        gemv_rows_tile_q8::<R, 2>(x, y, r, row);
         r += 2;
     }
     if r < rows {
-        if R::LANES {
-            gemv_lanes_tile_q8::<R, 1>(x, y, r, row);
-        } else {
-            gemv_tile_q8::<R, 1>(x, y, r, row);
-        }
+        gemv_rows_tile_q8::<R, 1>(x, y, r, row);
     }
 }
 
-/// Rows `r..r + RW` against one token (decode): the loop of [`gemm_tile_q8`] for one token,
-/// on `RW` rows at once. The rows share each load of the activations, and their sums are
-/// reduced together at the end; one row at a time, the end of each row (the last FMAs and the
-/// horizontal sum, a chain of about 40 cycles) took a fifth of the int4 GEMV's samples.
+/// Rows `r..r + RW` of [`gemv_rows_q8`]: the lines of the rows ahead asked for, then the tile
+/// for the rows' layout.
 #[inline(always)]
-unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(
+unsafe fn gemv_rows_tile_q8<R: RowQ8, const RW: usize>(
     x: &ActQ8,
     y: &mut [f32],
     r: usize,
     row: &impl Fn(usize) -> R,
 ) {
-    let ng = x.len() / QK8;
     let rows = y.len();
-    let ones = _mm256_set1_epi16(1);
-    let (px, xd, xsum) = (x.pairs().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
     if r + PREFETCH_ROWS < rows {
         // One run of lines over the tile's rows ahead, which lie back to back: a loop per
         // field of each row (four for split rows) took a tenth of the int4 GEMV's samples.
@@ -1441,6 +1422,22 @@ unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(
         crate::kernels::prefetch_span(row(r + PREFETCH_ROWS).start(), end);
     }
     let w: [R; RW] = std::array::from_fn(|j| row(r + j));
+    if R::LANES {
+        gemv_lanes_tile_q8(x, y, r, w)
+    } else {
+        gemv_tile_q8(x, y, r, w)
+    }
+}
+
+/// Rows `r..r + RW` against one token (decode): the loop of [`gemm_tile_q8`] for one token,
+/// on `RW` rows at once. The rows share each load of the activations, and their sums are
+/// reduced together at the end; one row at a time, the end of each row (the last FMAs and the
+/// horizontal sum, a chain of about 40 cycles) took a fifth of the int4 GEMV's samples.
+#[inline(always)]
+unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(x: &ActQ8, y: &mut [f32], r: usize, w: [R; RW]) {
+    let ng = x.len() / QK8;
+    let ones = _mm256_set1_epi16(1);
+    let (px, xd, xsum) = (x.pairs().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
     // Two accumulators per row (every other pair of groups), so FMA latency does not set the
     // pace; the offsets of integer-scaled rows go to `accm`, which the row's `d` doesn't scale.
     let mut acc = [[_mm256_setzero_ps(); 2]; RW];
