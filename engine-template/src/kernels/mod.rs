@@ -203,17 +203,34 @@ pub fn prefetch<T>(s: &[T]) {
 #[inline(always)]
 pub fn prefetch_span(start: *const u8, end: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let mut line = start as usize & !63;
-        while line < end as usize {
-            // SAFETY: SSE is part of x86-64, and a prefetch is a hint that never faults.
-            unsafe { _mm_prefetch(line as *const i8, _MM_HINT_T1) };
-            line += 64;
-        }
-    }
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T1 }>(start, end);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (start, end);
+}
+
+/// [`prefetch_span`] for weights a decode GEMV reads once per token: non-temporal. On AMD a
+/// non-temporal prefetch that misses L2 fills L1 alone, and the line is dropped from there, not
+/// evicted into L2 and from L2 into the L3 victim cache; so the tens of megabytes a token
+/// streams no longer flush the key-value cache, the activations and everything else out of
+/// both, nor cost victim traffic. Against the L2 hint, paired A/B on this host: int4w decode
+/// 1.08x to 1.24x (two runs), Q4_K_M 1.17x, Q4_1 and Q8_0 1.11x, int8w 0.96x to 1.07x (ADR 46).
+#[inline(always)]
+pub fn prefetch_stream_span(start: *const u8, end: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_NTA }>(start, end);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, end);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(start: *const u8, end: *const u8) {
+    let mut line = start as usize & !63;
+    while line < end as usize {
+        // SAFETY: SSE is part of x86-64, and a prefetch is a hint that never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(line as *const i8) };
+        line += 64;
+    }
 }
 
 /// How many rows ahead of the one it reads a decode GEMV asks for ([`prefetch_row`]). The
@@ -226,7 +243,8 @@ pub const PREFETCH_ROWS: usize = 8;
 #[inline(always)]
 pub fn prefetch_row<T>(w: &[T], rb: usize, r: usize) {
     if let Some(row) = w.get((r + PREFETCH_ROWS) * rb..(r + PREFETCH_ROWS + 1) * rb) {
-        prefetch(row)
+        let start = row.as_ptr() as *const u8;
+        prefetch_stream_span(start, start.wrapping_add(std::mem::size_of_val(row)))
     }
 }
 

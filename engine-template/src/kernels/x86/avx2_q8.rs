@@ -1419,7 +1419,7 @@ unsafe fn gemv_rows_tile_q8<R: RowQ8, const RW: usize>(
         // field of each row (four for split rows) took a tenth of the int4 GEMV's samples.
         // (The shard's last row is left to the hardware prefetcher.)
         let end = row((r + PREFETCH_ROWS + RW).min(rows - 1)).start();
-        crate::kernels::prefetch_span(row(r + PREFETCH_ROWS).start(), end);
+        crate::kernels::prefetch_stream_span(row(r + PREFETCH_ROWS).start(), end);
     }
     let w: [R; RW] = std::array::from_fn(|j| row(r + j));
     if R::LANES {
