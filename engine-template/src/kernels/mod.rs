@@ -236,7 +236,8 @@ fn prefetch_lines<const HINT: i32>(start: *const u8, end: *const u8) {
 /// How many rows ahead of the one it reads a decode GEMV asks for ([`prefetch_row`]). The
 /// hardware prefetchers alone left the GEMVs waiting on memory, each thread streaming its own
 /// range of short rows: with this, decode ran 6-7% faster for int4w and Q4_1, 20% for int8w and
-/// Q8_0, 3% for Q4_K_M (A/B, same host). 4 to 12 rows measured alike.
+/// Q8_0, 3% for Q4_K_M (A/B, same host). 4 to 12 rows measured alike, and 16 no faster with the
+/// non-temporal hint ([`prefetch_stream_span`], ADR 46).
 pub const PREFETCH_ROWS: usize = 8;
 
 /// Prefetches row `r + PREFETCH_ROWS` of `w`, rows of `rb` elements, if `w` has it.
