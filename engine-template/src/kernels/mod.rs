@@ -191,7 +191,8 @@ dispatch_widen!(widen_bf16, bf16, widen_bf16_ref, widen_bf16_avx2);
 dispatch_widen!(widen_f16, f16, widen_f16_ref, widen_f16_avx2);
 
 /// Asks for every cache line of `s` to be brought into L2, without waiting; a no-op off
-/// x86-64. Only a hint: it never faults, whatever the addresses.
+/// x86-64. Only a hint: it never faults, whatever the addresses. For data read again soon;
+/// weights streamed once per token use [`prefetch_stream_span`].
 #[inline(always)]
 pub fn prefetch<T>(s: &[T]) {
     let start = s.as_ptr() as *const u8;
@@ -208,12 +209,13 @@ pub fn prefetch_span(start: *const u8, end: *const u8) {
     let _ = (start, end);
 }
 
-/// [`prefetch_span`] for weights a decode GEMV reads once per token: non-temporal. On AMD a
-/// non-temporal prefetch that misses L2 fills L1 alone, and the line is dropped from there, not
-/// evicted into L2 and from L2 into the L3 victim cache; so the tens of megabytes a token
-/// streams no longer flush the key-value cache, the activations and everything else out of
-/// both, nor cost victim traffic. Against the L2 hint, paired A/B on this host: int4w decode
-/// 1.08x to 1.24x (two runs), Q4_K_M 1.17x, Q4_1 and Q8_0 1.11x, int8w 0.96x to 1.07x (ADR 46).
+/// [`prefetch_span`] for weights a decode GEMV reads once per token: non-temporal. On AMD Zen
+/// (measured on Zen 3) a non-temporal prefetch that misses L2 fills L1 alone, and the line is
+/// dropped from there, not evicted into L2 and from L2 into the L3 victim cache; so the tens of
+/// megabytes a token streams no longer flush the key-value cache, the activations and
+/// everything else out of both, nor cost victim traffic. Against the L2 hint, paired A/B on
+/// this host: int4w decode 1.08x to 1.24x (two runs), Q4_K_M 1.17x, Q4_1 and Q8_0 1.11x, int8w
+/// 0.96x to 1.07x (ADR 46).
 #[inline(always)]
 pub fn prefetch_stream_span(start: *const u8, end: *const u8) {
     #[cfg(target_arch = "x86_64")]
@@ -240,7 +242,8 @@ fn prefetch_lines<const HINT: i32>(start: *const u8, end: *const u8) {
 /// non-temporal hint ([`prefetch_stream_span`], ADR 46).
 pub const PREFETCH_ROWS: usize = 8;
 
-/// Prefetches row `r + PREFETCH_ROWS` of `w`, rows of `rb` elements, if `w` has it.
+/// Prefetches row `r + PREFETCH_ROWS` of `w`, rows of `rb` elements, if `w` has it,
+/// non-temporally ([`prefetch_stream_span`]).
 #[inline(always)]
 pub fn prefetch_row<T>(w: &[T], rb: usize, r: usize) {
     if let Some(row) = w.get((r + PREFETCH_ROWS) * rb..(r + PREFETCH_ROWS + 1) * rb) {
