@@ -203,10 +203,7 @@ pub fn prefetch<T>(s: &[T]) {
 /// ([`prefetch`] over a span given by its ends).
 #[inline(always)]
 pub fn prefetch_span(start: *const u8, end: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T1 }>(start, end);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (start, end);
+    prefetch_lines::<HINT_T1>(start, end)
 }
 
 /// [`prefetch_span`] for weights a decode GEMV reads once per token: non-temporal. On AMD Zen
@@ -218,22 +215,33 @@ pub fn prefetch_span(start: *const u8, end: *const u8) {
 /// 0.96x to 1.07x (ADR 46).
 #[inline(always)]
 pub fn prefetch_stream_span(start: *const u8, end: *const u8) {
+    prefetch_lines::<HINT_NTA>(start, end)
+}
+
+/// `_MM_HINT_T1` and `_MM_HINT_NTA` (their values, so the names exist off x86-64 too).
+const HINT_T1: i32 = 2;
+const HINT_NTA: i32 = 0;
+
+/// Every cache line from `start` up to `end`, prefetched with hint `HINT`; a no-op off x86-64.
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(start: *const u8, end: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_NTA }>(start, end);
+    {
+        let mut line = start as usize & !63;
+        while line < end as usize {
+            // SAFETY: SSE is part of x86-64, and a prefetch is a hint that never faults.
+            unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(line as *const i8) };
+            line += 64;
+        }
+    }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (start, end);
 }
 
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_lines<const HINT: i32>(start: *const u8, end: *const u8) {
-    let mut line = start as usize & !63;
-    while line < end as usize {
-        // SAFETY: SSE is part of x86-64, and a prefetch is a hint that never faults.
-        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(line as *const i8) };
-        line += 64;
-    }
-}
+const _: () = assert!(
+    HINT_T1 == std::arch::x86_64::_MM_HINT_T1 && HINT_NTA == std::arch::x86_64::_MM_HINT_NTA
+);
 
 /// How many rows ahead of the one it reads a decode GEMV asks for ([`prefetch_row`]). The
 /// hardware prefetchers alone left the GEMVs waiting on memory, each thread streaming its own
