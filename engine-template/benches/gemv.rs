@@ -91,6 +91,23 @@ fn gemvs(c: &mut Criterion) {
                 act8::gemv_q4_1_q8(isa, &q41, &xq, &mut y)
             })
         });
+        // As the packer stores a GGUF Q4_1 tensor: split rows, the lane layout.
+        let mut q41r = vec![0u8; std::mem::size_of_val(&q41[..])];
+        rows::split_rows(
+            GgmlType::Q4_1,
+            cols / 32,
+            true,
+            bytemuck::cast_slice(&q41),
+            &mut q41r,
+        );
+        g.bench_function("q4_1 rows lanes q8", |b| {
+            b.iter(|| {
+                xq.quantize(isa, black_box(&x));
+                xq.fill_lanes();
+                let xs = std::slice::from_ref(&xq);
+                act8::gemm_split_q8(isa, GgmlType::Q4_1, true, black_box(&q41r), xs, &mut y)
+            })
+        });
 
         // Q5_0 (most of Q4_K_M at this width) and Q5_1 (int4w's embedding and head).
         let q50: Vec<BlockQ5_0> = (0..rows * cols / 32)

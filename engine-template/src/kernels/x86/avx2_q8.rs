@@ -736,36 +736,32 @@ pub unsafe fn gemm_int4_q8_avx2(group: usize, w: &[u8], xs: &[ActQ8], y: &mut [f
 /// The one-token tiles' groups `g..ng` past their last run of eight, in plain order: whole
 /// pairs with their two steps put in the lanes by hand (rows of 576 end in one pair; taking
 /// its groups one at a time made them cost as much as the other 16), then an odd last group.
-/// The scaled sums go into each row's accumulator `acc` (a place naming `j`); the value is
-/// each row's share of the offsets. A macro, not a function: a shared function returning the
-/// sums made the lane kernel 17% slower on rows with no such groups.
+/// The scaled sums go into the row's accumulator `acc`; the value is the row's share of the
+/// offsets. A macro, not a function: a shared function returning the sums made the lane kernel
+/// 17% slower on rows with no such groups.
 macro_rules! last_groups_q8 {
-    ($x:expr, $w:expr, $g:ident, $ng:expr, $rw:expr, |$j:ident| $acc:expr) => {{
+    ($x:expr, $w:expr, $g:ident, $ng:expr, $acc:expr) => {{
         let (px, xd, xsum) = ($x.pairs().as_ptr(), $x.d.as_ptr(), $x.s.as_ptr());
         let ones = _mm256_set1_epi16(1);
-        let mut tail = [0.0f32; $rw];
+        let mut tail = 0.0f32;
         while $g + 2 <= $ng {
             let xp = px.add($g * QK8) as *const __m256i;
-            for $j in 0..$rw {
-                let ((d0, c0), (d1, c1)) = ($w[$j].scale($g), $w[$j].scale($g + 1));
-                let (lo, hi) = $w[$j].pair($g);
-                let sj = _mm256_setr_m128(
-                    _mm_set1_ps(d0 * *xd.add($g)),
-                    _mm_set1_ps(d1 * *xd.add($g + 1)),
-                );
-                $acc = _mm256_fmadd_ps(pair_sums(lo, hi, xp, ones), sj, $acc);
-                tail[$j] += c0 * *xsum.add($g) + c1 * *xsum.add($g + 1);
-            }
+            let ((d0, c0), (d1, c1)) = ($w.scale($g), $w.scale($g + 1));
+            let (lo, hi) = $w.pair($g);
+            let step = _mm256_setr_m128(
+                _mm_set1_ps(d0 * *xd.add($g)),
+                _mm_set1_ps(d1 * *xd.add($g + 1)),
+            );
+            $acc = _mm256_fmadd_ps(pair_sums(lo, hi, xp, ones), step, $acc);
+            tail += c0 * *xsum.add($g) + c1 * *xsum.add($g + 1);
             $g += 2;
         }
         if $g < $ng {
             let xq = _mm256_loadu_si256($x.qs.as_ptr().add($g * QK8) as *const __m256i);
-            for $j in 0..$rw {
-                let (codes, (d, c)) = ($w[$j].codes($g), $w[$j].scale($g));
-                let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
-                $acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d * *xd.add($g)), $acc);
-                tail[$j] += c * *xsum.add($g);
-            }
+            let (codes, (d, c)) = ($w.codes($g), $w.scale($g));
+            let p = _mm256_cvtepi32_ps(dot_u8_i8(codes, xq));
+            $acc = _mm256_fmadd_ps(p, _mm256_set1_ps(d * *xd.add($g)), $acc);
+            tail += c * *xsum.add($g);
         }
         tail
     }};
@@ -789,55 +785,44 @@ pub unsafe fn gemm_int4_lanes_q8_avx2(w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
     })
 }
 
-/// Rows `r..r + RW` in the lane layout against one token. Each run of eight groups is four
-/// 32-byte loads a row whose 32-bit lane `j` is group `j`'s, against the eight vectors of
-/// [`ActQ8::lanes`]: the eight `vpmaddubsw` add up in i16 (at most 8 * 3810, no overflow),
-/// then one `vpmaddwd`, one convert and one FMA by the eight groups' steps `sc * dx` as they
-/// lie, lane for lane. The plain layout ([`gemv_tile_q8`]) needs a convert, a lane shuffle of
-/// the steps and an FMA per pair of groups; llvm-mca (znver3) puts the two FP pipes that run
-/// the shuffles and the nibble shifts at 81% there. Measured on one thread, this kernel streams
-/// 15-26% more bytes a second (ADR 43).
+/// A row in the lane layout against one token. Each run of eight groups is four 32-byte loads
+/// whose 32-bit lane `j` is group `j`'s, against the eight vectors of [`ActQ8::lanes`]: the
+/// eight `vpmaddubsw` add up in i16 (at most 8 * 3810, no overflow), then one `vpmaddwd`, one
+/// convert and one FMA by the eight groups' steps `sc * dx` as they lie, lane for lane. The
+/// plain layout ([`gemv_tile_q8`]) needs a convert, a lane shuffle of the steps and an FMA per
+/// pair of groups; llvm-mca (znver3) puts the two FP pipes that run the shuffles and the nibble
+/// shifts at 81% there. Measured on one thread, this kernel streams 15-26% more bytes a second
+/// (ADR 43).
 #[inline(always)]
-unsafe fn gemv_lanes_tile_q8<R: RowQ8, const RW: usize>(
-    x: &ActQ8,
-    y: &mut [f32],
-    r: usize,
-    w: [R; RW],
-) {
+unsafe fn gemv_lanes_tile_q8<R: RowQ8>(x: &ActQ8, w: R) -> f32 {
     let ng = x.len() / QK8;
     let ones = _mm256_set1_epi16(1);
     let (xl, xd, xsum) = (x.lanes().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); RW];
-    let mut accm = [_mm256_setzero_ps(); RW];
+    let (mut acc, mut accm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut g = 0;
     while g + int::LANE_RUN <= ng {
         let xv = xl.add(g * QK8) as *const __m256i;
         let (m, dx) = (_mm256_loadu_ps(xsum.add(g)), _mm256_loadu_ps(xd.add(g)));
-        for j in 0..RW {
-            let (sc, off) = w[j].scales8(g);
-            accm[j] = _mm256_fmadd_ps(off, m, accm[j]);
-            let qs = w[j].run_qs(g);
-            // Two partial sums, so the i16 adds are not one chain.
-            let mut s = [_mm256_setzero_si256(); 2];
-            for l in 0..4 {
-                let (lo, hi) = nibble_halves(_mm256_loadu_si256(qs.add(l)));
-                let p = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xv.add(2 * l))),
-                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xv.add(2 * l + 1))),
-                );
-                s[l % 2] = _mm256_add_epi16(s[l % 2], p);
-            }
-            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones));
-            acc[j] = _mm256_fmadd_ps(p, _mm256_mul_ps(sc, dx), acc[j]);
+        let (sc, off) = w.scales8(g);
+        accm = _mm256_fmadd_ps(off, m, accm);
+        let qs = w.run_qs(g);
+        // Two partial sums, so the i16 adds are not one chain.
+        let mut s = [_mm256_setzero_si256(); 2];
+        for l in 0..4 {
+            let (lo, hi) = nibble_halves(_mm256_loadu_si256(qs.add(l)));
+            let p = _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xv.add(2 * l))),
+                _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xv.add(2 * l + 1))),
+            );
+            s[l % 2] = _mm256_add_epi16(s[l % 2], p);
         }
+        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_add_epi16(s[0], s[1]), ones));
+        acc = _mm256_fmadd_ps(p, _mm256_mul_ps(sc, dx), acc);
         g += int::LANE_RUN;
     }
     // Groups past the last whole run are in plain order.
-    let tail = last_groups_q8!(x, w, g, ng, RW, |j| acc[j]);
-    for j in 0..RW {
-        let s = _mm256_fmadd_ps(acc[j], _mm256_set1_ps(w[j].row_d()), accm[j]);
-        *y.get_unchecked_mut(r + j) = hsum_ps(s) + tail[j];
-    }
+    let tail = last_groups_q8!(x, w, g, ng, acc);
+    hsum_ps(_mm256_fmadd_ps(acc, _mm256_set1_ps(w.row_d()), accm)) + tail
 }
 
 /// One weight row as the batched kernel ([`gemm_rows_q8`]) reads it: groups of 32 weights,
@@ -1176,7 +1161,9 @@ unsafe fn gemm_rows_q8<R: RowQ8>(xs: &[ActQ8], y: &mut [f32], row: impl Fn(usize
 
 /// [`gemm_tile_q8`] in a function of its own. Inlined beside the one-token loop (decode's,
 /// [`gemv_rows_q8`]), the four-token loop came out with its accumulators spilled to the stack
-/// (prefill 20% slower); the one-token loop is faster inlined.
+/// (prefill 20% slower). The one-token loop is a function of its own too: inlined as one row
+/// at a time (ADR 47), it left int4w's four-token lane tile, which llvm inlines all the same,
+/// spilling more (prefill 10-12% slower).
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm_tile_q8_apart<R: RowQ8, const T: usize>(
@@ -1388,89 +1375,62 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
     }
 }
 
-/// One token against every row (`row(r)` for `r < y.len()`), two rows at a time
-/// ([`gemv_tile_q8`], or [`gemv_lanes_tile_q8`] for rows in the lane layout), then an odd last
-/// row alone.
-#[inline(always)]
+/// One token against every row (`row(r)` for `r < y.len()`), one row at a time
+/// ([`gemv_tile_q8`], or [`gemv_lanes_tile_q8`] for rows in the lane layout), each after asking
+/// for the lines of the row [`PREFETCH_ROWS`] ahead.
+///
+/// One row at a time, not two: two rows read side by side are two streams through memory, and
+/// on rows of 1536 weights (the down projection) a thread streamed Q4_1 at 57% of its read
+/// bandwidth that way against 83% one row at a time; rows of 576 measured alike either way.
+/// Decode ran 1.06-1.14x faster for Q4_1 and 1.05-1.10x for int4w (paired A/B, ADR 47), though
+/// each row now ends in its own horizontal sum, a chain the two-row tile shared.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_rows_q8<R: RowQ8>(x: &ActQ8, y: &mut [f32], row: &impl Fn(usize) -> R) {
     let rows = y.len();
-    let mut r = 0;
-    while r + 2 <= rows {
-        gemv_rows_tile_q8::<R, 2>(x, y, r, row);
-        r += 2;
-    }
-    if r < rows {
-        gemv_rows_tile_q8::<R, 1>(x, y, r, row);
-    }
-}
-
-/// Rows `r..r + RW` of [`gemv_rows_q8`]: the lines of the rows ahead asked for, then the tile
-/// for the rows' layout.
-#[inline(always)]
-unsafe fn gemv_rows_tile_q8<R: RowQ8, const RW: usize>(
-    x: &ActQ8,
-    y: &mut [f32],
-    r: usize,
-    row: &impl Fn(usize) -> R,
-) {
-    let rows = y.len();
-    if r + PREFETCH_ROWS < rows {
-        // One run of lines over the tile's rows ahead, which lie back to back: a loop per
-        // field of each row (four for split rows) took a tenth of the int4 GEMV's samples.
-        // (The shard's last row is left to the hardware prefetcher.)
-        let end = row((r + PREFETCH_ROWS + RW).min(rows - 1)).start();
-        crate::kernels::prefetch_stream_span(row(r + PREFETCH_ROWS).start(), end);
-    }
-    let w: [R; RW] = std::array::from_fn(|j| row(r + j));
-    if R::LANES {
-        gemv_lanes_tile_q8(x, y, r, w)
-    } else {
-        gemv_tile_q8(x, y, r, w)
+    for r in 0..rows {
+        if r + PREFETCH_ROWS < rows {
+            // One run of lines over the row ahead: a loop per field (four for split rows) took
+            // a tenth of the int4 GEMV's samples. (The shard's last row is left to the
+            // hardware prefetcher.)
+            let end = row((r + PREFETCH_ROWS + 1).min(rows - 1)).start();
+            crate::kernels::prefetch_stream_span(row(r + PREFETCH_ROWS).start(), end);
+        }
+        *y.get_unchecked_mut(r) = if R::LANES {
+            gemv_lanes_tile_q8(x, row(r))
+        } else {
+            gemv_tile_q8(x, row(r))
+        };
     }
 }
 
-/// Rows `r..r + RW` against one token (decode): the loop of [`gemm_tile_q8`] for one token,
-/// on `RW` rows at once. The rows share each load of the activations, and their sums are
-/// reduced together at the end; one row at a time, the end of each row (the last FMAs and the
-/// horizontal sum, a chain of about 40 cycles) took a fifth of the int4 GEMV's samples.
+/// A row against one token (decode): the loop of [`gemm_tile_q8`] for one token.
 #[inline(always)]
-unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(x: &ActQ8, y: &mut [f32], r: usize, w: [R; RW]) {
+unsafe fn gemv_tile_q8<R: RowQ8>(x: &ActQ8, w: R) -> f32 {
     let ng = x.len() / QK8;
     let ones = _mm256_set1_epi16(1);
     let (px, xd, xsum) = (x.pairs().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
-    // Two accumulators per row (every other pair of groups), so FMA latency does not set the
-    // pace; the offsets of integer-scaled rows go to `accm`, which the row's `d` doesn't scale.
-    let mut acc = [[_mm256_setzero_ps(); 2]; RW];
-    let mut accm = [_mm256_setzero_ps(); RW];
+    // Two accumulators (every other pair of groups), so FMA latency does not set the pace; the
+    // offsets of integer-scaled rows go to `accm`, which the row's `d` doesn't scale.
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut accm = _mm256_setzero_ps();
     let mut g = 0;
     while g + 8 <= ng {
-        let mut step = [_mm256_setzero_ps(); RW];
         let (m, dx) = (_mm256_loadu_ps(xsum.add(g)), _mm256_loadu_ps(xd.add(g)));
-        for j in 0..RW {
-            let (sc, off) = w[j].scales8(g);
-            if R::INT_SCALES {
-                accm[j] = _mm256_fmadd_ps(off, m, accm[j]);
-            } else {
-                acc[j][0] = _mm256_fmadd_ps(off, m, acc[j][0]);
-            }
-            step[j] = _mm256_mul_ps(sc, dx);
+        let (sc, off) = w.scales8(g);
+        if R::INT_SCALES {
+            accm = _mm256_fmadd_ps(off, m, accm);
+        } else {
+            acc[0] = _mm256_fmadd_ps(off, m, acc[0]);
         }
+        let step = _mm256_mul_ps(sc, dx);
         macro_rules! pair {
             ($k:literal) => {
                 let xp = px.add((g + $k) * QK8) as *const __m256i;
-                let (x0, x1) = (_mm256_loadu_si256(xp), _mm256_loadu_si256(xp.add(1)));
+                let (lo, hi) = w.pair8::<$k>(g);
                 let idx = _mm256_setr_epi32($k, $k, $k, $k, $k + 1, $k + 1, $k + 1, $k + 1);
-                for j in 0..RW {
-                    let (lo, hi) = w[j].pair8::<$k>(g);
-                    let s16 = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo, x0),
-                        _mm256_maddubs_epi16(hi, x1),
-                    );
-                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-                    let sj = _mm256_permutevar8x32_ps(step[j], idx);
-                    let a = if RW == 1 { $k / 2 % 2 } else { 0 };
-                    acc[j][a] = _mm256_fmadd_ps(p, sj, acc[j][a]);
-                }
+                let sj = _mm256_permutevar8x32_ps(step, idx);
+                acc[$k / 2 % 2] = _mm256_fmadd_ps(pair_sums(lo, hi, xp, ones), sj, acc[$k / 2 % 2]);
             };
         }
         pair!(0);
@@ -1479,25 +1439,11 @@ unsafe fn gemv_tile_q8<R: RowQ8, const RW: usize>(x: &ActQ8, y: &mut [f32], r: u
         pair!(6);
         g += 8;
     }
-    let tail = last_groups_q8!(x, w, g, ng, RW, |j| acc[j][0]);
-    let sums: [__m256; RW] = std::array::from_fn(|j| {
-        let sum = _mm256_add_ps(acc[j][0], acc[j][1]);
-        if R::INT_SCALES {
-            _mm256_fmadd_ps(sum, _mm256_set1_ps(w[j].row_d()), accm[j])
-        } else {
-            sum
-        }
-    });
-    if RW == 2 {
-        // Both rows' lanes summed together: [s0, s1, s0, s1] after two horizontal adds.
-        let h = _mm256_hadd_ps(sums[0], sums[RW - 1]);
-        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        let s = _mm_hadd_ps(s, s);
-        *y.get_unchecked_mut(r) = _mm_cvtss_f32(s) + tail[0];
-        *y.get_unchecked_mut(r + 1) = _mm_cvtss_f32(_mm_movehdup_ps(s)) + tail[RW - 1];
+    let tail = last_groups_q8!(x, w, g, ng, acc[0]);
+    let sum = _mm256_add_ps(acc[0], acc[1]);
+    if R::INT_SCALES {
+        hsum_ps(_mm256_fmadd_ps(sum, _mm256_set1_ps(w.row_d()), accm)) + tail
     } else {
-        for j in 0..RW {
-            *y.get_unchecked_mut(r + j) = hsum_ps(sums[j]) + tail[j];
-        }
+        hsum_ps(sum) + tail
     }
 }

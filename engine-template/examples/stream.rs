@@ -1,0 +1,83 @@
+//! One thread's decode GEMV streamed from memory, against a plain read of as many bytes: the
+//! share of the thread's read bandwidth a kernel reaches on a shape (ADR 47). The criterion
+//! benches (`benches/gemv.rs`) keep their matrices in cache; this one walks 128 MiB of copies
+//! of one matrix, as decode walks a model's layers.
+//!
+//! `cargo run --release -p clocher-engine --example stream`, with `FMT=q4_1` (split rows in the
+//! lane layout, as the packer stores GGUF Q4_1; the default) or `FMT=q8_0`, `COLS=` (576) and
+//! `MROWS=` (1536) for the shape, and `HOT=1` to read one copy over and over (cache-resident).
+
+use clocher_engine::kernels::act8::{self, ActQ8};
+use clocher_engine::kernels::blocks::{self, BlockQ4_1, GgmlType};
+use clocher_engine::kernels::{isa, rows};
+use half::f16;
+use std::time::Instant;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let isa = isa();
+    let (cols, mrows) = (env("COLS", 576), env("MROWS", 1536));
+    let q8 = std::env::var("FMT").is_ok_and(|f| f == "q8_0");
+    let hot = std::env::var("HOT").is_ok();
+    let total = 128usize << 20;
+    let mut one = vec![0u8; mrows * cols / 32 * if q8 { 34 } else { 20 }];
+    if q8 {
+        let v: Vec<f32> = (0..mrows * cols)
+            .map(|i| (i * 7 % 255) as f32 - 127.0)
+            .collect();
+        one.copy_from_slice(bytemuck::cast_slice(&blocks::quantize_q8_0_ref(&v)));
+    } else {
+        let q41: Vec<BlockQ4_1> = (0..mrows * cols / 32)
+            .map(|i| BlockQ4_1 {
+                d: f16::from_f32(0.01),
+                m: f16::from_f32(-0.08),
+                qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+            })
+            .collect();
+        rows::split_rows(
+            GgmlType::Q4_1,
+            cols / 32,
+            true,
+            bytemuck::cast_slice(&q41),
+            &mut one,
+        );
+    }
+    let w = one.repeat((total / one.len()).max(1));
+    let x: Vec<f32> = (0..cols).map(|i| (i * 7 % 13) as f32 - 6.0).collect();
+    let plain = vec![1.0f32; w.len() / 4];
+    let (mut xq, mut y) = (ActQ8::default(), vec![0.0f32; mrows]);
+    for round in 0..5 {
+        let t0 = Instant::now();
+        // 16 independent lanes, as `bench`'s probe reads.
+        let mut acc = [0.0f32; 16];
+        for c in plain.chunks_exact(16) {
+            for (s, v) in acc.iter_mut().zip(c) {
+                *s += v;
+            }
+        }
+        std::hint::black_box(&acc);
+        let read = w.len() as f64 / t0.elapsed().as_secs_f64() / 1e9;
+        let t0 = Instant::now();
+        for m in w.chunks_exact(one.len()) {
+            let m = if hot { &one[..] } else { m };
+            xq.quantize(isa, std::hint::black_box(&x));
+            if q8 {
+                act8::gemv_q8_0_q8(isa, bytemuck::cast_slice(m), &xq, &mut y);
+            } else {
+                xq.fill_lanes();
+                let xs = std::slice::from_ref(&xq);
+                act8::gemm_split_q8(isa, GgmlType::Q4_1, true, m, xs, &mut y);
+            }
+        }
+        std::hint::black_box(&y);
+        let gemv = w.len() as f64 / t0.elapsed().as_secs_f64() / 1e9;
+        let pct = gemv / read * 100.0;
+        println!("round {round}: read {read:.1} GB/s, gemv {gemv:.1} GB/s, {pct:.0}%");
+    }
+}
