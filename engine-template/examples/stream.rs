@@ -4,11 +4,13 @@
 //! of one matrix, as decode walks a model's layers.
 //!
 //! `cargo run --release -p clocher-engine --example stream`, with `FMT=q4_1` (split rows in the
-//! lane layout, as the packer stores GGUF Q4_1; the default) or `FMT=q8_0`, `COLS=` (576) and
+//! lane layout, as the packer stores GGUF Q4_1; the default), `q8_0`, `q5_1` (split rows) or
+//! `int4` (int4 g32 in the lane layout), `COLS=` (576) and
 //! `MROWS=` (1536) for the shape, and `HOT=1` to read one copy over and over (cache-resident).
 
 use clocher_engine::kernels::act8::{self, ActQ8};
-use clocher_engine::kernels::blocks::{self, BlockQ4_1, GgmlType};
+use clocher_engine::kernels::blocks::{self, BlockQ4_1, BlockQ5_1, GgmlType};
+use clocher_engine::kernels::int::{self, Clip, Scheme};
 use clocher_engine::kernels::{isa, rows};
 use half::f16;
 use std::time::Instant;
@@ -23,11 +25,35 @@ fn env(name: &str, default: usize) -> usize {
 fn main() {
     let isa = isa();
     let (cols, mrows) = (env("COLS", 576), env("MROWS", 1536));
-    let q8 = std::env::var("FMT").is_ok_and(|f| f == "q8_0");
+    let fmt = std::env::var("FMT").unwrap_or_else(|_| "q4_1".into());
+    let q8 = fmt == "q8_0";
     let hot = std::env::var("HOT").is_ok();
     let total = 128usize << 20;
     let mut one = vec![0u8; mrows * cols / 32 * if q8 { 34 } else { 20 }];
-    if q8 {
+    if fmt == "int4" {
+        let v: Vec<f32> = (0..mrows * cols)
+            .map(|i| (i * 7 % 255) as f32 - 127.0)
+            .collect();
+        one = int::quantize_int4(&v, cols, 32, Scheme::Asym, Clip::None).unwrap();
+        int::int4_to_lanes(&mut one, cols);
+    } else if fmt == "q5_1" {
+        let q51: Vec<BlockQ5_1> = (0..mrows * cols / 32)
+            .map(|i| BlockQ5_1 {
+                d: f16::from_f32(0.01),
+                m: f16::from_f32(-0.16),
+                qh: ((i as u32).wrapping_mul(0x9E37_79B9)).to_le_bytes(),
+                qs: std::array::from_fn(|j| (i * 37 + j * 11) as u8),
+            })
+            .collect();
+        one = vec![0u8; std::mem::size_of_val(&q51[..])];
+        rows::split_rows(
+            GgmlType::Q5_1,
+            cols / 32,
+            false,
+            bytemuck::cast_slice(&q51),
+            &mut one,
+        );
+    } else if q8 {
         let v: Vec<f32> = (0..mrows * cols)
             .map(|i| (i * 7 % 255) as f32 - 127.0)
             .collect();
@@ -69,6 +95,12 @@ fn main() {
             xq.quantize(isa, std::hint::black_box(&x));
             if q8 {
                 act8::gemv_q8_0_q8(isa, bytemuck::cast_slice(m), &xq, &mut y);
+            } else if fmt == "int4" {
+                xq.fill_lanes();
+                act8::gemm_int4_lanes_q8(isa, m, std::slice::from_ref(&xq), &mut y);
+            } else if fmt == "q5_1" {
+                let xs = std::slice::from_ref(&xq);
+                act8::gemm_split_q8(isa, GgmlType::Q5_1, false, m, xs, &mut y);
             } else {
                 xq.fill_lanes();
                 let xs = std::slice::from_ref(&xq);

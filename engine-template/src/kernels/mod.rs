@@ -243,20 +243,79 @@ const _: () = assert!(
     HINT_T1 == std::arch::x86_64::_MM_HINT_T1 && HINT_NTA == std::arch::x86_64::_MM_HINT_NTA
 );
 
-/// How many rows ahead of the one it reads a decode GEMV asks for ([`prefetch_row`]). The
-/// hardware prefetchers alone left the GEMVs waiting on memory, each thread streaming its own
-/// range of short rows: with this, decode ran 6-7% faster for int4w and Q4_1, 20% for int8w and
-/// Q8_0, 3% for Q4_K_M (A/B, same host). 4 to 12 rows measured alike, and 16 no faster with the
+/// How many rows ahead of the one it reads a decode GEMV asks for ([`Ahead`]). The hardware
+/// prefetchers alone left the GEMVs waiting on memory, each thread streaming its own range of
+/// short rows: with this, decode ran 6-7% faster for int4w and Q4_1, 20% for int8w and Q8_0, 3%
+/// for Q4_K_M (A/B, same host). 4 to 12 rows measured alike, and 16 no faster with the
 /// non-temporal hint ([`prefetch_stream_span`], ADR 46).
 pub const PREFETCH_ROWS: usize = 8;
 
-/// Prefetches row `r + PREFETCH_ROWS` of `w`, rows of `rb` elements, if `w` has it,
-/// non-temporally ([`prefetch_stream_span`]).
-#[inline(always)]
-pub fn prefetch_row<T>(w: &[T], rb: usize, r: usize) {
-    if let Some(row) = w.get((r + PREFETCH_ROWS) * rb..(r + PREFETCH_ROWS + 1) * rb) {
-        let start = row.as_ptr() as *const u8;
-        prefetch_stream_span(start, start.wrapping_add(std::mem::size_of_val(row)))
+/// Rows up to this long are asked for whole, [`PREFETCH_ROWS`] ahead; longer ones part by
+/// part, [`PREFETCH_BYTES`] ahead ([`Ahead`]).
+pub const WHOLE_ROW_BYTES: usize = 768;
+
+/// How far ahead of the part it reads a decode GEMV asks for a long row's parts ([`Ahead`]):
+/// on rows of 1536 weights, 4 KiB streamed Q8_0 at 90-96% of a thread's read bandwidth, eight
+/// rows ahead (13 KiB) at 90% (ADR 47).
+pub const PREFETCH_BYTES: usize = 4096;
+
+/// How a decode GEMV asks for the weights [`PREFETCH_ROWS`] rows ahead of those it reads,
+/// non-temporally ([`prefetch_stream_span`]). Each row of a matrix, `bytes` bytes, is cut in
+/// `n` equal parts (groups or blocks), the last whole part also taking what the parts leave
+/// over, and the kernel calls [`Ahead::part`] for each part as it reads it. A row of up to
+/// [`WHOLE_ROW_BYTES`] is asked for at once, with its first part; a longer row a part at a
+/// time, only the lines that start in the part, so that consecutive parts don't ask twice.
+/// Rows of fewer parts than a call's `len` are left to the hardware prefetcher. The rows of a
+/// matrix lie back to back; past the matrix's end, the lines asked for are whatever lies there,
+/// which a prefetch may ask for (it never faults).
+///
+/// Why both, measured on one thread streaming 128 MiB (`examples/stream.rs`, ADR 47): asked
+/// for whole, rows of 1536 weights (868 to 1632 bytes) streamed at 70-89% of the thread's read
+/// bandwidth (Q8_0 70%, Q5_1 73%, Q4_1 85%, int4 90%), and part by part at 91-105%; rows of 576
+/// (328 to 612 bytes) the other way round, whole at 82-101% and part by part at 71-93%.
+#[derive(Clone, Copy)]
+pub struct Ahead {
+    bytes: usize,
+    /// Bytes per part, divided once per matrix, not once per row.
+    per: usize,
+    n: usize,
+    /// How far ahead the lines asked for are.
+    skip: usize,
+}
+
+impl Ahead {
+    pub fn new(bytes: usize, n: usize) -> Ahead {
+        let skip = if bytes <= WHOLE_ROW_BYTES {
+            PREFETCH_ROWS * bytes
+        } else {
+            PREFETCH_BYTES
+        };
+        Ahead {
+            bytes,
+            per: bytes / n.max(1),
+            n,
+            skip,
+        }
+    }
+
+    /// Asks for parts `k..k + len` of the row [`PREFETCH_ROWS`] after the one at `start`: the
+    /// whole row if it is short and `k` is 0.
+    #[inline(always)]
+    pub fn part(self, start: *const u8, k: usize, len: usize) {
+        let row = start.wrapping_add(self.skip);
+        if self.bytes <= WHOLE_ROW_BYTES {
+            if k == 0 {
+                prefetch_stream_span(row, row.wrapping_add(self.bytes));
+            }
+            return;
+        }
+        let end = if k + 2 * len > self.n {
+            self.bytes
+        } else {
+            (k + len) * self.per
+        };
+        let from = (row as usize + k * self.per).next_multiple_of(64);
+        prefetch_stream_span(from as *const u8, row.wrapping_add(end))
     }
 }
 

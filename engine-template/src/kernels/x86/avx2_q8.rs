@@ -14,7 +14,7 @@ use crate::kernels::blocks::{
     get_scale_min_k4, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
     GgmlType, QK_K,
 };
-use crate::kernels::{int, prefetch_row, rows, PREFETCH_ROWS};
+use crate::kernels::{int, rows, Ahead};
 use std::arch::x86_64::*;
 
 /// Sum of the 8 i32 lanes.
@@ -251,11 +251,12 @@ macro_rules! pairs {
 #[inline(always)]
 unsafe fn gemv_blocks_q8<B: Q8Block>(w: &[B], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK8;
+    let ahead = Ahead::new(nb * std::mem::size_of::<B>(), nb);
     for (r, yr) in y.iter_mut().enumerate() {
-        prefetch_row(w, nb, r);
         let row = w.get_unchecked(r * nb..(r + 1) * nb);
         let zero = (_mm256_setzero_ps(), 0.0f32);
         let (a, b) = pairs!(nb, zero, |k, acc_off| {
+            ahead.part(row.as_ptr().cast(), k, 1);
             let (acc, off) = acc_off;
             let (p, d, c) = row.get_unchecked(k).dot(load_codes(x, k));
             let (dx, s) = (*x.d.get_unchecked(k), *x.s.get_unchecked(k));
@@ -384,6 +385,7 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
     let px: [*const i8; T] = std::array::from_fn(|t| xs[t].pairs().as_ptr());
     let xdp: [*const f32; T] = std::array::from_fn(|t| xs[t].d_pairs().as_ptr());
     let xd0 = xs[0].d.as_ptr();
+    let ahead = Ahead::new(nb * std::mem::size_of::<BlockQ8_0>(), nb);
     // Blocks `k` and `k + 1` (`dw`: their scales in the lanes of their sums, for one token
     // their steps) against every token, into `acc[t][a]`.
     macro_rules! pair {
@@ -411,9 +413,6 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
         };
     }
     for r in 0..rows {
-        if T == 1 {
-            prefetch_row(w, nb, r);
-        }
         let row = w.get_unchecked(r * nb..(r + 1) * nb);
         // Tiles of one or two tokens also send every other pair to a second accumulator per
         // token, so FMA latency does not set the pace.
@@ -434,6 +433,7 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
             ));
             if T == 1 {
                 dw = _mm256_mul_ps(dw, _mm256_loadu_ps(xd0.add(k)));
+                ahead.part(row.as_ptr().cast(), k, 8);
             }
             macro_rules! lanes {
                 ($j:literal) => {
@@ -491,11 +491,12 @@ pub unsafe fn gemv_int8_q8_avx2(w: &[u8], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK8;
     let total: f32 = x.s.iter().sum();
     let flip = _mm256_set1_epi8(i8::MIN);
-    for (r, (row, yr)) in w.chunks_exact(rb).zip(y.iter_mut()).enumerate() {
-        prefetch_row(w, rb, r);
+    let ahead = Ahead::new(rb, nb);
+    for (row, yr) in w.chunks_exact(rb).zip(y.iter_mut()) {
         let (d, m) = int::row_scales_f32(row);
         let qp = row.as_ptr().add(int::INT8_HEADER);
         let (a, b) = pairs!(nb, _mm256_setzero_ps(), |k, acc| {
+            ahead.part(row.as_ptr(), k, 1);
             let q = _mm256_xor_si256(_mm256_loadu_si256(qp.add(k * QK8) as *const __m256i), flip);
             let p = dot_i8_i8(q, load_codes(x, k));
             let dx = _mm256_set1_ps(*x.d.get_unchecked(k));
@@ -590,6 +591,10 @@ impl RowQ8 for Q4KRow<'_> {
         self.0.as_ptr() as *const u8
     }
     #[inline(always)]
+    fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.0)
+    }
+    #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
         const KMASK1: u32 = 0x3f3f_3f3f;
         const KMASK2: u32 = 0x0f0f_0f0f;
@@ -649,15 +654,17 @@ impl RowQ8 for Q4KRow<'_> {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q6_k_q8_avx2(w: &[BlockQ6K], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK_K;
+    let ahead = Ahead::new(nb * std::mem::size_of::<BlockQ6K>(), nb);
     let (m4, m30, k32) = (
         _mm256_set1_epi8(0x0f),
         _mm256_set1_epi8(0x30),
         _mm256_set1_epi8(32),
     );
     for (r, yr) in y.iter_mut().enumerate() {
-        prefetch_row(w, nb, r);
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for (i, blk) in w.get_unchecked(r * nb..(r + 1) * nb).iter().enumerate() {
+        let row = w.get_unchecked(r * nb..(r + 1) * nb);
+        for (i, blk) in row.iter().enumerate() {
+            ahead.part(row.as_ptr().cast(), i, 1);
             let d = f16_to_f32(blk.d);
             for h in 0..2 {
                 let ql = blk.ql.as_ptr().add(64 * h);
@@ -794,13 +801,14 @@ pub unsafe fn gemm_int4_lanes_q8_avx2(w: &[u8], xs: &[ActQ8], y: &mut [f32]) {
 /// shifts at 81% there. Measured on one thread, this kernel streams 15-26% more bytes a second
 /// (ADR 43).
 #[inline(always)]
-unsafe fn gemv_lanes_tile_q8<R: RowQ8>(x: &ActQ8, w: R) -> f32 {
+unsafe fn gemv_lanes_tile_q8<R: RowQ8>(x: &ActQ8, w: R, ahead: Ahead) -> f32 {
     let ng = x.len() / QK8;
     let ones = _mm256_set1_epi16(1);
     let (xl, xd, xsum) = (x.lanes().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
     let (mut acc, mut accm) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut g = 0;
     while g + int::LANE_RUN <= ng {
+        ahead.part(w.start(), g, int::LANE_RUN);
         let xv = xl.add(g * QK8) as *const __m256i;
         let (m, dx) = (_mm256_loadu_ps(xsum.add(g)), _mm256_loadu_ps(xd.add(g)));
         let (sc, off) = w.scales8(g);
@@ -865,9 +873,10 @@ trait RowQ8 {
     unsafe fn scale(&self, k: usize) -> (f32, f32);
     /// Group `k`'s codes in element order.
     unsafe fn codes(&self, k: usize) -> __m256i;
-    /// Where the row's bytes start; the rows of one matrix lie back to back, so the tiles
-    /// prefetch the span from one row's start to a later row's.
+    /// Where the row's bytes start, and how many there are (the one-token tiles' prefetch,
+    /// [`Ahead`]).
     fn start(&self) -> *const u8;
+    fn bytes(&self) -> usize;
 }
 
 impl<B: Q8Pair> RowQ8 for &[B] {
@@ -895,6 +904,10 @@ impl<B: Q8Pair> RowQ8 for &[B] {
     #[inline(always)]
     fn start(&self) -> *const u8 {
         self.as_ptr() as *const u8
+    }
+    #[inline(always)]
+    fn bytes(&self) -> usize {
+        std::mem::size_of_val(*self)
     }
 }
 
@@ -957,6 +970,10 @@ impl<const LANES: bool> RowQ8 for Int4G32<'_, LANES> {
     fn start(&self) -> *const u8 {
         // The header `d`, `dmin` comes before the scales.
         self.scales.as_ptr().wrapping_sub(int::INT4_HEADER)
+    }
+    #[inline(always)]
+    fn bytes(&self) -> usize {
+        int::INT4_HEADER + self.scales.len() + self.mins.len() + self.qs.len()
     }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
@@ -1022,6 +1039,10 @@ impl<const MIN: bool, const HIGH: bool, const LANES: bool> RowQ8
     fn start(&self) -> *const u8 {
         // A split row begins with its scales (`rows::fields`).
         self.d.as_ptr()
+    }
+    #[inline(always)]
+    fn bytes(&self) -> usize {
+        self.d.len() + self.m.len() + self.qh.len() + self.qs.len()
     }
     #[inline(always)]
     unsafe fn scales8(&self, k: usize) -> (__m256, __m256) {
@@ -1376,8 +1397,8 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
 }
 
 /// One token against every row (`row(r)` for `r < y.len()`), one row at a time
-/// ([`gemv_tile_q8`], or [`gemv_lanes_tile_q8`] for rows in the lane layout), each after asking
-/// for the lines of the row [`PREFETCH_ROWS`] ahead.
+/// ([`gemv_tile_q8`], or [`gemv_lanes_tile_q8`] for rows in the lane layout), each run of
+/// eight groups asking for the weights ahead ([`Ahead`]).
 ///
 /// One row at a time, not two: two rows read side by side are two streams through memory, and
 /// on rows of 1536 weights (the down projection) a thread streamed Q4_1 at 57% of its read
@@ -1387,26 +1408,22 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_rows_q8<R: RowQ8>(x: &ActQ8, y: &mut [f32], row: &impl Fn(usize) -> R) {
-    let rows = y.len();
-    for r in 0..rows {
-        if r + PREFETCH_ROWS < rows {
-            // One run of lines over the row ahead: a loop per field (four for split rows) took
-            // a tenth of the int4 GEMV's samples. (The shard's last row is left to the
-            // hardware prefetcher.)
-            let end = row((r + PREFETCH_ROWS + 1).min(rows - 1)).start();
-            crate::kernels::prefetch_stream_span(row(r + PREFETCH_ROWS).start(), end);
-        }
-        *y.get_unchecked_mut(r) = if R::LANES {
-            gemv_lanes_tile_q8(x, row(r))
+    if y.is_empty() {
+        return;
+    }
+    let ahead = Ahead::new(row(0).bytes(), x.len() / QK8);
+    for (r, yr) in y.iter_mut().enumerate() {
+        *yr = if R::LANES {
+            gemv_lanes_tile_q8(x, row(r), ahead)
         } else {
-            gemv_tile_q8(x, row(r))
+            gemv_tile_q8(x, row(r), ahead)
         };
     }
 }
 
 /// A row against one token (decode): the loop of [`gemm_tile_q8`] for one token.
 #[inline(always)]
-unsafe fn gemv_tile_q8<R: RowQ8>(x: &ActQ8, w: R) -> f32 {
+unsafe fn gemv_tile_q8<R: RowQ8>(x: &ActQ8, w: R, ahead: Ahead) -> f32 {
     let ng = x.len() / QK8;
     let ones = _mm256_set1_epi16(1);
     let (px, xd, xsum) = (x.pairs().as_ptr(), x.d.as_ptr(), x.s.as_ptr());
@@ -1416,6 +1433,7 @@ unsafe fn gemv_tile_q8<R: RowQ8>(x: &ActQ8, w: R) -> f32 {
     let mut accm = _mm256_setzero_ps();
     let mut g = 0;
     while g + 8 <= ng {
+        ahead.part(w.start(), g, 8);
         let (m, dx) = (_mm256_loadu_ps(xsum.add(g)), _mm256_loadu_ps(xd.add(g)));
         let (sc, off) = w.scales8(g);
         if R::INT_SCALES {
