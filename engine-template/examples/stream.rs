@@ -5,8 +5,9 @@
 //!
 //! `cargo run --release -p clocher-engine --example stream`, with `FMT=q4_1` (split rows in the
 //! lane layout, as the packer stores GGUF Q4_1; the default), `q8_0`, `q5_1` (split rows) or
-//! `int4` (int4 g32 in the lane layout), `COLS=` (576) and
-//! `MROWS=` (1536) for the shape, and `HOT=1` to read one copy over and over (cache-resident).
+//! `int4` (int4 g32 in the lane layout); `COLS=` (576) and `MROWS=` (1536) for the shape
+//! (`COLS=1536 MROWS=576` is the down projection's); `HOT=1` to read one copy over and over
+//! (cache-resident).
 
 use clocher_engine::kernels::act8::{self, ActQ8};
 use clocher_engine::kernels::blocks::{self, BlockQ4_1, BlockQ5_1, GgmlType};
@@ -27,7 +28,11 @@ fn main() {
     let (cols, mrows) = (env("COLS", 576), env("MROWS", 1536));
     let fmt = std::env::var("FMT").unwrap_or_else(|_| "q4_1".into());
     let q8 = fmt == "q8_0";
-    let hot = std::env::var("HOT").is_ok();
+    let hot = std::env::var("HOT").is_ok_and(|v| v == "1");
+    if !["q4_1", "q8_0", "q5_1", "int4"].contains(&fmt.as_str()) {
+        eprintln!("stream: FMT={fmt}: not one of q4_1, q8_0, q5_1, int4");
+        std::process::exit(2);
+    }
     let total = 128usize << 20;
     let mut one = vec![0u8; mrows * cols / 32 * if q8 { 34 } else { 20 }];
     if fmt == "int4" {

@@ -243,7 +243,8 @@ const _: () = assert!(
     HINT_T1 == std::arch::x86_64::_MM_HINT_T1 && HINT_NTA == std::arch::x86_64::_MM_HINT_NTA
 );
 
-/// How many rows ahead of the one it reads a decode GEMV asks for ([`Ahead`]). The hardware
+/// How many rows ahead of the one it reads a decode GEMV asks for rows of up to
+/// [`WHOLE_ROW_BYTES`] ([`Ahead`]). The hardware
 /// prefetchers alone left the GEMVs waiting on memory, each thread streaming its own range of
 /// short rows: with this, decode ran 6-7% faster for int4w and Q4_1, 20% for int8w and Q8_0, 3%
 /// for Q4_K_M (A/B, same host). 4 to 12 rows measured alike, and 16 no faster with the
@@ -255,12 +256,12 @@ pub const PREFETCH_ROWS: usize = 8;
 pub const WHOLE_ROW_BYTES: usize = 768;
 
 /// How far ahead of the part it reads a decode GEMV asks for a long row's parts ([`Ahead`]):
-/// on rows of 1536 weights, 4 KiB streamed Q8_0 at 90-96% of a thread's read bandwidth, eight
-/// rows ahead (13 KiB) at 90% (ADR 47).
+/// on rows of 1536 weights, 3-4 KiB streamed Q8_0 at 94-96% of a thread's read bandwidth, 1-2
+/// KiB and eight rows ahead (13 KiB) at 90-93% (ADR 47).
 pub const PREFETCH_BYTES: usize = 4096;
 
-/// How a decode GEMV asks for the weights [`PREFETCH_ROWS`] rows ahead of those it reads,
-/// non-temporally ([`prefetch_stream_span`]). Each row of a matrix, `bytes` bytes, is cut in
+/// How a decode GEMV asks for the weights ahead of those it reads ([`PREFETCH_ROWS`] rows for
+/// short rows, [`PREFETCH_BYTES`] for long ones), non-temporally ([`prefetch_stream_span`]). Each row of a matrix, `bytes` bytes, is cut in
 /// `n` equal parts (groups or blocks), the last whole part also taking what the parts leave
 /// over, and the kernel calls [`Ahead::part`] for each part as it reads it. A row of up to
 /// [`WHOLE_ROW_BYTES`] is asked for at once, with its first part; a longer row a part at a
@@ -271,8 +272,9 @@ pub const PREFETCH_BYTES: usize = 4096;
 ///
 /// Why both, measured on one thread streaming 128 MiB (`examples/stream.rs`, ADR 47): asked
 /// for whole, rows of 1536 weights (868 to 1632 bytes) streamed at 70-89% of the thread's read
-/// bandwidth (Q8_0 70%, Q5_1 73%, Q4_1 85%, int4 90%), and part by part at 91-105%; rows of 576
-/// (328 to 612 bytes) the other way round, whole at 82-101% and part by part at 71-93%.
+/// bandwidth (Q8_0 69-71%, Q5_1 72-74%, Q4_1 83-86%, int4 87-93%), and part by part at
+/// 90-107%; rows of 576 (328 to 612 bytes) the other way round, whole at 81-104% and part by
+/// part at 66-96%.
 #[derive(Clone, Copy)]
 pub struct Ahead {
     bytes: usize,
@@ -298,8 +300,9 @@ impl Ahead {
         }
     }
 
-    /// Asks for parts `k..k + len` of the row [`PREFETCH_ROWS`] after the one at `start`: the
-    /// whole row if it is short and `k` is 0.
+    /// Asks for what lies ahead of parts `k..k + len` of the row at `start`: for a short row,
+    /// the whole row [`PREFETCH_ROWS`] ahead when `k` is 0; for a long one, the same parts
+    /// [`PREFETCH_BYTES`] ahead, the last whole part's call reaching the row's end.
     #[inline(always)]
     pub fn part(self, start: *const u8, k: usize, len: usize) {
         let row = start.wrapping_add(self.skip);

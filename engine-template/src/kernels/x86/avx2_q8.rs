@@ -873,9 +873,9 @@ trait RowQ8 {
     unsafe fn scale(&self, k: usize) -> (f32, f32);
     /// Group `k`'s codes in element order.
     unsafe fn codes(&self, k: usize) -> __m256i;
-    /// Where the row's bytes start, and how many there are (the one-token tiles' prefetch,
-    /// [`Ahead`]).
+    /// Where the row's bytes start (the one-token tiles' prefetch, [`Ahead`]).
     fn start(&self) -> *const u8;
+    /// How many bytes the row has (the rows of a matrix lie back to back, so also the stride).
     fn bytes(&self) -> usize;
 }
 
@@ -1182,9 +1182,9 @@ unsafe fn gemm_rows_q8<R: RowQ8>(xs: &[ActQ8], y: &mut [f32], row: impl Fn(usize
 
 /// [`gemm_tile_q8`] in a function of its own. Inlined beside the one-token loop (decode's,
 /// [`gemv_rows_q8`]), the four-token loop came out with its accumulators spilled to the stack
-/// (prefill 20% slower). The one-token loop is a function of its own too: inlined as one row
-/// at a time (ADR 47), it left int4w's four-token lane tile, which llvm inlines all the same,
-/// spilling more (prefill 10-12% slower).
+/// (prefill 20% slower). The one-token loop is a function of its own too: inlined into
+/// [`gemm_rows_q8`] as one row at a time (ADR 47), it made llvm spill more in int4w's
+/// four-token lane tile (prefill 10-12% slower).
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm_tile_q8_apart<R: RowQ8, const T: usize>(
@@ -1403,7 +1403,7 @@ unsafe fn gemm_tile_q8<R: RowQ8, const T: usize>(
 /// One row at a time, not two: two rows read side by side are two streams through memory, and
 /// on rows of 1536 weights (the down projection) a thread streamed Q4_1 at 57% of its read
 /// bandwidth that way against 83% one row at a time; rows of 576 measured alike either way.
-/// Decode ran 1.06-1.14x faster for Q4_1 and 1.05-1.10x for int4w (paired A/B, ADR 47), though
+/// Decode ran 1.06-1.07x faster for Q4_1 and 1.09-1.11x for int4w (paired A/B, ADR 47), though
 /// each row now ends in its own horizontal sum, a chain the two-row tile shared.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
