@@ -300,6 +300,11 @@ impl Ahead {
         }
     }
 
+    /// Rows of `nb` blocks of type `B`, a part per block.
+    pub fn blocks<B>(nb: usize) -> Ahead {
+        Ahead::new(nb * std::mem::size_of::<B>(), nb)
+    }
+
     /// Asks for what lies ahead of parts `k..k + len` of the row at `start`: for a short row,
     /// the whole row [`PREFETCH_ROWS`] ahead when `k` is 0; for a long one, the same parts
     /// [`PREFETCH_BYTES`] ahead, the last whole part's call reaching the row's end.

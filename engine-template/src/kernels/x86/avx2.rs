@@ -466,7 +466,7 @@ trait QkBlock {
 #[inline(always)]
 unsafe fn gemv_qk_avx2<B: QkBlock>(name: &str, w: &[B], x: &[f32], y: &mut [f32]) {
     let nb = blocks_per_row(name, w.len(), x.len(), y.len());
-    let ahead = Ahead::new(nb * std::mem::size_of::<B>(), nb);
+    let ahead = Ahead::blocks::<B>(nb);
     for (r, yr) in y.iter_mut().enumerate() {
         let mut acc = _mm256_setzero_ps();
         let row = &w[r * nb..(r + 1) * nb];

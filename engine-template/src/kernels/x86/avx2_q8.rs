@@ -251,7 +251,7 @@ macro_rules! pairs {
 #[inline(always)]
 unsafe fn gemv_blocks_q8<B: Q8Block>(w: &[B], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK8;
-    let ahead = Ahead::new(nb * std::mem::size_of::<B>(), nb);
+    let ahead = Ahead::blocks::<B>(nb);
     for (r, yr) in y.iter_mut().enumerate() {
         let row = w.get_unchecked(r * nb..(r + 1) * nb);
         let zero = (_mm256_setzero_ps(), 0.0f32);
@@ -385,7 +385,7 @@ unsafe fn gemm_q8_0_tile<const T: usize>(w: &[BlockQ8_0], xs: &[ActQ8], y: &mut 
     let px: [*const i8; T] = std::array::from_fn(|t| xs[t].pairs().as_ptr());
     let xdp: [*const f32; T] = std::array::from_fn(|t| xs[t].d_pairs().as_ptr());
     let xd0 = xs[0].d.as_ptr();
-    let ahead = Ahead::new(nb * std::mem::size_of::<BlockQ8_0>(), nb);
+    let ahead = Ahead::blocks::<BlockQ8_0>(nb);
     // Blocks `k` and `k + 1` (`dw`: their scales in the lanes of their sums, for one token
     // their steps) against every token, into `acc[t][a]`.
     macro_rules! pair {
@@ -654,7 +654,7 @@ impl RowQ8 for Q4KRow<'_> {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv_q6_k_q8_avx2(w: &[BlockQ6K], x: &ActQ8, y: &mut [f32]) {
     let nb = x.len() / QK_K;
-    let ahead = Ahead::new(nb * std::mem::size_of::<BlockQ6K>(), nb);
+    let ahead = Ahead::blocks::<BlockQ6K>(nb);
     let (m4, m30, k32) = (
         _mm256_set1_epi8(0x0f),
         _mm256_set1_epi8(0x30),
