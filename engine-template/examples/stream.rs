@@ -4,15 +4,16 @@
 //! of one matrix, as decode walks a model's layers.
 //!
 //! `cargo run --release -p clocher-engine --example stream`, with `FMT=q4_1` (split rows in the
-//! lane layout, as the packer stores GGUF Q4_1; the default), `q8_0`, `q5_1` (split rows) or
-//! `int4` (int4 g32 in the lane layout); `COLS=` (576) and `MROWS=` (1536) for the shape
+//! lane layout, as the packer stores GGUF Q4_1; the default), `q8_0`, `q5_1` (split rows),
+//! `int4` (int4 g32 in the lane layout) or `bf16` (f32 activations); `COLS=` (576) and `MROWS=` (1536) for the shape
 //! (`COLS=1536 MROWS=576` is the down projection's); `HOT=1` to read one copy over and over
-//! (cache-resident).
+//! (cache-resident; with a matrix that fits L2, e.g. `MROWS=256`, it times the kernel's
+//! arithmetic alone).
 
 use clocher_engine::kernels::act8::{self, ActQ8};
 use clocher_engine::kernels::blocks::{self, BlockQ4_1, BlockQ5_1, GgmlType};
 use clocher_engine::kernels::int::{self, Clip, Scheme};
-use clocher_engine::kernels::{isa, rows};
+use clocher_engine::kernels::{self, isa, rows};
 use half::f16;
 use std::time::Instant;
 
@@ -29,13 +30,18 @@ fn main() {
     let fmt = std::env::var("FMT").unwrap_or_else(|_| "q4_1".into());
     let q8 = fmt == "q8_0";
     let hot = std::env::var("HOT").is_ok_and(|v| v == "1");
-    if !["q4_1", "q8_0", "q5_1", "int4"].contains(&fmt.as_str()) {
-        eprintln!("stream: FMT={fmt}: not one of q4_1, q8_0, q5_1, int4");
+    if !["q4_1", "q8_0", "q5_1", "int4", "bf16"].contains(&fmt.as_str()) {
+        eprintln!("stream: FMT={fmt}: not one of q4_1, q8_0, q5_1, int4, bf16");
         std::process::exit(2);
     }
     let total = 128usize << 20;
     let mut one = vec![0u8; mrows * cols / 32 * if q8 { 34 } else { 20 }];
-    if fmt == "int4" {
+    if fmt == "bf16" {
+        let v: Vec<half::bf16> = (0..mrows * cols)
+            .map(|i| half::bf16::from_f32((i * 7 % 255) as f32 - 127.0))
+            .collect();
+        one = bytemuck::cast_slice(&v).to_vec();
+    } else if fmt == "int4" {
         let v: Vec<f32> = (0..mrows * cols)
             .map(|i| (i * 7 % 255) as f32 - 127.0)
             .collect();
@@ -98,7 +104,9 @@ fn main() {
         for m in w.chunks_exact(one.len()) {
             let m = if hot { &one[..] } else { m };
             xq.quantize(isa, std::hint::black_box(&x));
-            if q8 {
+            if fmt == "bf16" {
+                kernels::gemv_bf16(isa, bytemuck::cast_slice(m), &x, &mut y);
+            } else if q8 {
                 act8::gemv_q8_0_q8(isa, bytemuck::cast_slice(m), &xq, &mut y);
             } else if fmt == "int4" {
                 xq.fill_lanes();
