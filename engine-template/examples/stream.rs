@@ -3,10 +3,10 @@
 //! benches (`benches/gemv.rs`) keep their matrices in cache; this one walks 128 MiB of copies
 //! of one matrix, as decode walks a model's layers.
 //!
-//! `cargo run --release -p clocher-engine --example stream`, with `FMT=q4_1` (split rows in the
-//! lane layout, as the packer stores GGUF Q4_1; the default), `q8_0`, `q5_1` (split rows),
-//! `int4` (int4 g32 in the lane layout) or `bf16` (f32 activations); `COLS=` (576) and `MROWS=` (1536) for the shape
-//! (`COLS=1536 MROWS=576` is the down projection's); `HOT=1` to read one copy over and over
+//! `cargo run --release -p clocher-engine --example stream`, with `FMT=q4_1` (split rows in
+//! the lane layout, as the packer stores GGUF Q4_1; the default), `q8_0`, `q5_1` (split
+//! rows), `int4` (int4 g32 in the lane layout) or `bf16` (f32 activations); `COLS=` (576) and
+//! `MROWS=` (1536) for the shape (`COLS=1536 MROWS=576` is the down projection's); `HOT=1` to read one copy over and over
 //! (cache-resident; with a matrix that fits L2, e.g. `MROWS=256`, it times the kernel's
 //! arithmetic alone).
 
@@ -103,7 +103,9 @@ fn main() {
         let t0 = Instant::now();
         for m in w.chunks_exact(one.len()) {
             let m = if hot { &one[..] } else { m };
-            xq.quantize(isa, std::hint::black_box(&x));
+            if fmt != "bf16" {
+                xq.quantize(isa, std::hint::black_box(&x));
+            }
             if fmt == "bf16" {
                 kernels::gemv_bf16(isa, bytemuck::cast_slice(m), &x, &mut y);
             } else if q8 {

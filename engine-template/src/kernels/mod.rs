@@ -261,9 +261,10 @@ pub const WHOLE_ROW_BYTES: usize = 768;
 pub const PREFETCH_BYTES: usize = 4096;
 
 /// How a decode GEMV asks for the weights ahead of those it reads ([`PREFETCH_ROWS`] rows for
-/// short rows, [`PREFETCH_BYTES`] for long ones), non-temporally ([`prefetch_stream_span`]). Each row of a matrix, `bytes` bytes, is cut in
-/// `n` equal parts (groups or blocks), the last whole part also taking what the parts leave
-/// over, and the kernel calls [`Ahead::part`] for each part as it reads it. A row of up to
+/// short rows, [`PREFETCH_BYTES`] for long ones), non-temporally ([`prefetch_stream_span`]).
+/// Each row of a matrix, `bytes` bytes, is cut in `n` equal parts (groups, blocks, or the
+/// float GEMVs' 32-weight steps), the last whole part also taking what the parts leave over,
+/// and the kernel calls [`Ahead::part`] for each part as it reads it. A row of up to
 /// [`WHOLE_ROW_BYTES`] is asked for at once, with its first part; a longer row a part at a
 /// time, only the lines that start in the part, so that consecutive parts don't ask twice.
 /// Rows of fewer parts than a call's `len` are left to the hardware prefetcher. The rows of a
